@@ -1,0 +1,1 @@
+"""Conversion of GGUF and safetensors checkpoints to irforge IRPA archives."""
