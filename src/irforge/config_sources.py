@@ -19,7 +19,7 @@ def _require(d: Mapping[str, Any], key: str, where: str) -> Any:
 
 
 def _hf_rope(hf: Mapping[str, Any]) -> tuple[float, Any]:
-    """(rope_theta, RopeScaling | None) from transformers 4 (`rope_scaling`) or 5 (`rope_parameters`)."""
+    """(rope_theta, RopeScaling | None) from `rope_scaling` (v4) or `rope_parameters` (v5)."""
     from .config import RopeScaling
 
     params = dict(hf.get("rope_parameters") or {})

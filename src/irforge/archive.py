@@ -1,0 +1,125 @@
+"""irforge model archives: an IRPA with canonical tensor names plus one JSON metadata entry.
+
+The metadata entry (`METADATA_KEY`) holds the model's hyperparameters (ModelConfig), the
+tensor-parallel layout and where the weights came from, so later stages need no other file.
+A sharded archive `NAME.irpa` lists its rank files `NAME.rank{i}.irpa`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .config import METADATA_KEY, ModelConfig
+from .errors import InputError
+from .formats.irpa import OutputEntry, read_irpa
+from .formats.tensor_ref import TensorRef, read_bytes
+
+ARCHIVE_FORMAT = "irforge-irpa"
+ARCHIVE_FORMAT_VERSION = 1
+
+
+@dataclass
+class ArchiveMetadata:
+    """The JSON entry of an irforge archive."""
+
+    config: ModelConfig | None
+    tensor_parallelism_size: int = 1
+    source: dict[str, Any] = field(default_factory=dict)
+    producer: str = f"irforge {__version__}"
+
+    def to_json(self) -> bytes:
+        d = {
+            "format": ARCHIVE_FORMAT,
+            "format_version": ARCHIVE_FORMAT_VERSION,
+            "config": None if self.config is None else self.config.to_dict(),
+            "tensor_parallelism_size": self.tensor_parallelism_size,
+            "source": self.source,
+            "producer": self.producer,
+        }
+        return json.dumps(d, indent=1, sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes, where: str) -> ArchiveMetadata:
+        try:
+            d = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise InputError(f"{where}: metadata entry {METADATA_KEY!r} is not JSON") from e
+        if not isinstance(d, dict) or d.get("format") != ARCHIVE_FORMAT:
+            raise InputError(f"{where}: metadata entry {METADATA_KEY!r} is not irforge's")
+        if d.get("format_version") != ARCHIVE_FORMAT_VERSION:
+            raise InputError(
+                f"{where}: archive format version {d.get('format_version')} is not supported "
+                f"(this irforge reads {ARCHIVE_FORMAT_VERSION}); re-run `irforge convert`"
+            )
+        config = None if d.get("config") is None else ModelConfig.from_dict(d["config"])
+        return cls(
+            config=config,
+            tensor_parallelism_size=int(d.get("tensor_parallelism_size", 1)),
+            source=dict(d.get("source") or {}),
+            producer=str(d.get("producer", "")),
+        )
+
+    def entry(self) -> OutputEntry:
+        raw = self.to_json()
+        return OutputEntry(METADATA_KEY, len(raw), lambda: [raw], b"application/json")
+
+
+@dataclass
+class ModelArchive:
+    """An opened irforge archive (and its rank files, when sharded)."""
+
+    path: Path
+    metadata: ArchiveMetadata | None
+    tensors: dict[str, TensorRef]
+    rank_paths: list[Path] = field(default_factory=list)
+
+    @property
+    def config(self) -> ModelConfig | None:
+        return None if self.metadata is None else self.metadata.config
+
+    def require_config(self) -> ModelConfig:
+        if self.config is None:
+            raise InputError(
+                f"{self.path}: the archive has no model config (it was converted from a lone "
+                "safetensors file); re-run `irforge convert` with `--config config.json`"
+            )
+        return self.config
+
+
+def rank_path(path: Path, rank: int) -> Path:
+    """`NAME.irpa` -> `NAME.rank{rank}.irpa` (shark-ai's ShardedArchiveBuilder naming)."""
+    return path.with_name(f"{path.stem}.rank{rank}{path.suffix}")
+
+
+def open_archive(path: Path) -> ModelArchive:
+    """Open an IRPA; irforge metadata and rank files are read when present.
+
+    Raises:
+        InputError: malformed archive, or a rank file is missing.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    entries = read_irpa(path)
+    tensors = {e.ref.name: e.ref for e in entries if e.ref.name != METADATA_KEY}
+    meta_refs = [e.ref for e in entries if e.ref.name == METADATA_KEY]
+    metadata = None
+    if meta_refs:
+        metadata = ArchiveMetadata.from_json(bytes(read_bytes(meta_refs[0])), str(path))
+    ranks: list[Path] = []
+    tp = metadata.tensor_parallelism_size if metadata else 1
+    if tp > 1:
+        for i in range(tp):
+            rp = rank_path(path, i)
+            if not rp.is_file():
+                raise InputError(f"{path}: rank file {rp.name} of {tp} is missing")
+            for e in read_irpa(rp):
+                if e.ref.name in tensors:
+                    raise InputError(f"{rp}: tensor {e.ref.name!r} is also in another file")
+                tensors[e.ref.name] = e.ref
+            ranks.append(rp)
+    return ModelArchive(path, metadata, tensors, ranks)

@@ -1,0 +1,1 @@
+"""Command line entrypoint of irforge: one small module per command over a library call."""

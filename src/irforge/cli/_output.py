@@ -1,0 +1,39 @@
+"""Consoles and progress displays for the CLI (stderr for humans, stdout for results)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+
+def note(message: str) -> None:
+    err.print(f"[yellow]note:[/] {message}", highlight=False)
+
+
+@contextmanager
+def byte_progress(
+    label: str, *, quiet: bool = False
+) -> Iterator[tuple[Callable[[int], None], Callable[[int], None]]]:
+    """(on_plan, on_bytes) callbacks driving a rich bar; no-ops when quiet or not a terminal."""
+    if quiet or not err.is_terminal:
+        yield (lambda total: None), (lambda n: None)
+        return
+    columns = (BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
+    with Progress(f"[bold]{label}", *columns, console=err, transient=True) as progress:
+        task = progress.add_task(label, total=None)
+        yield (
+            lambda total: progress.update(task, total=total),
+            lambda n: progress.advance(task, n),
+        )

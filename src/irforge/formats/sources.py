@@ -1,0 +1,92 @@
+"""Opening a convert SOURCE: a GGUF file, a safetensors file or index, or an HF model folder."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError
+from .gguf import read_gguf
+from .safetensors import INDEX_NAME, read_folder_weights, read_index, read_safetensors
+from .tensor_ref import TensorRef
+
+# Files a tokenizer needs, copied beside the output archive when the source has them.
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "generation_config.json",
+)
+
+
+@dataclass
+class Source:
+    """What convert reads: tensors under their source names, plus whatever describes them."""
+
+    kind: str  # "gguf" | "safetensors" | "safetensors-index" | "hf-folder"
+    path: Path
+    tensors: list[TensorRef]
+    hf_config: dict[str, Any] | None = None
+    gguf_metadata: dict[str, Any] | None = None
+    tokenizer_files: list[Path] = field(default_factory=list)
+    inputs: list[Path] = field(default_factory=list)
+
+
+def read_json_file(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as e:
+        raise InputError(f"{path}: cannot read: {e.strerror}") from e
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InputError(f"{path}: not valid JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: expected a JSON object")
+    return data
+
+
+def _tokenizer_files(folder: Path) -> list[Path]:
+    return [folder / n for n in TOKENIZER_FILES if (folder / n).is_file()]
+
+
+def open_source(path: Path) -> Source:
+    """Recognize and validate a source (by content checks, not just the file name).
+
+    Raises:
+        InputError: the path is missing, of an unknown kind, or malformed.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file or folder")
+    if path.is_dir():
+        weights = read_folder_weights(path)
+        config_path = path / "config.json"
+        hf_config = read_json_file(config_path) if config_path.is_file() else None
+        inputs = [f.path for f in weights.files] + ([config_path] if hf_config else [])
+        return Source("hf-folder", path, weights.tensors, hf_config=hf_config,
+                      tokenizer_files=_tokenizer_files(path), inputs=inputs)  # fmt: skip
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic == b"GGUF":
+        g = read_gguf(path)
+        return Source("gguf", path, g.tensors, gguf_metadata=g.metadata, inputs=[path])
+    if path.name.endswith(".index.json"):
+        weights = read_index(path)
+        config_path = path.parent / "config.json"
+        hf_config = read_json_file(config_path) if config_path.is_file() else None
+        return Source("safetensors-index", path, weights.tensors, hf_config=hf_config,
+                      tokenizer_files=_tokenizer_files(path.parent),
+                      inputs=[f.path for f in weights.files])  # fmt: skip
+    if path.suffix == ".safetensors":
+        st = read_safetensors(path)
+        return Source("safetensors", path, st.tensors, inputs=[path])
+    if path.suffix == ".irpa":
+        raise InputError(f"{path}: already an IRPA archive; `irforge inspect` shows what it holds")
+    if path.name == INDEX_NAME or path.suffix == ".json":
+        raise InputError(f"{path}: not a safetensors index (expected *.safetensors.index.json)")
+    raise InputError(
+        f"{path}: unknown source format; expected a .gguf file, a .safetensors file, "
+        "a *.safetensors.index.json, or an HF model folder"
+    )

@@ -1,0 +1,54 @@
+"""TensorRef: where one tensor's bytes are, and how to read them."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .dtypes import BY_NAME, numpy_view_dtype
+
+
+@dataclass(frozen=True)
+class TensorRef:
+    """A tensor stored in a file: `nbytes` bytes at absolute `offset` of `path`.
+
+    `dtype` is a canonical name from dtypes.py, or a GGML quantization name such as
+    "q8_0" for quantized GGUF tensors. `shape` is the logical (torch, row-major) shape.
+    """
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    path: Path
+    offset: int
+    nbytes: int
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def is_quantized(self) -> bool:
+        return self.dtype not in BY_NAME
+
+
+def read_bytes(ref: TensorRef) -> np.ndarray:
+    """The raw bytes of a tensor as a read-only, memory-mapped uint8 array."""
+    if ref.nbytes == 0:
+        return np.zeros(0, dtype=np.uint8)
+    return np.memmap(ref.path, dtype=np.uint8, mode="r", offset=ref.offset, shape=(ref.nbytes,))
+
+
+def read_tensor(ref: TensorRef) -> torch.Tensor:
+    """Materialize a (non-quantized) tensor as a torch tensor in its stored dtype."""
+    if ref.is_quantized:
+        from .gguf import dequantize
+
+        return torch.from_numpy(dequantize(ref, read_bytes(ref)))
+    d = BY_NAME[ref.dtype]
+    raw = np.array(read_bytes(ref)).view(numpy_view_dtype(d))
+    return torch.from_numpy(raw).view(d.torch).reshape(ref.shape)

@@ -1,0 +1,85 @@
+"""What `irforge inspect` reports about a weights file: its format, metadata and tensors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .archive import open_archive
+from .errors import InputError
+from .formats.sources import open_source
+from .formats.tensor_ref import TensorRef
+
+# Arrays longer than this (GGUF tokenizer vocabularies) are summarized, not listed.
+MAX_LISTED_ITEMS = 16
+
+
+@dataclass
+class Inspection:
+    path: Path
+    format: str
+    metadata: dict[str, Any]
+    tensors: list[TensorRef]
+    files: list[Path] = field(default_factory=list)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": str(self.path),
+            "format": self.format,
+            "files": [str(f) for f in self.files],
+            "metadata": self.metadata,
+            "tensor_count": len(self.tensors),
+            "total_bytes": self.total_bytes,
+            "tensors": [
+                {
+                    "name": t.name,
+                    "dtype": t.dtype,
+                    "shape": list(t.shape),
+                    "nbytes": t.nbytes,
+                    "offset": t.offset,
+                    "file": str(t.path),
+                }  # fmt: skip
+                for t in self.tensors
+            ],
+        }
+
+
+def summarize(value: Any) -> Any:
+    if isinstance(value, list) and len(value) > MAX_LISTED_ITEMS:
+        return f"<array of {len(value)} items>"
+    return value
+
+
+def inspect_path(path: Path) -> Inspection:
+    """Read the header of a .gguf, .safetensors, safetensors index, HF folder or .irpa.
+
+    Raises:
+        InputError: the path is missing or not a readable weights file.
+    """
+    path = Path(path)
+    if path.is_file() and path.suffix == ".irpa":
+        archive = open_archive(path)
+        meta: dict[str, Any] = {}
+        if archive.metadata is not None:
+            meta = {
+                "tensor_parallelism_size": archive.metadata.tensor_parallelism_size,
+                "source": archive.metadata.source,
+                "producer": archive.metadata.producer,
+                "config": None if archive.config is None else archive.config.to_dict(),
+            }
+        files = [path, *archive.rank_paths]
+        return Inspection(path, "irpa", meta, list(archive.tensors.values()), files)
+    if not path.exists():
+        raise InputError(f"{path}: no such file or folder")
+    src = open_source(path)
+    if src.gguf_metadata is not None:
+        meta = {k: summarize(v) for k, v in src.gguf_metadata.items()}
+    else:
+        meta = dict(src.hf_config or {})
+    files = sorted({t.path for t in src.tensors})
+    return Inspection(path, src.kind, meta, src.tensors, files)
