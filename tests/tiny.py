@@ -216,6 +216,10 @@ def write_gguf(
             w.add_tensor(name, arr)
         elif qtype == gguf.GGMLQuantizationType.F16:
             w.add_tensor(name, arr.astype(np.float16))
+        elif qtype in _K_SCALE_FIELDS:  # no Python quantizer: random blocks stand in
+            raw = random_quant_bytes(qtype, *arr.shape)
+            w.add_tensor(name, raw, raw_dtype=qtype)
+            written[name] = gguf.quants.dequantize(raw, qtype)
         else:
             w.add_tensor(name, gguf.quants.quantize(arr, qtype), raw_dtype=qtype)
     if rope_freqs:
@@ -227,3 +231,38 @@ def write_gguf(
     w.write_tensors_to_file()
     w.close()
     return written
+
+
+# Where the float16 scale fields sit in each K-quant block (gguf's Python package has
+# dequantizers but no quantizers for these, so tests fill blocks with random bytes).
+_K_SCALE_FIELDS = {
+    gguf.GGMLQuantizationType.Q4_K: (0, 2),  # d, dmin
+    gguf.GGMLQuantizationType.Q6_K: (208,),  # d
+}
+
+
+def random_quant_bytes(
+    qtype: gguf.GGMLQuantizationType, rows: int, cols: int, seed: int = 0
+) -> np.ndarray:
+    """Random blocks of a K-quant type with finite, small scales: `[rows, row_bytes]` uint8."""
+    block, type_size = gguf.GGML_QUANT_SIZES[qtype]
+    rng = np.random.default_rng(seed)
+    raw = rng.integers(0, 256, size=(rows * cols // block, type_size), dtype=np.uint8)
+    for off in _K_SCALE_FIELDS[qtype]:
+        scales = rng.uniform(0.001, 0.01, size=raw.shape[0]).astype(np.float16)
+        raw[:, off : off + 2] = scales.view(np.uint8).reshape(-1, 2)
+    return raw.reshape(rows, cols // block * type_size)
+
+
+if __name__ == "__main__":  # `make demo`: python tests/tiny.py OUT_DIR
+    import sys
+
+    out_dir = Path(sys.argv[1])
+    demo_model = save_hf(out_dir / "tiny-llama", llama_config())
+    write_gguf(
+        out_dir / "tiny-llama-q8_0.gguf",
+        demo_model,
+        quant={n: gguf.GGMLQuantizationType.Q8_0 for n in ("blk.0.ffn_up.weight",)},
+        float_type=gguf.GGMLQuantizationType.F16,
+    )
+    print(out_dir)

@@ -1,5 +1,5 @@
 """Conversion of GGUF and safetensors checkpoints to irforge IRPA archives."""
 
-from .convert import ConvertResult, convert
+from .converter import ConvertResult, convert
 
 __all__ = ["ConvertResult", "convert"]

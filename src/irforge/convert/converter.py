@@ -11,7 +11,7 @@ import torch
 
 from ..archive import ArchiveMetadata
 from ..config import ModelConfig
-from ..errors import ConfigError, InputError
+from ..errors import ConfigError, InputError, UnsupportedModelError
 from ..formats import atomic
 from ..formats.dtypes import BY_NAME, CONVERTIBLE, numpy_view_dtype
 from ..formats.gguf import dequantize, row_bytes
@@ -98,6 +98,18 @@ def _plan_entry(ref: TensorRef, out_name: str, dtype: str | None) -> _Planned:
 
 
 def _model_config(
+    source: Source, tensors: dict[str, TensorRef], out_dtype: str, config_path: Path | None
+) -> ModelConfig | None:
+    """The source's hyperparameters; errors name the file they come from."""
+    folder = source.path if source.path.is_dir() else source.path.parent
+    where = config_path or (source.path if source.gguf_metadata else folder / "config.json")
+    try:
+        return _read_model_config(source, tensors, out_dtype, config_path)
+    except (ConfigError, UnsupportedModelError) as e:
+        raise type(e)(f"{where}: {e}") from e
+
+
+def _read_model_config(
     source: Source, tensors: dict[str, TensorRef], out_dtype: str, config_path: Path | None
 ) -> ModelConfig | None:
     label = str(source.path)

@@ -1,0 +1,49 @@
+# irforge: `make demo` runs the pipeline on a tiny model, `make test` runs the test suite.
+# Both set up the virtual environment first (torch's CPU wheel before the project, so
+# pip never pulls a multi-GB CUDA build).
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+IRFORGE := $(VENV)/bin/irforge
+TORCH_VERSION ?= 2.13.0
+DEMO_DIR ?= out/demo
+PYTEST_ARGS ?=
+
+.PHONY: setup test test-all lint fmt demo bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet torch==$(TORCH_VERSION)
+	$(PIP) install --quiet -e ".[test]"
+	touch $@
+
+test: setup
+	$(PY) -m pytest -m "not gpu and not network and not slow" $(PYTEST_ARGS)
+
+test-all: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
+
+fmt: setup
+	$(VENV)/bin/ruff format src tests bench
+	$(VENV)/bin/ruff check --fix src tests bench
+
+demo: setup
+	$(PY) tests/tiny.py $(DEMO_DIR)
+	$(IRFORGE) convert $(DEMO_DIR)/tiny-llama -o $(DEMO_DIR)/tiny-llama.irpa
+	$(IRFORGE) convert $(DEMO_DIR)/tiny-llama-q8_0.gguf -o $(DEMO_DIR)/tiny-llama-gguf.irpa --dtype f32
+	$(IRFORGE) inspect $(DEMO_DIR)/tiny-llama-gguf.irpa
+
+bench: setup
+	$(PY) bench/convert.py
+
+clean:
+	rm -rf out build .pytest_cache
