@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ..archive import ArchiveMetadata
 from ..config import ModelConfig
@@ -43,6 +42,8 @@ def _cast_chunks(ref: TensorRef, target: str) -> Callable[[], Iterator[bytes]]:
     src = BY_NAME[ref.dtype]
 
     def gen() -> Iterator[bytes]:
+        import torch
+
         flat = read_bytes(ref).view(numpy_view_dtype(src))
         for start in range(0, ref.numel, CHUNK_ELEMENTS):
             part = torch.from_numpy(np.array(flat[start : start + CHUNK_ELEMENTS]))
@@ -53,6 +54,8 @@ def _cast_chunks(ref: TensorRef, target: str) -> Callable[[], Iterator[bytes]]:
 
 def _dequant_chunks(ref: TensorRef, target: str) -> Callable[[], Iterator[bytes]]:
     def gen() -> Iterator[bytes]:
+        import torch
+
         raw, step = read_bytes(ref), row_bytes(ref)
         rows_per_chunk = max(1, CHUNK_ELEMENTS // ref.shape[-1])
         for start in range(0, ref.nbytes, rows_per_chunk * step):

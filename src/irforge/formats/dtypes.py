@@ -3,46 +3,60 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
 class DType:
     name: str  # irforge's canonical name
     itemsize: int
-    torch: torch.dtype
+    kind: str  # "f" float, "i" signed int, "u" unsigned int, "b" bool
     safetensors: str
-    turbine: str  # the dtype name iree-turbine's ParameterArchive metadata uses
+    turbine: str  # the dtype name iree-turbine's metadata uses; also torch's attribute name
 
     @property
     def is_float(self) -> bool:
-        return self.torch.is_floating_point
+        return self.kind == "f"
+
+    @property
+    def is_signed(self) -> bool:
+        return self.kind in "fi"
+
+    @property
+    def torch(self) -> torch.dtype:
+        # torch is imported only by the paths that compute (casts, dequantization, models):
+        # inspecting and byte-copying stay fast to start.
+        import torch
+
+        return getattr(torch, self.turbine)
 
 
 _TABLE = [
-    DType("f64", 8, torch.float64, "F64", "float64"),
-    DType("f32", 4, torch.float32, "F32", "float32"),
-    DType("f16", 2, torch.float16, "F16", "float16"),
-    DType("bf16", 2, torch.bfloat16, "BF16", "bfloat16"),
-    DType("f8_e4m3fn", 1, torch.float8_e4m3fn, "F8_E4M3", "float8_e4m3fn"),
-    DType("f8_e5m2", 1, torch.float8_e5m2, "F8_E5M2", "float8_e5m2"),
-    DType("i64", 8, torch.int64, "I64", "int64"),
-    DType("i32", 4, torch.int32, "I32", "int32"),
-    DType("i16", 2, torch.int16, "I16", "int16"),
-    DType("i8", 1, torch.int8, "I8", "int8"),
-    DType("u64", 8, torch.uint64, "U64", "uint64"),
-    DType("u32", 4, torch.uint32, "U32", "uint32"),
-    DType("u16", 2, torch.uint16, "U16", "uint16"),
-    DType("u8", 1, torch.uint8, "U8", "uint8"),
-    DType("bool", 1, torch.bool, "BOOL", "bool"),
+    DType("f64", 8, "f", "F64", "float64"),
+    DType("f32", 4, "f", "F32", "float32"),
+    DType("f16", 2, "f", "F16", "float16"),
+    DType("bf16", 2, "f", "BF16", "bfloat16"),
+    DType("f8_e4m3fn", 1, "f", "F8_E4M3", "float8_e4m3fn"),
+    DType("f8_e5m2", 1, "f", "F8_E5M2", "float8_e5m2"),
+    DType("i64", 8, "i", "I64", "int64"),
+    DType("i32", 4, "i", "I32", "int32"),
+    DType("i16", 2, "i", "I16", "int16"),
+    DType("i8", 1, "i", "I8", "int8"),
+    DType("u64", 8, "u", "U64", "uint64"),
+    DType("u32", 4, "u", "U32", "uint32"),
+    DType("u16", 2, "u", "U16", "uint16"),
+    DType("u8", 1, "u", "U8", "uint8"),
+    DType("bool", 1, "b", "BOOL", "bool"),
 ]
 
 BY_NAME = {d.name: d for d in _TABLE}
 BY_SAFETENSORS = {d.safetensors: d for d in _TABLE}
 BY_TURBINE = {d.turbine: d for d in _TABLE}
-BY_TORCH = {d.torch: d for d in _TABLE}
 
 # Target dtypes a user may ask convert for.
 CONVERTIBLE = ("f32", "f16", "bf16")

@@ -192,7 +192,7 @@ def tensor_metadata(dtype: str, shape: Sequence[int]) -> bytes:
         "class_name": "dtype",
         "is_complex": False,
         "is_floating_point": d.is_float,
-        "is_signed": d.torch.is_signed,
+        "is_signed": d.is_signed,
         "itemsize": d.itemsize,
     }
     body = {"type": "Tensor", "dtype": d.turbine, "shape": list(shape), "dtype_desc": desc}

@@ -5,9 +5,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 from .dtypes import BY_NAME, numpy_view_dtype
 
@@ -44,7 +47,9 @@ def read_bytes(ref: TensorRef) -> np.ndarray:
 
 
 def read_tensor(ref: TensorRef) -> torch.Tensor:
-    """Materialize a (non-quantized) tensor as a torch tensor in its stored dtype."""
+    """Materialize a tensor as a torch tensor (stored dtype; float32 when dequantized)."""
+    import torch
+
     if ref.is_quantized:
         from .gguf import dequantize
 
