@@ -158,6 +158,10 @@ def test_lone_safetensors_file_with_and_without_config(llama_dir: Path, tmp_path
     assert "blk.0.attn_q.weight" in open_archive(plain.out).tensors
     with_cfg = convert(lone, out=tmp_path / "cfg.irpa", config=llama_dir / "config.json")
     assert open_archive(with_cfg.out).require_config().block_count == 2
+    # a config.json beside the lone file is picked up
+    shutil.copy(llama_dir / "config.json", lone.parent / "config.json")
+    beside = convert(lone, out=tmp_path / "beside.irpa")
+    assert beside.notes == [] and open_archive(beside.out).require_config().block_count == 2
 
 
 def test_unknown_tensor_names_are_kept_with_a_note(tmp_path: Path) -> None:

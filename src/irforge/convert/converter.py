@@ -12,11 +12,11 @@ from ..archive import ArchiveMetadata
 from ..config import ModelConfig
 from ..errors import ConfigError, InputError, UnsupportedModelError
 from ..formats import atomic
-from ..formats.dtypes import BY_NAME, CONVERTIBLE, numpy_view_dtype
+from ..formats.dtypes import BY_NAME, CONVERTIBLE
 from ..formats.gguf import dequantize, row_bytes
 from ..formats.irpa import OutputEntry, tensor_metadata, write_irpa
 from ..formats.sources import Source, open_source, read_json_file
-from ..formats.tensor_ref import TensorRef, read_bytes, read_tensor
+from ..formats.tensor_ref import TensorRef, read_range
 from .names import HF_IGNORED, check_tensors, hf_to_canonical
 
 # Elements converted per step: bounds peak memory whatever the tensor size.
@@ -39,29 +39,24 @@ class ConvertResult:
 
 
 def _cast_chunks(ref: TensorRef, target: str) -> Callable[[], Iterator[bytes]]:
-    src = BY_NAME[ref.dtype]
+    src, dst = BY_NAME[ref.dtype], BY_NAME[target]
 
     def gen() -> Iterator[bytes]:
-        import torch
-
-        flat = read_bytes(ref).view(numpy_view_dtype(src))
-        for start in range(0, ref.numel, CHUNK_ELEMENTS):
-            part = torch.from_numpy(np.array(flat[start : start + CHUNK_ELEMENTS]))
-            yield part.view(src.torch).to(BY_NAME[target].torch).view(torch.uint8).numpy().tobytes()
+        step = CHUNK_ELEMENTS * src.itemsize
+        for start in range(0, ref.nbytes, step):
+            raw = read_range(ref, start, min(step, ref.nbytes - start))
+            # Through float32, as torch does: exact from f16/bf16, one rounding to the target.
+            yield raw.view(src.numpy).astype(np.float32).astype(dst.numpy).tobytes()
 
     return gen
 
 
 def _dequant_chunks(ref: TensorRef, target: str) -> Callable[[], Iterator[bytes]]:
     def gen() -> Iterator[bytes]:
-        import torch
-
-        raw, step = read_bytes(ref), row_bytes(ref)
-        rows_per_chunk = max(1, CHUNK_ELEMENTS // ref.shape[-1])
-        for start in range(0, ref.nbytes, rows_per_chunk * step):
-            part = dequantize(ref, np.asarray(raw[start : start + rows_per_chunk * step]))
-            t = torch.from_numpy(part).to(BY_NAME[target].torch)
-            yield t.view(torch.uint8).numpy().tobytes()
+        step = row_bytes(ref) * max(1, CHUNK_ELEMENTS // ref.shape[-1])
+        for start in range(0, ref.nbytes, step):
+            part = dequantize(ref, read_range(ref, start, min(step, ref.nbytes - start)))
+            yield part.astype(BY_NAME[target].numpy).tobytes()
 
     return gen
 
@@ -123,7 +118,10 @@ def _read_model_config(
     if source.gguf_metadata is not None:
         factors = None
         if ROPE_FREQS in tensors:
-            factors = tuple(float(x) for x in read_tensor(tensors[ROPE_FREQS]).float().flatten())
+            freqs = tensors[ROPE_FREQS]
+            if freqs.dtype != "f32":
+                raise InputError(f"{source.path}: {ROPE_FREQS} is {freqs.dtype}, expected f32")
+            factors = tuple(read_range(freqs, 0, freqs.nbytes).view(np.float32).tolist())
         embd = tensors.get("token_embd.weight")
         return ModelConfig.from_gguf_metadata(
             source.gguf_metadata,

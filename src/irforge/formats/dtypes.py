@@ -28,6 +28,15 @@ class DType:
         return self.kind in "fi"
 
     @property
+    def numpy(self) -> np.dtype:
+        """The numpy dtype (ml_dtypes supplies bfloat16 and float8, which numpy lacks)."""
+        if self.name in ("bf16", "f8_e4m3fn", "f8_e5m2"):
+            import ml_dtypes
+
+            return np.dtype(getattr(ml_dtypes, self.turbine))
+        return np.dtype(self.turbine if self.kind != "b" else np.bool_)
+
+    @property
     def torch(self) -> torch.dtype:
         # torch is imported only by the paths that compute (casts, dequantization, models):
         # inspecting and byte-copying stay fast to start.

@@ -80,8 +80,12 @@ def open_source(path: Path) -> Source:
                       tokenizer_files=_tokenizer_files(path.parent),
                       inputs=[f.path for f in weights.files])  # fmt: skip
     if path.suffix == ".safetensors":
+        # A lone file: a config.json and tokenizer files beside it describe it, if present.
         st = read_safetensors(path)
-        return Source("safetensors", path, st.tensors, inputs=[path])
+        config_path = path.parent / "config.json"
+        hf_config = read_json_file(config_path) if config_path.is_file() else None
+        return Source("safetensors", path, st.tensors, hf_config=hf_config,
+                      tokenizer_files=_tokenizer_files(path.parent), inputs=[path])  # fmt: skip
     if path.suffix == ".irpa":
         raise InputError(f"{path}: already an IRPA archive; `irforge inspect` shows what it holds")
     if path.name == INDEX_NAME or path.suffix == ".json":

@@ -12,6 +12,7 @@ import numpy as np
 if TYPE_CHECKING:
     import torch
 
+from ..errors import InputError
 from .dtypes import BY_NAME, numpy_view_dtype
 
 
@@ -44,6 +45,22 @@ def read_bytes(ref: TensorRef) -> np.ndarray:
     if ref.nbytes == 0:
         return np.zeros(0, dtype=np.uint8)
     return np.memmap(ref.path, dtype=np.uint8, mode="r", offset=ref.offset, shape=(ref.nbytes,))
+
+
+def read_range(ref: TensorRef, start: int, length: int) -> np.ndarray:
+    """`length` bytes at `start` within the tensor, read with pread into a fresh buffer.
+
+    Unlike a memory map, this keeps resident memory at the size of the chunk asked for.
+    """
+    if start < 0 or start + length > ref.nbytes:
+        raise ValueError(f"range [{start}, {start + length}) is outside tensor {ref.name!r}")
+    out = np.empty(length, dtype=np.uint8)
+    with open(ref.path, "rb", buffering=0) as f:
+        f.seek(ref.offset + start)
+        got = f.readinto(memoryview(out))
+    if got != length:
+        raise InputError(f"{ref.path}: ended early reading {ref.name!r} (was it truncated?)")
+    return out
 
 
 def read_tensor(ref: TensorRef) -> torch.Tensor:
