@@ -197,3 +197,9 @@ def test_output_loads_in_iree_and_dump_parameters(llama_dir: Path, tmp_path: Pat
     ).stdout
     for name in ("token_embd.weight", "blk.0.attn_q.weight", "output.weight"):
         assert f"`{name}`" in dumped
+
+
+def test_output_folder_is_created(llama_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "new" / "deeper" / "m.irpa"
+    assert convert(llama_dir, out=out).out.is_file()
+    assert sorted(p.name for p in out.parent.iterdir() if p.name.startswith(".")) == []

@@ -38,9 +38,8 @@ class AtomicFile:
 
     def __enter__(self) -> BinaryIO:
         folder = self.path.parent
-        if not folder.is_dir():
-            raise OutputError(f"output folder {folder} does not exist; create it first")
         try:
+            folder.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=folder)
         except OSError as e:
             raise OutputError(f"cannot write in {folder}: {e.strerror}") from e
