@@ -1,0 +1,152 @@
+"""The paged KV cache: views of a device's page slab, and prefill/decode reads and writes.
+
+A slab is one tensor `[pages, page_elements]` per device (the exported ABI, DESIGN.md). Its
+logical view is `[pages, layers, 2 (K, V), kv_heads, block_seq_stride, head_dim]`: a page holds
+`block_seq_stride` consecutive positions of one sequence for every layer. Writes go through
+`index_put_` on that view, so they stay in place on the caller's tensor; reads gather a
+sequence's pages. This form exports with iree-turbine, compiles for llvm-cpu and gfx942, and
+the CPU module updates the caller's slab in place with eager PyTorch's values.
+
+Every listed page is written, padding positions included: entries of `seq_block_ids` that a
+sequence does not own must name a scratch page no live sequence uses (the runtime reserves one).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..config import ModelConfig
+from ..errors import ConfigError
+from .options import ModelOptions
+
+
+@dataclass(frozen=True)
+class PagedKVCache:
+    """Page layout of one device's slab; the methods read and write a given slab."""
+
+    layers: int
+    kv_heads: int
+    block_seq_stride: int
+    head_dim: int
+    dtype: torch.dtype
+
+    @classmethod
+    def for_model(cls, config: ModelConfig, options: ModelOptions) -> PagedKVCache:
+        return cls(
+            layers=config.block_count,
+            kv_heads=config.attention_head_count_kv,
+            block_seq_stride=options.block_seq_stride,
+            head_dim=config.head_dim,
+            dtype=options.kv_cache_torch_dtype(config),
+        )
+
+    @property
+    def page_elements(self) -> int:
+        return self.layers * 2 * self.kv_heads * self.block_seq_stride * self.head_dim
+
+    def allocate(
+        self, page_count: int, *, device: torch.device | str | None = None
+    ) -> torch.Tensor:
+        """A zeroed slab [page_count, page_elements]."""
+        return torch.zeros(page_count, self.page_elements, dtype=self.dtype, device=device)
+
+    def pages(self, slab: torch.Tensor) -> torch.Tensor:
+        """The 6-D view [pages, layers, 2, kv_heads, stride, head_dim] sharing slab's storage."""
+        if slab.dim() != 2 or slab.shape[1] != self.page_elements:
+            raise ConfigError(
+                f"KV cache slab has shape {tuple(slab.shape)}, expected "
+                f"[pages, {self.page_elements}] for this model and block_seq_stride"
+            )
+        return slab.view(-1, self.layers, 2, self.kv_heads, self.block_seq_stride, self.head_dim)
+
+    def write_pages(
+        self,
+        slab: torch.Tensor,
+        layer: int,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        seq_block_ids: torch.Tensor,
+    ) -> None:
+        """Store k, v [N, B·stride, kv_heads, D] of one layer into pages seq_block_ids [N, B]."""
+        kv = torch.stack((k, v), dim=2)  # [N, S, 2, KV, D]
+        kv = kv.unflatten(1, (-1, self.block_seq_stride))  # [N, B, stride, 2, KV, D]
+        kv = kv.permute(0, 1, 3, 4, 2, 5).flatten(0, 1)  # [N·B, 2, KV, stride, D]
+        ids = seq_block_ids.flatten()  # [N·B]
+        # Index every leading dim with a tensor (not a select view) so functionalization
+        # produces one scatter into the slab rather than a copy of a layer's slice.
+        self.pages(slab).index_put_((ids, torch.full_like(ids, layer)), kv.to(self.dtype))
+
+    def write_token(
+        self,
+        slab: torch.Tensor,
+        layer: int,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        seq_block_ids: torch.Tensor,
+        positions: torch.Tensor,
+    ) -> None:
+        """Store one position per sequence: k, v [N, kv_heads, D] at positions [N]."""
+        n = positions.shape[0]
+        block = torch.div(positions, self.block_seq_stride, rounding_mode="floor")  # [N]
+        page = seq_block_ids.gather(1, block.unsqueeze(1)).view(n, 1, 1)  # [N, 1, 1]
+        offset = torch.remainder(positions, self.block_seq_stride).view(n, 1, 1)  # [N, 1, 1]
+        part = torch.arange(2, device=positions.device).view(1, 2, 1)  # K, V
+        head = torch.arange(self.kv_heads, device=positions.device).view(1, 1, -1)
+        index = (page, torch.full_like(page, layer), part, head, offset)  # -> [N, 2, KV]
+        kv = torch.stack((k, v), dim=1)  # [N, 2, KV, D]
+        self.pages(slab).index_put_(index, kv.to(self.dtype))
+
+    def gather(
+        self, slab: torch.Tensor, layer: int, seq_block_ids: torch.Tensor, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """K and V [N, kv_heads, B·stride, D] of one layer over the pages seq_block_ids [N, B]."""
+        # Gather rows of the [pages·layers, ...] view. The same read written as
+        # `pages[:, layer][ids]` exports too, but IREE 3.9 (llvm-cpu) computes it wrongly.
+        pages = self.pages(slab).flatten(0, 1)  # [pages·layers, 2, KV, stride, D]
+        rows = seq_block_ids * self.layers + layer  # [N, B]: this layer's part of each page
+        kv = pages[rows]  # [N, B, 2, KV, stride, D]
+        kv = kv.permute(2, 0, 3, 1, 4, 5).flatten(3, 4)  # [2, N, KV, B·stride, D]
+        return kv[0].to(dtype), kv[1].to(dtype)
+
+
+class PrefillKV:
+    """Prefill's cache access: store the prompt's K/V in its pages and attend to them directly."""
+
+    def __init__(self, cache: PagedKVCache, slab: torch.Tensor, seq_block_ids: torch.Tensor):
+        self.cache, self.slab, self.seq_block_ids = cache, slab, seq_block_ids
+
+    def __call__(
+        self, layer: int, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """k, v [N, S, KV, D] -> keys, values [N, KV, S, D]."""
+        self.cache.write_pages(self.slab, layer, k, v, self.seq_block_ids)
+        return k.transpose(1, 2), v.transpose(1, 2)
+
+
+class DecodeKV:
+    """Decode's cache access: store the new token's K/V, then read the sequence's pages."""
+
+    def __init__(
+        self,
+        cache: PagedKVCache,
+        slab: torch.Tensor,
+        seq_block_ids: torch.Tensor,
+        positions: torch.Tensor,
+        key_valid: torch.Tensor,
+    ):
+        self.cache, self.slab, self.seq_block_ids = cache, slab, seq_block_ids
+        self.positions = positions  # [N]
+        self.key_valid = key_valid.view(key_valid.shape[0], 1, -1, 1)  # [N, 1, Sk, 1]
+
+    def __call__(
+        self, layer: int, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """k, v [N, 1, KV, D] -> keys, values [N, KV, B·stride, D] (the new token included)."""
+        ids = self.seq_block_ids
+        self.cache.write_token(self.slab, layer, k[:, 0], v[:, 0], ids, self.positions)
+        keys, values = self.cache.gather(self.slab, layer, ids, k.dtype)
+        # Slots past the sequence were never written and may hold NaN (uninitialized memory);
+        # masking the scores is not enough, as softmax's exact 0 times NaN is still NaN.
+        return torch.where(self.key_valid, keys, 0), torch.where(self.key_valid, values, 0)

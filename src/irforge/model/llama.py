@@ -1,0 +1,235 @@
+"""PagedLlama: the Llama-family decoder (Llama 3.x, Mistral, Mistral-Nemo) over a paged KV cache.
+
+`prefill` and `decode` take the exported ABI's plain tensors (DESIGN.md), so the same module
+runs eagerly in tests and is traced by export: no Python branch reads a tensor's value, and
+batch size and page count may be symbolic.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import ModelConfig
+from ..errors import ConfigError
+from .attention import attend, decode_mask, prefill_mask
+from .kv_cache import DecodeKV, PagedKVCache, PrefillKV
+from .options import ModelOptions
+from .rope import apply_rope, inv_frequencies, rope_tables
+from .weights import load_archive, load_canonical
+
+# What a Block calls to store this step's K/V and get the keys/values to attend over.
+KVAccess = PrefillKV | DecodeKV
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float, dtype: torch.dtype):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim, dtype=dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Mean of squares in float32: f16 would overflow and bf16 lose precision.
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+
+class FeedForward(nn.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, config: ModelConfig, dtype: torch.dtype):
+        super().__init__()
+        dim, hidden = config.embedding_length, config.feed_forward_length
+        self.w_gate = nn.Linear(dim, hidden, bias=False, dtype=dtype)
+        self.w_up = nn.Linear(dim, hidden, bias=False, dtype=dtype)
+        self.w_down = nn.Linear(hidden, dim, bias=False, dtype=dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w_down(F.silu(self.w_gate(x)) * self.w_up(x))
+
+
+class Attention(nn.Module):
+    """Grouped-query attention with rotary embeddings; head_dim need not be dim / heads."""
+
+    def __init__(self, config: ModelConfig, layer: int, options: ModelOptions, dtype: torch.dtype):
+        super().__init__()
+        self.layer = layer
+        self.heads, self.kv_heads = config.attention_head_count, config.attention_head_count_kv
+        self.head_dim = config.head_dim
+        self.interleaved = config.rope_interleaved  # q/k row layout of the weights
+        self.kind = options.attention
+        dim = config.embedding_length
+        q_dim, kv_dim = self.heads * self.head_dim, self.kv_heads * self.head_dim
+        self.wq = nn.Linear(dim, q_dim, bias=False, dtype=dtype)
+        self.wk = nn.Linear(dim, kv_dim, bias=False, dtype=dtype)
+        self.wv = nn.Linear(dim, kv_dim, bias=False, dtype=dtype)
+        self.wo = nn.Linear(q_dim, dim, bias=False, dtype=dtype)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        allowed: torch.Tensor,
+        kv: KVAccess,
+    ) -> torch.Tensor:
+        n, s, _ = x.shape
+        q = self.wq(x).view(n, s, self.heads, self.head_dim)  # [N, S, H, D]
+        k = self.wk(x).view(n, s, self.kv_heads, self.head_dim)  # [N, S, KV, D]
+        v = self.wv(x).view(n, s, self.kv_heads, self.head_dim)  # [N, S, KV, D]
+        q = apply_rope(q, cos, sin, interleaved=self.interleaved)
+        k = apply_rope(k, cos, sin, interleaved=self.interleaved)
+        keys, values = kv(self.layer, k, v)  # [N, KV, Sk, D]: this step's or the pages'
+        out = attend(q.transpose(1, 2), keys, values, allowed, kind=self.kind)  # [N, H, S, D]
+        return self.wo(out.transpose(1, 2).reshape(n, s, -1))  # [N, S, dim]
+
+
+class Block(nn.Module):
+    def __init__(self, config: ModelConfig, layer: int, options: ModelOptions, dtype: torch.dtype):
+        super().__init__()
+        self.attn_norm = RMSNorm(config.embedding_length, config.rms_norm_eps, dtype)
+        self.attn = Attention(config, layer, options, dtype)
+        self.ffn_norm = RMSNorm(config.embedding_length, config.rms_norm_eps, dtype)
+        self.ffn = FeedForward(config, dtype)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        allowed: torch.Tensor,
+        kv: KVAccess,
+    ) -> torch.Tensor:
+        h = x + self.attn(self.attn_norm(x), cos, sin, allowed, kv)
+        return h + self.ffn(self.ffn_norm(h))
+
+
+class PagedLlama(nn.Module):
+    """Llama-family decoder whose K/V live in pages of a caller-owned cache slab.
+
+    Args:
+        config: what the model is.
+        options: how it runs (page size, activation and KV-cache dtypes, attention kind).
+    """
+
+    def __init__(self, config: ModelConfig, options: ModelOptions | None = None):
+        super().__init__()
+        self.config = config
+        self.options = options or ModelOptions()
+        self.dtype = self.options.activation_torch_dtype(config)
+        self.kv_cache = PagedKVCache.for_model(config, self.options)
+        dim, vocab = config.embedding_length, config.vocab_size
+        self.token_embd = nn.Embedding(vocab, dim, dtype=self.dtype)
+        layers = range(config.block_count)
+        self.blk = nn.ModuleList(Block(config, i, self.options, self.dtype) for i in layers)
+        self.output_norm = RMSNorm(dim, config.rms_norm_eps, self.dtype)
+        self.output = nn.Linear(dim, vocab, bias=False, dtype=self.dtype)
+        if config.tie_word_embeddings:
+            self.output.weight = self.token_embd.weight
+        # Not persistent: recomputed from the config, never part of the weights.
+        self.register_buffer("inv_freq", inv_frequencies(config), persistent=False)
+
+    @classmethod
+    def from_state_dict(
+        cls,
+        config: ModelConfig,
+        tensors: Mapping[str, torch.Tensor],
+        *,
+        options: ModelOptions | None = None,
+        dtype: str | None = None,
+        device: torch.device | str | None = None,
+    ) -> PagedLlama:
+        """Build from canonical-name tensors (see weights.py); `dtype` overrides options'."""
+        options = options or ModelOptions()
+        if dtype is not None:
+            options = dataclasses.replace(options, activation_dtype=dtype)
+        with torch.device("meta"):  # no memory or init work for weights about to be replaced
+            model = cls(config, options)
+        load_canonical(model, tensors, device=device)
+        return model.eval()
+
+    @classmethod
+    def from_archive(
+        cls,
+        path: str | Path,
+        *,
+        options: ModelOptions | None = None,
+        dtype: str | None = None,
+        device: torch.device | str | None = None,
+    ) -> PagedLlama:
+        """Build from an irforge IRPA: its config, its tensors; the archive's dtype by default."""
+        config, tensors = load_archive(Path(path))
+        return cls.from_state_dict(config, tensors, options=options, dtype=dtype, device=device)
+
+    def allocate_cache(
+        self, page_count: int, *, device: torch.device | str | None = None
+    ) -> torch.Tensor:
+        """A zeroed cache slab [page_count, page_elements] in the KV-cache dtype."""
+        return self.kv_cache.allocate(page_count, device=device)
+
+    def prefill(
+        self,
+        tokens: torch.Tensor,
+        seq_lens: torch.Tensor,
+        seq_block_ids: torch.Tensor,
+        cache: torch.Tensor | Sequence[torch.Tensor],
+    ) -> torch.Tensor:
+        """Write the prompts' K/V into their pages; logits [N, S, vocab].
+
+        tokens [N, S] with S = block_seq_stride·B, padded past seq_lens [N]; seq_block_ids [N, B].
+        """
+        stride = self.options.block_seq_stride
+        if tokens.shape[1] != seq_block_ids.shape[1] * stride:
+            raise ConfigError(
+                f"prefill tokens have {tokens.shape[1]} positions, expected "
+                f"block_seq_stride {stride} x {seq_block_ids.shape[1]} pages"
+            )
+        n, s = tokens.shape
+        positions = torch.arange(s, device=tokens.device).unsqueeze(0).expand(n, s)  # [N, S]
+        kv = PrefillKV(self.kv_cache, _single_slab(cache), seq_block_ids)
+        return self._forward(tokens, positions, prefill_mask(seq_lens, s), kv)
+
+    def decode(
+        self,
+        tokens: torch.Tensor,
+        seq_lens: torch.Tensor,
+        start_positions: torch.Tensor,
+        seq_block_ids: torch.Tensor,
+        cache: torch.Tensor | Sequence[torch.Tensor],
+    ) -> torch.Tensor:
+        """Append tokens [N, 1] at start_positions [N]; logits [N, 1, vocab].
+
+        seq_lens [N] = start_positions + 1; seq_block_ids [N, B] must cover start_positions.
+        """
+        key_count = seq_block_ids.shape[1] * self.options.block_seq_stride
+        allowed = decode_mask(seq_lens, key_count)  # [N, 1, B·stride]
+        slab = _single_slab(cache)
+        kv = DecodeKV(self.kv_cache, slab, seq_block_ids, start_positions, allowed[:, 0])
+        return self._forward(tokens, start_positions.unsqueeze(1), allowed, kv)
+
+    def _forward(
+        self, tokens: torch.Tensor, positions: torch.Tensor, allowed: torch.Tensor, kv: KVAccess
+    ) -> torch.Tensor:
+        h = self.token_embd(tokens)  # [N, S, dim]
+        cos, sin = rope_tables(positions, self.inv_freq)  # [N, S, 1, D/2]
+        for block in self.blk:
+            h = block(h, cos, sin, allowed, kv)
+        return self.output(self.output_norm(h))  # [N, S, vocab]
+
+
+def _single_slab(cache: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+    """The one slab of a single-device cache, given bare or as a one-element list."""
+    if isinstance(cache, torch.Tensor):
+        return cache
+    if len(cache) != 1:
+        raise ConfigError(
+            f"got {len(cache)} cache slabs; tensor-parallel caches (one slab per device) "
+            "are not supported yet, pass a single slab"
+        )
+    return cache[0]

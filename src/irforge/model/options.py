@@ -1,0 +1,47 @@
+"""ModelOptions: how a model is run (page size, dtypes, attention formulation), not what it is."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..config import FLOAT_DTYPES, ModelConfig
+from ..errors import ConfigError
+
+ATTENTION_KINDS = ("decomposed", "sdpa")
+KV_CACHE_DTYPES = FLOAT_DTYPES
+TORCH_DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """Run-time choices for PagedLlama; None dtypes follow the config / the activations.
+
+    `attention="decomposed"` writes QK^T, softmax and V as separate ops; it is the default
+    because it compiles for gfx942, where IREE's fused paged attention does not (DESIGN.md).
+    `"sdpa"` uses torch's scaled_dot_product_attention and lets export pick a fused kernel.
+    """
+
+    block_seq_stride: int = 32
+    activation_dtype: str | None = None
+    kv_cache_dtype: str | None = None
+    attention: str = "decomposed"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.block_seq_stride, int) or self.block_seq_stride <= 0:
+            raise ConfigError(
+                f"block_seq_stride must be a positive integer, got {self.block_seq_stride!r}"
+            )
+        for name in ("activation_dtype", "kv_cache_dtype"):
+            value = getattr(self, name)
+            if value is not None and value not in TORCH_DTYPES:
+                raise ConfigError(f"{name} must be one of {FLOAT_DTYPES} or None, got {value!r}")
+        if self.attention not in ATTENTION_KINDS:
+            raise ConfigError(f"attention must be one of {ATTENTION_KINDS}, got {self.attention!r}")
+
+    def activation_torch_dtype(self, config: ModelConfig) -> torch.dtype:
+        return TORCH_DTYPES[self.activation_dtype or config.dtype]
+
+    def kv_cache_torch_dtype(self, config: ModelConfig) -> torch.dtype:
+        return TORCH_DTYPES[self.kv_cache_dtype or self.activation_dtype or config.dtype]

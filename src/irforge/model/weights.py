@@ -1,0 +1,133 @@
+"""Loading canonical-name (GGUF-style) tensors into a PagedLlama, checked against its config."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from ..config import ModelConfig
+from ..errors import InputError, UnsupportedModelError
+
+if TYPE_CHECKING:
+    from .llama import PagedLlama
+
+# Canonical name -> PagedLlama parameter name; `{i}` is the block index.
+CANONICAL_TO_MODULE: dict[str, str] = {
+    "token_embd.weight": "token_embd.weight",
+    "output_norm.weight": "output_norm.weight",
+    "output.weight": "output.weight",
+    "blk.{i}.attn_norm.weight": "blk.{i}.attn_norm.weight",
+    "blk.{i}.attn_q.weight": "blk.{i}.attn.wq.weight",
+    "blk.{i}.attn_k.weight": "blk.{i}.attn.wk.weight",
+    "blk.{i}.attn_v.weight": "blk.{i}.attn.wv.weight",
+    "blk.{i}.attn_output.weight": "blk.{i}.attn.wo.weight",
+    "blk.{i}.ffn_norm.weight": "blk.{i}.ffn_norm.weight",
+    "blk.{i}.ffn_gate.weight": "blk.{i}.ffn.w_gate.weight",
+    "blk.{i}.ffn_up.weight": "blk.{i}.ffn.w_up.weight",
+    "blk.{i}.ffn_down.weight": "blk.{i}.ffn.w_down.weight",
+}
+
+# Tensors whose content the config already carries (GGUF's rope divisors: rope_freq_factors).
+IGNORED = frozenset({"rope_freqs.weight"})
+
+
+def module_name(canonical: str) -> str | None:
+    """The PagedLlama parameter a canonical tensor loads into, or None if none does."""
+    parts = canonical.split(".")
+    if len(parts) > 2 and parts[0] == "blk" and parts[1].isdigit():
+        pattern = ".".join(["blk", "{i}", *parts[2:]])
+        target = CANONICAL_TO_MODULE.get(pattern)
+        return None if target is None else target.replace("{i}", parts[1])
+    return CANONICAL_TO_MODULE.get(canonical)
+
+
+def _list(names: list[str], limit: int = 8) -> str:
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(sorted(names)[:limit]) + more
+
+
+def load_canonical(
+    model: PagedLlama,
+    tensors: Mapping[str, torch.Tensor],
+    *,
+    device: torch.device | str | None = None,
+) -> None:
+    """Replace model's parameters by `tensors` (canonical names), cast to the activation dtype.
+
+    Tensors already in that dtype and device are used without a copy. With tied embeddings
+    the output projection is token_embd.weight; a stored output.weight is then ignored.
+
+    Raises:
+        InputError: a tensor is missing, unknown, not floating point or of the wrong shape.
+    """
+    tied = model.config.tie_word_embeddings
+    expected = {k: v.shape for k, v in model.state_dict().items() if k != "inv_freq"}
+    if tied:
+        del expected["output.weight"]
+    state: dict[str, torch.Tensor] = {}
+    unknown = []
+    for name, tensor in tensors.items():
+        target = module_name(name)
+        if name in IGNORED or (tied and target == "output.weight"):
+            continue
+        if target not in expected:
+            unknown.append(name)
+            continue
+        tensor = torch.as_tensor(tensor)
+        if not tensor.is_floating_point():
+            raise InputError(f"tensor {name} has dtype {tensor.dtype}, expected floating point")
+        if tuple(tensor.shape) != tuple(expected[target]):
+            raise InputError(
+                f"tensor {name} has shape {tuple(tensor.shape)}, the model config expects "
+                f"{tuple(expected[target])}"
+            )
+        state[target] = tensor.to(device=device, dtype=model.dtype)
+    missing = sorted(set(expected) - set(state))
+    problems = []
+    if missing:
+        canonical = {v: k for k, v in _canonical_names(model.config.block_count).items()}
+        problems.append(f"missing {_list([canonical.get(m, m) for m in missing])}")
+    if unknown:
+        problems.append(f"unknown {_list(unknown)}")
+    if problems:
+        raise InputError("weights do not match the model config: " + "; ".join(problems))
+    if tied:
+        state["output.weight"] = state["token_embd.weight"]
+    model.load_state_dict(state, strict=True, assign=True)
+    if tied:  # assign=True wrapped each entry in its own Parameter; share one again
+        model.output.weight = model.token_embd.weight
+    model.inv_freq = model.inv_freq.to(device=device)
+    model.requires_grad_(False)
+
+
+def _canonical_names(block_count: int) -> dict[str, str]:
+    """Every canonical name of a model with block_count blocks -> its module name."""
+    out = {}
+    for pattern, target in CANONICAL_TO_MODULE.items():
+        blocks = range(block_count) if "{i}" in pattern else [None]
+        for i in blocks:
+            out[pattern.replace("{i}", str(i))] = target.replace("{i}", str(i))
+    return out
+
+
+def load_archive(path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """The config and canonical-name tensors of an irforge IRPA (as `irforge convert` writes).
+
+    Raises:
+        InputError: the archive is malformed or has no model config.
+        UnsupportedModelError: the archive is tensor-parallel (rank files).
+    """
+    from ..archive import open_archive
+    from ..formats.tensor_ref import read_tensor
+
+    archive = open_archive(Path(path))
+    config = archive.require_config()
+    if archive.rank_paths:
+        raise UnsupportedModelError(
+            f"{path}: tensor-parallel archives are not supported by the PyTorch model yet; "
+            "load the unsharded archive"
+        )
+    return config, {name: read_tensor(ref) for name, ref in archive.tensors.items()}

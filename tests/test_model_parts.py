@@ -1,0 +1,202 @@
+"""Unit tests of the model's parts: rope, KV pages, options, weight loading, presets, export."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+import tiny
+from irforge.errors import ConfigError, InputError
+from irforge.model import ModelOptions, PagedKVCache, PagedLlama, inv_frequencies
+from irforge.model.rope import apply_rope, rope_tables
+from irforge.presets import PRESETS, get_preset
+from model_helpers import (
+    STRIDE,
+    canonical_tensors,
+    llama3_freq_factors,
+    model_config,
+    paged_prefill,
+    tiny_llama,
+    tiny_mistral,
+)
+
+# -- rope ---------------------------------------------------------------------------------
+
+
+def test_llama3_frequencies_match_transformers_and_gguf_factors() -> None:
+    hf = tiny_llama()
+    config = model_config(hf)
+    expected, _ = ROPE_INIT_FUNCTIONS["llama3"](hf.config)
+    ours = inv_frequencies(config)
+    torch.testing.assert_close(ours, expected.float(), rtol=1e-6, atol=0)
+    # The scaling must matter for the tiny model, or the parity tests would not test it.
+    assert not torch.allclose(ours, inv_frequencies(config.replace(rope_scaling=None)))
+    gguf = config.replace(rope_scaling=None, rope_freq_factors=llama3_freq_factors(hf))
+    torch.testing.assert_close(inv_frequencies(gguf), ours, rtol=1e-6, atol=0)
+    # tiny.py computes llama.cpp's rope_freqs independently; all three agree.
+    factors = tuple(float(x) for x in tiny.llamacpp_rope_freqs(hf.config))
+    torch.testing.assert_close(
+        inv_frequencies(config.replace(rope_scaling=None, rope_freq_factors=factors)),
+        ours,
+        rtol=1e-6,
+        atol=0,
+    )
+
+
+def test_interleaved_rope_is_half_split_rope_in_llama_cpp_row_order() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 3, 16)  # [N, S, heads, D]
+    cos, sin = rope_tables(torch.arange(5).expand(2, 5), torch.rand(8))
+    # llama.cpp's permutation moves dim i + D/2 next to dim i: order (0, 8, 1, 9, ...).
+    order = torch.arange(16).view(2, 8).t().flatten()
+    half = apply_rope(x, cos, sin, interleaved=False)
+    inter = apply_rope(x[..., order], cos, sin, interleaved=True)
+    torch.testing.assert_close(inter, half[..., order])
+
+
+# -- KV pages -----------------------------------------------------------------------------
+
+
+def _small_cache() -> PagedKVCache:
+    return PagedKVCache(layers=2, kv_heads=2, block_seq_stride=4, head_dim=3, dtype=torch.float32)
+
+
+def test_pages_round_trip_and_token_lands_at_its_page_and_offset() -> None:
+    kvc = _small_cache()
+    slab = kvc.allocate(6)
+    ids = torch.tensor([[4, 1], [2, 5]])
+    k, v = torch.randn(2, 8, 2, 3), torch.randn(2, 8, 2, 3)  # [N, B·stride, KV, D]
+    kvc.write_pages(slab, 1, k, v, ids)
+    keys, values = kvc.gather(slab, 1, ids, torch.float32)  # [N, KV, B·stride, D]
+    torch.testing.assert_close(keys, k.transpose(1, 2))
+    torch.testing.assert_close(values, v.transpose(1, 2))
+    assert kvc.pages(slab)[:, 0].abs().sum() == 0  # layer 0 untouched
+    assert kvc.pages(slab)[[0, 3]].abs().sum() == 0  # unlisted pages untouched
+
+    new_k, new_v = torch.randn(2, 2, 3), torch.randn(2, 2, 3)
+    kvc.write_token(slab, 0, new_k, new_v, ids, torch.tensor([5, 2]))
+    pages = kvc.pages(slab)
+    torch.testing.assert_close(pages[1, 0, 0, :, 1], new_k[0])  # pos 5: block 1, offset 1
+    torch.testing.assert_close(pages[2, 0, 1, :, 2], new_v[1])  # pos 2: block 0, offset 2
+
+
+def test_slab_of_wrong_width_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"\[pages, 96\]"):
+        _small_cache().pages(torch.zeros(3, 95))
+
+
+def test_page_size_matches_sharktank_for_llama_8b() -> None:
+    options = ModelOptions(block_seq_stride=32)
+    assert PagedKVCache.for_model(get_preset("llama-3.1-8b"), options).page_elements == 2097152
+
+
+def test_options_are_validated() -> None:
+    with pytest.raises(ConfigError, match="attention"):
+        ModelOptions(attention="flash")
+    with pytest.raises(ConfigError, match="kv_cache_dtype"):
+        ModelOptions(kv_cache_dtype="f8")
+    with pytest.raises(ConfigError, match="block_seq_stride"):
+        ModelOptions(block_seq_stride=0)
+
+
+# -- weights ------------------------------------------------------------------------------
+
+
+def test_missing_unknown_and_misshapen_tensors_are_named() -> None:
+    hf = tiny_mistral()
+    config, tensors = model_config(hf), canonical_tensors(hf)
+    missing = {k: v for k, v in tensors.items() if k != "blk.1.ffn_up.weight"}
+    with pytest.raises(InputError, match=r"missing blk\.1\.ffn_up\.weight"):
+        PagedLlama.from_state_dict(config, missing)
+    with pytest.raises(InputError, match=r"unknown blk\.0\.attn_qkv\.weight"):
+        PagedLlama.from_state_dict(config, {**tensors, "blk.0.attn_qkv.weight": torch.ones(1)})
+    bad = {**tensors, "blk.0.attn_q.weight": torch.ones(64, 64)}
+    with pytest.raises(InputError, match=r"attn_q\.weight has shape \(64, 64\).*\(128, 64\)"):
+        PagedLlama.from_state_dict(config, bad)
+
+
+def test_loaded_model_has_no_meta_tensors_and_ties_embeddings() -> None:
+    hf = tiny_llama(tied=True)
+    model = PagedLlama.from_state_dict(model_config(hf), canonical_tensors(hf), dtype="bf16")
+    assert model.output.weight is model.token_embd.weight
+    assert all(not t.is_meta for t in [*model.parameters(), *model.buffers()])
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert model.inv_freq.dtype == torch.float32
+
+
+# -- presets ------------------------------------------------------------------------------
+
+
+def test_presets() -> None:
+    assert len(PRESETS) == 8
+    eight = get_preset("llama-3.1-8b")
+    assert (eight.embedding_length, eight.block_count, eight.feed_forward_length) == (
+        4096,
+        32,
+        14336,
+    )
+    assert eight.rope_scaling is not None and eight.rope_scaling.factor == 8.0
+    assert get_preset("llama-3.1-405b-instruct").eos_token_ids == (128001, 128008, 128009)
+    nemo = get_preset("mistral-nemo-instruct-2407")
+    assert nemo.head_dim * nemo.attention_head_count != nemo.embedding_length
+    with pytest.raises(ConfigError, match="llama-3.1-70b.*mistral-nemo-base-2407"):
+        get_preset("llama-3.1-7b")
+
+
+# -- export -------------------------------------------------------------------------------
+
+
+def test_torch_export_with_dynamic_batch_and_pages() -> None:
+    """prefill and decode trace with symbolic batch and page counts, and run like eager."""
+    from torch.export import Dim, export
+
+    hf = tiny_mistral()
+    model = PagedLlama.from_state_dict(
+        model_config(hf), canonical_tensors(hf), options=ModelOptions(block_seq_stride=STRIDE)
+    )
+
+    class Decode(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, tokens, seq_lens, start_positions, seq_block_ids, cache):
+            return self.model.decode(tokens, seq_lens, start_positions, seq_block_ids, cache)
+
+    class Prefill(Decode):
+        def forward(self, tokens, seq_lens, seq_block_ids, cache):
+            return self.model.prefill(tokens, seq_lens, seq_block_ids, cache)
+
+    bs, blocks, pages = Dim("bs", max=64), Dim("blocks", min=2, max=64), Dim("pages")
+    ids = torch.tensor([[1, 2], [3, 4]])
+    prefill = export(
+        Prefill(),
+        (torch.zeros(2, 8, dtype=torch.int64), torch.tensor([8, 3]), ids, model.allocate_cache(5)),
+        dynamic_shapes=({0: bs, 1: blocks * STRIDE}, {0: bs}, {0: bs, 1: blocks}, {0: pages}),
+    ).module()
+    start = torch.tensor([7, 3])
+    decode = export(
+        Decode(),
+        (torch.zeros(2, 1, dtype=torch.int64), start + 1, start, ids, model.allocate_cache(5)),
+        dynamic_shapes=({0: bs}, {0: bs}, {0: bs}, {0: bs, 1: blocks}, {0: pages}),
+    ).module()
+
+    prompts, table = [[5, 6, 7, 8, 9], [1, 2], [3] * 11], [[9, 3], [1, 0, 0], [4, 7, 2]]
+    eager_slab, traced_slab = model.allocate_cache(10), model.allocate_cache(10)
+    expected = paged_prefill(model, eager_slab, prompts, table)
+    tokens = torch.zeros(3, 12, dtype=torch.int64)
+    for i, p in enumerate(prompts):
+        tokens[i, : len(p)] = torch.tensor(p)
+    ids = torch.tensor([t + [0] * (3 - len(t)) for t in table])
+    lens = torch.tensor([len(p) for p in prompts])
+    got = prefill(tokens, lens, ids, traced_slab)
+    for i, p in enumerate(prompts):
+        torch.testing.assert_close(got[i, : len(p)], expected[i])
+    real = [1, 2, 3, 4, 5, 6, 7, 8, 9]  # pages the prompts own (0 is the scratch page)
+    torch.testing.assert_close(traced_slab[real], eager_slab[real])
+
+    args = (torch.tensor([[1], [2], [3]]), lens + 1, lens, ids)
+    with torch.no_grad():
+        torch.testing.assert_close(decode(*args, traced_slab), model.decode(*args, eager_slab))
+    torch.testing.assert_close(traced_slab[real], eager_slab[real])
