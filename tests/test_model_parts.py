@@ -122,7 +122,7 @@ def test_loaded_model_has_no_meta_tensors_and_ties_embeddings() -> None:
     assert model.output.weight is model.token_embd.weight
     assert all(not t.is_meta for t in [*model.parameters(), *model.buffers()])
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
-    assert model.inv_freq.dtype == torch.float32
+    assert list(model.buffers()) == []  # nothing the meta-device export could not hold
 
 
 # -- presets ------------------------------------------------------------------------------

@@ -132,8 +132,9 @@ class PagedLlama(nn.Module):
         self.output = nn.Linear(dim, vocab, bias=False, dtype=self.dtype)
         if config.tie_word_embeddings:
             self.output.weight = self.token_embd.weight
-        # Not persistent: recomputed from the config, never part of the weights.
-        self.register_buffer("inv_freq", inv_frequencies(config), persistent=False)
+        # Plain floats, not a buffer: export builds the model on the meta device, where a
+        # buffer would have no data to put in the program (see _inv_freq).
+        self.inv_freq_values = tuple(inv_frequencies(config).tolist())
 
     @classmethod
     def from_state_dict(
@@ -217,10 +218,17 @@ class PagedLlama(nn.Module):
         self, tokens: torch.Tensor, positions: torch.Tensor, allowed: torch.Tensor, kv: KVAccess
     ) -> torch.Tensor:
         h = self.token_embd(tokens)  # [N, S, dim]
-        cos, sin = rope_tables(positions, self.inv_freq)  # [N, S, 1, D/2]
+        cos, sin = rope_tables(positions, self._inv_freq(tokens.device))  # [N, S, 1, D/2]
         for block in self.blk:
             h = block(h, cos, sin, allowed, kv)
         return self.output(self.output_norm(h))  # [N, S, vocab]
+
+    def _inv_freq(self, device: torch.device) -> torch.Tensor:
+        """[D/2] float32 built from scalars inside the graph, so it exists on any device."""
+        values = [
+            torch.full((), v, dtype=torch.float32, device=device) for v in self.inv_freq_values
+        ]
+        return torch.stack(values)
 
 
 def _single_slab(cache: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:

@@ -64,7 +64,7 @@ def load_canonical(
         InputError: a tensor is missing, unknown, not floating point or of the wrong shape.
     """
     tied = model.config.tie_word_embeddings
-    expected = {k: v.shape for k, v in model.state_dict().items() if k != "inv_freq"}
+    expected = {k: v.shape for k, v in model.state_dict().items()}
     if tied:
         del expected["output.weight"]
     state: dict[str, torch.Tensor] = {}
@@ -99,7 +99,6 @@ def load_canonical(
     model.load_state_dict(state, strict=True, assign=True)
     if tied:  # assign=True wrapped each entry in its own Parameter; share one again
         model.output.weight = model.token_embd.weight
-    model.inv_freq = model.inv_freq.to(device=device)
     model.requires_grad_(False)
 
 

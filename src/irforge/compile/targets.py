@@ -1,0 +1,94 @@
+"""Compile target presets: names users know (cpu, mi300x, sm_90) to iree-compile flags."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Target:
+    """One compile target: the HAL device kind, its backend flags, and the runtime driver."""
+
+    name: str  # canonical name, used in file names: model.<name>.vmfb
+    device: str  # HAL target device kind: local, hip, cuda, vulkan
+    driver: str  # runtime driver that runs the result: local-task, hip, cuda
+    arch: str | None = None  # gfx942, sm_90, ...
+    description: str = ""
+
+    def flags(self, devices: int = 1, compiler_version: tuple[int, int] = (3, 9)) -> list[str]:
+        """iree-compile flags for `devices` devices of this target."""
+        if devices < 1:
+            raise ConfigError(f"device count must be at least 1, got {devices}")
+        if devices == 1:
+            out = [f"--iree-hal-target-device={self.device}"]
+        else:
+            out = [f"--iree-hal-target-device={self.device}[{i}]" for i in range(devices)]
+        if self.device == "local":
+            out += [
+                "--iree-hal-local-target-device-backends=llvm-cpu",
+                "--iree-llvmcpu-target-cpu=host",
+            ]
+        elif self.device == "hip":
+            # IREE 3.9-3.10 spell the ROCm architecture flag --iree-hip-target; 3.11 renamed it.
+            flag = "--iree-hip-target" if compiler_version < (3, 11) else "--iree-rocm-target"
+            out += [
+                f"{flag}={self.arch}",
+                # shark-ai's MI300 flags for LLMs (docs/shortfin/llm/user/llama_serving.md).
+                "--iree-hal-indirect-command-buffers=true",
+                "--iree-stream-resource-memory-model=discrete",
+                "--iree-hal-memoization=true",
+            ]
+        elif self.device == "cuda":
+            out.append(f"--iree-cuda-target={self.arch}")
+        if devices > 1:
+            out.append("--iree-stream-affinity-solver-max-iterations=1024")
+        return out
+
+
+_TARGETS = [
+    Target("cpu", "local", "local-task", description="this machine's CPU (llvm-cpu, host)"),
+    Target("gfx942", "hip", "hip", "gfx942", "AMD Instinct MI300X / MI300A / MI325X"),
+    Target("gfx90a", "hip", "hip", "gfx90a", "AMD Instinct MI250X / MI210"),
+    Target("gfx1100", "hip", "hip", "gfx1100", "AMD Radeon RX 7900 XTX / PRO W7900"),
+    Target("sm_80", "cuda", "cuda", "sm_80", "NVIDIA A100"),
+    Target("sm_90", "cuda", "cuda", "sm_90", "NVIDIA H100 / H200"),
+]
+TARGETS = {t.name: t for t in _TARGETS}
+ALIASES = {
+    "host": "cpu",
+    "llvm-cpu": "cpu",
+    "mi300x": "gfx942",
+    "mi300": "gfx942",
+    "mi325x": "gfx942",
+    "mi250": "gfx90a",
+    "mi250x": "gfx90a",
+    "a100": "sm_80",
+    "h100": "sm_90",
+}
+
+
+def get_target(name: str) -> Target:
+    """The preset for a target name or alias (case-insensitive).
+
+    Raises:
+        ConfigError: listing the known names.
+    """
+    key = name.strip().lower()
+    key = ALIASES.get(key, key)
+    if key not in TARGETS:
+        known = ", ".join([*TARGETS, *ALIASES])
+        raise ConfigError(f"unknown target {name!r}; known targets: {known}")
+    return TARGETS[key]
+
+
+def compiler_version() -> tuple[int, int]:
+    """(major, minor) of the installed iree-base-compiler."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        parts = version("iree-base-compiler").split(".")
+        return int(parts[0]), int(parts[1])
+    except (PackageNotFoundError, ValueError, IndexError):
+        return (3, 9)
