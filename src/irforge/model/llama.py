@@ -224,11 +224,16 @@ class PagedLlama(nn.Module):
         return self.output(self.output_norm(h))  # [N, S, vocab]
 
     def _inv_freq(self, device: torch.device) -> torch.Tensor:
-        """[D/2] float32 built from scalars inside the graph, so it exists on any device."""
-        values = [
-            torch.full((), v, dtype=torch.float32, device=device) for v in self.inv_freq_values
-        ]
-        return torch.stack(values)
+        """[D/2] float32 frequencies as graph ops on an arange, so they exist on any device.
+
+        torch.full/torch.tensor would allocate, and export's meta-device allocations do not
+        lower in IREE; a chain of where() over an index vector is folded to a constant.
+        """
+        index = torch.arange(len(self.inv_freq_values), device=device)
+        out = index.to(torch.float32) * 0.0
+        for i, value in enumerate(self.inv_freq_values):
+            out = torch.where(index == i, value, out)
+        return out
 
 
 def _single_slab(cache: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:

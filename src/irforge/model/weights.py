@@ -44,6 +44,18 @@ def module_name(canonical: str) -> str | None:
     return CANONICAL_TO_MODULE.get(canonical)
 
 
+_MODULE_TO_CANONICAL = {v: k for k, v in CANONICAL_TO_MODULE.items()}
+
+
+def canonical_name(module: str) -> str:
+    """The canonical tensor name of a PagedLlama parameter (export names parameters so)."""
+    parts = module.split(".")
+    if len(parts) > 2 and parts[0] == "blk" and parts[1].isdigit():
+        pattern = ".".join(["blk", "{i}", *parts[2:]])
+        return _MODULE_TO_CANONICAL[pattern].replace("{i}", parts[1])
+    return _MODULE_TO_CANONICAL[module]
+
+
 def _list(names: list[str], limit: int = 8) -> str:
     more = f" and {len(names) - limit} more" if len(names) > limit else ""
     return ", ".join(sorted(names)[:limit]) + more

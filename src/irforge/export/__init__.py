@@ -1,0 +1,182 @@
+"""export(): an irforge archive (or just a config) to model.mlir + shortfin's config.json."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+from .. import __version__
+from ..archive import open_archive
+from ..config import FLOAT_DTYPES, ModelConfig
+from ..errors import ConfigError, OutputError
+from ..formats.atomic import AtomicFile, copy_file
+from ..formats.sources import TOKENIZER_FILES, read_json_file
+from ..manifest import ExportOptions, Manifest
+from .service_config import shortfin_config
+
+__all__ = ["export"]
+
+ARCHIVE_NAME = "model.irpa"
+
+
+def _versions() -> dict[str, str]:
+    out = {"irforge": __version__}
+    for pkg in ("iree-base-compiler", "iree-base-runtime", "iree-turbine", "torch"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def _link_into(src: Path, folder: Path, name: str) -> str:
+    """Make `folder/name` refer to `src` without copying: a hard link, else a symlink."""
+    dst = folder / name
+    if dst.exists() and os.path.samefile(src, dst):
+        return name
+    tmp = folder / f".{name}.link"
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        os.symlink(src.resolve(), tmp)
+    os.replace(tmp, dst)
+    return name
+
+
+def _resolve_source(
+    source: Path | None, preset: str | None, config: Path | None
+) -> tuple[ModelConfig, Path | None]:
+    given = [x for x in (source, preset, config) if x is not None]
+    if len(given) != 1:
+        raise ConfigError("give exactly one of: an .irpa archive, --preset NAME, --config FILE")
+    if preset is not None:
+        from ..presets import get_preset
+
+        return get_preset(preset), None
+    if config is not None:
+        return ModelConfig.from_hf_config(read_json_file(config), source=str(config)), None
+    archive = open_archive(Path(source))  # type: ignore[arg-type]
+    return archive.require_config(), archive.path
+
+
+def _options(
+    cfg: ModelConfig,
+    *,
+    bs_prefill: Sequence[int],
+    bs_decode: Sequence[int],
+    block_seq_stride: int,
+    device_block_count: int,
+    activation_dtype: str | None,
+    kv_cache_dtype: str | None,
+    attention: str,
+    top_k: int | None,
+    max_seq_len: int | None,
+) -> ExportOptions:
+    for what, sizes in (("--bs-prefill", bs_prefill), ("--bs-decode", bs_decode)):
+        if not sizes or any(b < 1 for b in sizes) or len(set(sizes)) != len(sizes):
+            raise ConfigError(f"{what} needs distinct positive batch sizes, got {list(sizes)}")
+    activation = activation_dtype or cfg.dtype
+    kv = kv_cache_dtype or activation
+    for what, dt in (("activation dtype", activation), ("KV-cache dtype", kv)):
+        if dt not in FLOAT_DTYPES:
+            raise ConfigError(f"{what} must be one of {', '.join(FLOAT_DTYPES)}, got {dt!r}")
+    if top_k is not None and not 1 <= top_k <= cfg.vocab_size:
+        raise ConfigError(f"--top-k must be between 1 and vocab size {cfg.vocab_size}")
+    max_seq = max_seq_len or cfg.context_length
+    if max_seq < block_seq_stride or block_seq_stride < 1:
+        raise ConfigError(
+            f"max sequence length {max_seq} must be at least --block-seq-stride {block_seq_stride}"
+        )
+    if device_block_count < 2:
+        raise ConfigError(f"--device-block-count must be at least 2, got {device_block_count}")
+    return ExportOptions(
+        prefill_batch_sizes=tuple(sorted(bs_prefill)),
+        decode_batch_sizes=tuple(sorted(bs_decode)),
+        block_seq_stride=block_seq_stride,
+        device_block_count=device_block_count,
+        activation_dtype=activation,
+        kv_cache_dtype=kv,
+        attention=attention,
+        top_k=top_k,
+        max_seq_len=max_seq,
+    )
+
+
+def export(
+    source: Path | None = None,
+    *,
+    out_dir: Path,
+    preset: str | None = None,
+    config: Path | None = None,
+    bs_prefill: Sequence[int] = (4,),
+    bs_decode: Sequence[int] = (4,),
+    block_seq_stride: int = 32,
+    device_block_count: int = 512,
+    activation_dtype: str | None = None,
+    kv_cache_dtype: str | None = None,
+    attention: str = "decomposed",
+    top_k: int | None = None,
+    max_seq_len: int | None = None,
+    on_step: Callable[[str], None] = lambda step: None,
+) -> Manifest:
+    """Export the paged model of an archive, a preset or an HF config.json to `out_dir`.
+
+    Writes `model.mlir` (weights external, scope "model"), shortfin's `config.json`, and
+    `manifest.json`; with an archive, also links it in as `model.irpa` and copies the
+    tokenizer files beside it. Only the config is read, never the weights.
+
+    Args:
+        source: an irforge .irpa archive (or None with `preset` / `config`).
+        bs_prefill / bs_decode: batch sizes; one prefill_bs{N} / decode_bs{N} each.
+        activation_dtype / kv_cache_dtype: "f32", "f16", "bf16"; default: the model's dtype.
+        attention: "decomposed" (compiles for gfx942) or "sdpa".
+        top_k: None for full logits; 1 for argmax in the program; k for top-k.
+        max_seq_len: default: the model's context length.
+
+    Raises:
+        ConfigError, InputError, OutputError.
+
+    Example:
+        >>> export(Path("llama8b.irpa"), out_dir=Path("out/llama8b"), bs_prefill=(1, 4))
+    """
+    from .program import trace
+
+    cfg, archive = _resolve_source(source, preset, config)
+    options = _options(
+        cfg, bs_prefill=bs_prefill, bs_decode=bs_decode, block_seq_stride=block_seq_stride,
+        device_block_count=device_block_count, activation_dtype=activation_dtype,
+        kv_cache_dtype=kv_cache_dtype, attention=attention, top_k=top_k, max_seq_len=max_seq_len,
+    )  # fmt: skip
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"cannot create {out_dir}: {e.strerror}") from e
+    mlir = AtomicFile(out_dir / "model.mlir")
+    with mlir:
+        trace(cfg, options, Path(mlir.tmp_path), on_step=on_step)
+    with AtomicFile(out_dir / "config.json") as f:
+        f.write(json.dumps(shortfin_config(cfg, options), indent=2).encode() + b"\n")
+    parameters, tokenizer = [], []
+    if archive is not None:
+        parameters.append(_link_into(archive, out_dir, ARCHIVE_NAME))
+        for name in TOKENIZER_FILES:
+            src = archive.parent / name
+            if src.is_file():
+                if (out_dir / name).resolve() != src.resolve():
+                    copy_file(src, out_dir / name)
+                tokenizer.append(name)
+    manifest = Manifest(
+        config=cfg,
+        options=options,
+        parameters=tuple(parameters),
+        tokenizer=tuple(tokenizer),
+        versions=_versions(),
+        source=str(archive or preset or config),
+    )
+    manifest.save(out_dir)
+    return manifest

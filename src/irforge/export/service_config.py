@@ -1,0 +1,39 @@
+"""The config.json shortfin reads next to a compiled model (its ModelParams, nothing more).
+
+shortfin decodes it with `Undefined.RAISE`, so an unknown top-level key stops the server:
+anything irforge wants to remember goes in manifest.json instead.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..config import ModelConfig
+from ..manifest import ExportOptions
+
+# shortfin names dtypes as torch does.
+SHORTFIN_DTYPES = {"f32": "float32", "f16": "float16", "bf16": "bfloat16"}
+
+
+def shortfin_config(config: ModelConfig, options: ExportOptions) -> dict[str, Any]:
+    tp = options.tensor_parallelism_size
+    page = config.page_elements(options.block_seq_stride, tp)
+    return {
+        "module_name": "module",
+        "module_abi_version": 1,
+        "max_seq_len": options.max_seq_len,
+        "attn_head_dim": config.head_dim,
+        "prefill_batch_sizes": list(options.prefill_batch_sizes),
+        "has_prefill_position": False,
+        "decode_batch_sizes": list(options.decode_batch_sizes),
+        "transformer_block_count": config.block_count,
+        "logits_normalization": "none",
+        "top_k": options.top_k,
+        "paged_kv_cache": {
+            "attention_head_count_kv": config.attention_head_count_kv,
+            "block_seq_stride": options.block_seq_stride,
+            "device_block_count": options.device_block_count,
+            "kv_cache_dtype": SHORTFIN_DTYPES[options.kv_cache_dtype],
+            "paged_kv_block_size_elements_per_device": [page] * tp,
+        },
+    }

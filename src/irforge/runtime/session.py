@@ -1,0 +1,127 @@
+"""Session: a compiled artifact folder loaded into iree.runtime, with its cache on the device."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError, InputError, ManifestError
+from ..manifest import Compiled, Manifest
+from .pages import PageAllocator
+
+PARAMETER_SCOPE = "model"
+# numpy dtypes the host can hand iree.runtime for a KV cache.
+CACHE_NUMPY = {"f32": np.float32, "f16": np.float16}
+
+
+def _pick_compiled(manifest: Manifest, folder: Path, driver: str, vmfb: Path | None) -> Path:
+    if vmfb is not None:
+        return Path(vmfb)
+    matches: list[Compiled] = [c for c in manifest.compiled if c.driver == driver]
+    if not matches:
+        built = ", ".join(f"{c.vmfb} ({c.driver})" for c in manifest.compiled) or "none"
+        raise ManifestError(
+            f"{folder}: no program compiled for device {driver!r} (compiled: {built}); "
+            f"run `irforge compile {folder} --target cpu` (or gfx942 for hip) first"
+        )
+    return folder / matches[-1].vmfb
+
+
+class Session:
+    """The programs of an artifact folder, ready to call: `prefill` and `decode` per batch size.
+
+    Args:
+        folder: written by `irforge export` and `irforge compile`.
+        device: IREE driver name: local-task (CPU) or hip.
+        device_ids: which devices of that driver (default: the first N).
+        vmfb: a VMFB to use instead of the manifest's match for the device.
+        page_count: cache pages to allocate (default: the export's device_block_count).
+    """
+
+    def __init__(
+        self,
+        folder: Path,
+        *,
+        device: str = "local-task",
+        device_ids: list[int] | None = None,
+        vmfb: Path | None = None,
+        page_count: int | None = None,
+    ) -> None:
+        import iree.runtime as rt
+
+        self.folder = Path(folder)
+        self.manifest = Manifest.load(self.folder)
+        self.config, self.options = self.manifest.config, self.manifest.options
+        if self.options.kv_cache_dtype not in CACHE_NUMPY:
+            raise ConfigError(
+                f"running a {self.options.kv_cache_dtype} KV cache is not supported yet; "
+                "export with --kv-cache-dtype f16 or f32"
+            )
+        vmfb_path = _pick_compiled(self.manifest, self.folder, device, vmfb)
+        if not vmfb_path.is_file():
+            raise InputError(f"{vmfb_path}: no such file; run `irforge compile` first")
+        if not self.manifest.parameters:
+            raise ManifestError(
+                f"{self.folder}: no parameters (exported from a preset or config alone); "
+                "export from a converted .irpa archive to run it"
+            )
+        self.instance = rt.VmInstance()
+        self.device = self._open_device(rt, device, device_ids)
+        index = rt.ParameterIndex()
+        for name in self.manifest.parameters:
+            index.load(str(self.folder / name))
+        params = rt.create_io_parameters_module(
+            self.instance, index.create_provider(scope=PARAMETER_SCOPE)
+        )
+        hal = rt.create_hal_module(self.instance, self.device)
+        self.module = rt.VmModule.mmap(self.instance, str(vmfb_path))
+        self.context = rt.VmContext(self.instance, modules=[hal, params, self.module])
+        self._functions: dict[str, Any] = {}
+        self.page_count = page_count or self.options.device_block_count
+        self.pages = PageAllocator(self.page_count)
+        page_elements = self.config.page_elements(self.options.block_seq_stride)
+        zeros = np.zeros((self.page_count, page_elements), CACHE_NUMPY[self.options.kv_cache_dtype])
+        self.cache = rt.asdevicearray(self.device, zeros)
+
+    @staticmethod
+    def _open_device(rt: Any, driver: str, device_ids: list[int] | None) -> Any:
+        try:
+            drv = rt.get_driver(driver)
+            if not device_ids:
+                return drv.create_default_device()
+            infos = drv.query_available_devices()
+            return drv.create_device(infos[device_ids[0]]["device_id"])
+        except (ValueError, RuntimeError, IndexError, KeyError) as e:
+            raise ConfigError(f"cannot open IREE device {driver!r}: {e}") from e
+
+    def _function(self, name: str) -> Any:
+        import iree.runtime as rt
+
+        if name not in self._functions:
+            fn = self.module.lookup_function(name)
+            if fn is None:
+                raise ManifestError(f"{self.folder}: the program has no function {name}")
+            self._functions[name] = rt.FunctionInvoker(self.context, self.device, fn)
+        return self._functions[name]
+
+    def prefill(self, tokens: np.ndarray, seq_lens: np.ndarray, block_ids: np.ndarray) -> Any:
+        """prefill_bs{N}: logits [N, S, vocab] (or (values, indices) if exported with top_k)."""
+        fn = self._function(f"prefill_bs{tokens.shape[0]}")
+        args = [a.astype(np.int64) for a in (tokens, seq_lens, block_ids)]
+        return _host(fn(*args, self.cache))
+
+    def decode(
+        self, tokens: np.ndarray, seq_lens: np.ndarray, starts: np.ndarray, block_ids: np.ndarray
+    ) -> Any:
+        """decode_bs{N}: logits [N, 1, vocab] (or (values, indices) if exported with top_k)."""
+        fn = self._function(f"decode_bs{tokens.shape[0]}")
+        args = [a.astype(np.int64) for a in (tokens, seq_lens, starts, block_ids)]
+        return _host(fn(*args, self.cache))
+
+
+def _host(result: Any) -> Any:
+    if isinstance(result, tuple | list):
+        return tuple(r.to_host() for r in result)
+    return result.to_host()
