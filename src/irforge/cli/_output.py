@@ -37,3 +37,17 @@ def byte_progress(
             lambda total: progress.update(task, total=total),
             lambda n: progress.advance(task, n),
         )
+
+
+@contextmanager
+def steps(label: str, *, quiet: bool = False) -> Iterator[Callable[[str], None]]:
+    """An on_step(description) callback driving a spinner with elapsed time."""
+    if quiet or not err.is_terminal:
+        yield lambda step: None
+        return
+    from rich.progress import SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    columns = (SpinnerColumn(), TextColumn("[bold]{task.description}"), TimeElapsedColumn())
+    with Progress(*columns, console=err, transient=True) as progress:
+        task = progress.add_task(label, total=None)
+        yield lambda step: progress.update(task, description=f"{label}: {step}")

@@ -6,31 +6,33 @@ import os
 import traceback
 from typing import Annotated, Any
 
-import click
 import typer
 from typer.core import TyperGroup
 
 from irforge import __version__
 from irforge.errors import ToolchainError
 
+from . import compile as compile_cli
 from . import convert as convert_cli
+from . import export as export_cli
 from . import inspect as inspect_cli
+from . import run as run_cli
 
 EXIT_USER_ERROR = 2
 EXIT_INTERNAL = 1
 
 
-def _debug(ctx: click.Context) -> bool:
+def _debug(ctx: typer.Context) -> bool:
     return bool(os.environ.get("IRFORGE_DEBUG")) or bool((ctx.obj or {}).get("debug"))
 
 
 class _Group(TyperGroup):
     """Maps failures to one line on stderr: exit 2 for bad input, 1 for internal errors."""
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: typer.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (typer.Exit, click.exceptions.Exit, click.ClickException, click.Abort):
+        except (typer.Exit, typer.Abort, typer.TyperException):
             raise
         except ToolchainError as e:
             if _debug(ctx):
@@ -86,6 +88,9 @@ def _root(
 
 app.command(name="inspect")(inspect_cli.inspect_cmd)
 app.command(name="convert")(convert_cli.convert_cmd)
+app.command(name="export")(export_cli.export_cmd)
+app.command(name="compile")(compile_cli.compile_cmd)
+app.command(name="run")(run_cli.run_cmd)
 
 
 def main() -> None:

@@ -1,0 +1,50 @@
+"""`irforge compile`: an export folder to a VMFB for a target (cpu, gfx942, ...)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ._options import QuietOpt
+
+
+def compile_cmd(
+    folder: Annotated[Path, typer.Argument(help="A folder written by `irforge export`.")],
+    target: Annotated[
+        str,
+        typer.Option(
+            "--target",
+            "-t",
+            help="cpu (host), gfx942 (mi300x, mi300), gfx90a (mi250), gfx1100, sm_80, sm_90.",
+        ),
+    ] = "cpu",  # fmt: skip
+    devices: Annotated[
+        int | None,
+        typer.Option(help="Devices the program spans (default: the export's tensor parallelism)."),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="VMFB path (default FOLDER/model.<target>.vmfb)."),
+    ] = None,
+    iree_flag: Annotated[
+        list[str] | None,
+        typer.Option("--iree-flag", help="Extra iree-compile flag, repeatable."),
+    ] = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Compile FOLDER/model.mlir with iree-compile; errors point at the full log."""
+    from irforge.compile import compile_folder
+
+    from ._output import err, steps
+
+    with steps("compile", quiet=quiet) as on_step:
+        on_step(f"iree-compile for {target}")
+        result = compile_folder(folder, target=target, devices=devices, out=out,
+                                extra_flags=iree_flag or [])  # fmt: skip
+    if not quiet:
+        size = result.vmfb.stat().st_size / 2**20
+        err.print(f"{result.target.name}: {size:.1f} MiB in {result.seconds:.1f} s",
+                  highlight=False)  # fmt: skip
+    typer.echo(result.vmfb)

@@ -1,0 +1,84 @@
+"""`irforge export`: a paged Llama to MLIR (prefill/decode per batch size) + shortfin config."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ._options import DTypeOpt, QuietOpt, batch_sizes
+
+
+class Attention(StrEnum):
+    decomposed = "decomposed"
+    sdpa = "sdpa"
+
+
+def export_cmd(
+    source: Annotated[
+        Path | None,
+        typer.Argument(help="An irforge .irpa (from `irforge convert`).", show_default=False),
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write into.")] = Path("."),
+    preset: Annotated[
+        str | None,
+        typer.Option(help="Export a seed model's shape without weights (e.g. llama-3.1-8b)."),
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(help="Export from an HF config.json without weights.", dir_okay=False),
+    ] = None,
+    bs_prefill: Annotated[
+        str, typer.Option("--bs-prefill", help="Comma list of prefill batch sizes.")
+    ] = "4",
+    bs_decode: Annotated[
+        str, typer.Option("--bs-decode", help="Comma list of decode batch sizes.")
+    ] = "4",
+    block_seq_stride: Annotated[int, typer.Option(help="Tokens per KV-cache page.", min=1)] = 32,
+    device_block_count: Annotated[
+        int, typer.Option(help="KV-cache pages a server allocates per device.", min=2)
+    ] = 512,
+    activation_dtype: DTypeOpt = None,
+    kv_cache_dtype: Annotated[
+        str | None, typer.Option(help="KV-cache dtype: f32, f16 or bf16 (default: activations).")
+    ] = None,
+    attention: Annotated[
+        Attention, typer.Option(help="decomposed (compiles for gfx942) or sdpa.")
+    ] = Attention.decomposed,
+    top_k: Annotated[
+        int | None, typer.Option(help="Sample in the program: 1 = argmax; default: full logits.")
+    ] = None,
+    max_seq_len: Annotated[
+        int | None, typer.Option(help="Longest sequence served (default: the context length).")
+    ] = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Export prefill_bs{N}/decode_bs{N} to OUT/model.mlir, with config.json for shortfin.
+
+    Weights stay outside the program (parameter scope `model`): only the model's config is
+    read, so `--preset llama-3.1-405b` exports on a laptop. With an archive, OUT gets it as
+    `model.irpa` (a hard link) and its tokenizer files.
+    """
+    from irforge.export import export
+
+    from ._output import err, steps
+
+    with steps("export", quiet=quiet) as on_step:
+        manifest = export(
+            source, out_dir=out, preset=preset, config=config,
+            bs_prefill=batch_sizes(bs_prefill, "--bs-prefill"),
+            bs_decode=batch_sizes(bs_decode, "--bs-decode"),
+            block_seq_stride=block_seq_stride, device_block_count=device_block_count,
+            activation_dtype=activation_dtype, kv_cache_dtype=kv_cache_dtype,
+            attention=attention.value, top_k=top_k, max_seq_len=max_seq_len, on_step=on_step,
+        )  # fmt: skip
+    if not quiet:
+        o = manifest.options
+        err.print(
+            f"prefill bs {list(o.prefill_batch_sizes)}, decode bs {list(o.decode_batch_sizes)}, "
+            f"{o.activation_dtype} activations, {o.kv_cache_dtype} cache, {o.attention} attention",
+            highlight=False,
+        )
+    typer.echo(out / manifest.mlir)

@@ -1,0 +1,79 @@
+"""`irforge run`: generate from a compiled artifact folder, offline, with timings."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def run_cmd(
+    folder: Annotated[Path, typer.Argument(help="Folder from `irforge export` + `compile`.")],
+    prompt: Annotated[str | None, typer.Option(help="Prompt text (uses tokenizer.json).")] = None,
+    prompt_ids: Annotated[
+        str | None, typer.Option(help="Prompt token ids, comma separated: 1,2,3.")
+    ] = None,
+    max_tokens: Annotated[int, typer.Option(help="Tokens to generate.", min=1)] = 32,
+    greedy: Annotated[bool, typer.Option(help="Pick the most likely token (the default).")] = False,
+    temperature: Annotated[float, typer.Option(help="Sample with this temperature.", min=0)] = 0.0,
+    top_k: Annotated[int, typer.Option(help="Sample among the k most likely (0: all).", min=0)] = 0,
+    top_p: Annotated[float, typer.Option(help="Nucleus sampling mass (1: all).")] = 1.0,
+    seed: Annotated[int | None, typer.Option(help="Random seed for sampling.")] = None,
+    ignore_eos: Annotated[bool, typer.Option(help="Keep going past end-of-sequence.")] = False,
+    device: Annotated[
+        str, typer.Option(help="IREE driver: local-task (CPU) or hip.")
+    ] = "local-task",
+    vmfb: Annotated[Path | None, typer.Option(help="VMFB to run instead of the match.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    logits_out: Annotated[
+        Path | None, typer.Option(help="Save each generated position's logits [steps, vocab].")
+    ] = None,
+) -> None:
+    """Run prefill then decode on IREE and print the generated text (or ids) with timings."""
+    from irforge.runtime import Sampling, Session, generate
+    from irforge.runtime.tokenizer import Tokenizer
+
+    from ._output import err
+
+    if (prompt is None) == (prompt_ids is None):
+        raise typer.BadParameter("give exactly one of --prompt and --prompt-ids")
+    if greedy and temperature:
+        raise typer.BadParameter("--greedy and --temperature exclude each other")
+    session = Session(folder, device=device, vmfb=vmfb)
+    tokenizer = (
+        Tokenizer(folder) if prompt is not None or (folder / "tokenizer.json").is_file() else None
+    )
+    if prompt is not None:
+        ids = tokenizer.encode(prompt)  # type: ignore[union-attr]
+    else:
+        try:
+            ids = [int(x) for x in prompt_ids.split(",") if x.strip()]  # type: ignore[union-attr]
+        except ValueError:
+            raise typer.BadParameter(f"not a comma list of integers: {prompt_ids!r}") from None
+    sampling = Sampling(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    eos = () if ignore_eos else session.config.eos_token_ids
+    result = generate(session, [ids], max_tokens=max_tokens, sampling=sampling, eos_ids=eos,
+                      keep_logits=logits_out is not None)  # fmt: skip
+    tokens = result.tokens[0]
+    text = tokenizer.decode(tokens) if tokenizer else None
+    if logits_out is not None:
+        import numpy as np
+
+        np.save(logits_out, result.logits[0])
+    timings = {
+        "prefill_s": round(result.prefill_s, 6),
+        "decode_s": round(result.decode_s, 6),
+        "decode_tokens_per_s": round(result.decode_tokens_per_s, 2),
+    }
+    if as_json:
+        doc = {"prompt_ids": ids, "tokens": tokens, "text": text, "timings": timings}
+        typer.echo(json.dumps(doc))
+        return
+    typer.echo(text if text is not None else ",".join(map(str, tokens)))
+    err.print(
+        f"{len(ids)} prompt tokens, {len(tokens)} generated; prefill "
+        f"{result.prefill_s * 1e3:.1f} ms, decode {timings['decode_tokens_per_s']} tokens/s",
+        highlight=False,
+    )
