@@ -48,3 +48,43 @@ def llama_gguf(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     quant = {"blk.0.ffn_up.weight": Q.Q8_0, "blk.1.ffn_gate.weight": Q.Q4_0}
     written = tiny.write_gguf(path, model, quant=quant, float_type=Q.F16)
     return path, written
+
+
+# -- compiled tiny models, shared by the export/compile/run tests (slowest fixtures) -------
+
+STRIDE = 16
+
+
+def _build(folder: Path, source: Path, **export_kwargs: object) -> Path:
+    from irforge.compile import compile_folder
+    from irforge.convert import convert
+    from irforge.export import export
+
+    archive = convert(source, out=folder / "src" / "model.irpa").out
+    export(archive, out_dir=folder / "art", block_seq_stride=STRIDE, **export_kwargs)
+    compile_folder(folder / "art", target="cpu")
+    return folder / "art"
+
+
+@pytest.fixture(scope="session")
+def llama_artifacts(tmp_path_factory: pytest.TempPathFactory, llama_dir: Path) -> Path:
+    """The tiny Llama exported with batch sizes 1 and 4 and compiled for the CPU."""
+    return _build(
+        tmp_path_factory.mktemp("llama-art"), llama_dir, bs_prefill=(1, 4), bs_decode=(1, 4)
+    )
+
+
+@pytest.fixture(scope="session")
+def mistral_artifacts(tmp_path_factory: pytest.TempPathFactory, mistral_dir: Path) -> Path:
+    return _build(
+        tmp_path_factory.mktemp("mistral-art"), mistral_dir, bs_prefill=(4,), bs_decode=(4,)
+    )
+
+
+@pytest.fixture(scope="session")
+def gguf_artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny Llama as an f32 GGUF (llama.cpp q/k permutation, rope_freqs), compiled."""
+    folder = tmp_path_factory.mktemp("gguf-art")
+    gguf_path = folder / "tiny-llama-f32.gguf"
+    tiny.write_gguf(gguf_path, tiny.build_model(tiny.llama_config()))
+    return _build(folder, gguf_path, bs_prefill=(1,), bs_decode=(1,))

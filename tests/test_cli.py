@@ -45,12 +45,14 @@ def test_end_to_end_convert_then_inspect(llama_gguf: tuple[Path, dict], tmp_path
     src, _ = llama_gguf
     out = tmp_path / "m.irpa"
     exe = Path(sys.executable).parent / "irforge"
-    done = subprocess.run([str(exe), "convert", str(src), "-o", str(out)], capture_output=True,
-                          text=True, check=True)  # fmt: skip
+    done = subprocess.run(
+        [str(exe), "convert", str(src), "-o", str(out)], capture_output=True, text=True, check=True
+    )
     assert done.stdout.strip() == str(out)
     assert "2 dequantized" in done.stderr
-    inspected = subprocess.run([str(exe), "inspect", "--json", str(out)], capture_output=True,
-                               text=True, check=True)  # fmt: skip
+    inspected = subprocess.run(
+        [str(exe), "inspect", "--json", str(out)], capture_output=True, text=True, check=True
+    )
     doc = json.loads(inspected.stdout)
     assert doc["format"] == "irpa" and doc["metadata"]["config"]["rope_interleaved"] is True
     names = {t["name"] for t in doc["tensors"]}
@@ -90,6 +92,7 @@ def test_debug_flag_shows_traceback(tmp_path: Path) -> None:
 
 
 def test_python_dash_m_and_version() -> None:
-    done = subprocess.run([sys.executable, "-m", "irforge", "--version"], capture_output=True,
-                          text=True, check=True)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "irforge", "--version"], capture_output=True, text=True, check=True
+    )
     assert done.stdout.startswith("irforge ")

@@ -43,7 +43,7 @@ class Inspection:
                     "nbytes": t.nbytes,
                     "offset": t.offset,
                     "file": str(t.path),
-                }  # fmt: skip
+                }
                 for t in self.tensors
             ],
         }

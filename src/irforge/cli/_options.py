@@ -23,8 +23,9 @@ def batch_sizes(text: str, option: str) -> list[int]:
     try:
         sizes = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise typer.BadParameter(f"expected a comma list of integers, got {text!r}",
-                                 param_hint=option) from None  # fmt: skip
+        raise typer.BadParameter(
+            f"expected a comma list of integers, got {text!r}", param_hint=option
+        ) from None
     if not sizes or min(sizes) < 1:
         raise typer.BadParameter(f"batch sizes must be positive, got {text!r}", param_hint=option)
     return sizes

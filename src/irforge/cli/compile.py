@@ -19,7 +19,7 @@ def compile_cmd(
             "-t",
             help="cpu (host), gfx942 (mi300x, mi300), gfx90a (mi250), gfx1100, sm_80, sm_90.",
         ),
-    ] = "cpu",  # fmt: skip
+    ] = "cpu",
     devices: Annotated[
         int | None,
         typer.Option(help="Devices the program spans (default: the export's tensor parallelism)."),
@@ -41,10 +41,12 @@ def compile_cmd(
 
     with steps("compile", quiet=quiet) as on_step:
         on_step(f"iree-compile for {target}")
-        result = compile_folder(folder, target=target, devices=devices, out=out,
-                                extra_flags=iree_flag or [])  # fmt: skip
+        result = compile_folder(
+            folder, target=target, devices=devices, out=out, extra_flags=iree_flag or []
+        )
     if not quiet:
         size = result.vmfb.stat().st_size / 2**20
-        err.print(f"{result.target.name}: {size:.1f} MiB in {result.seconds:.1f} s",
-                  highlight=False)  # fmt: skip
+        err.print(
+            f"{result.target.name}: {size:.1f} MiB in {result.seconds:.1f} s", highlight=False
+        )
     typer.echo(result.vmfb)

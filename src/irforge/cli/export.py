@@ -67,13 +67,21 @@ def export_cmd(
 
     with steps("export", quiet=quiet) as on_step:
         manifest = export(
-            source, out_dir=out, preset=preset, config=config,
+            source,
+            out_dir=out,
+            preset=preset,
+            config=config,
             bs_prefill=batch_sizes(bs_prefill, "--bs-prefill"),
             bs_decode=batch_sizes(bs_decode, "--bs-decode"),
-            block_seq_stride=block_seq_stride, device_block_count=device_block_count,
-            activation_dtype=activation_dtype, kv_cache_dtype=kv_cache_dtype,
-            attention=attention.value, top_k=top_k, max_seq_len=max_seq_len, on_step=on_step,
-        )  # fmt: skip
+            block_seq_stride=block_seq_stride,
+            device_block_count=device_block_count,
+            activation_dtype=activation_dtype,
+            kv_cache_dtype=kv_cache_dtype,
+            attention=attention.value,
+            top_k=top_k,
+            max_seq_len=max_seq_len,
+            on_step=on_step,
+        )
     if not quiet:
         o = manifest.options
         err.print(

@@ -54,8 +54,9 @@ def inspect_cmd(
         out.print_json(json.dumps(docs if len(docs) > 1 else docs[0], default=str))
         return
     for r in results:
-        out.print(f"[bold]{r.path}[/] ({r.format}, {len(r.tensors)} tensors, "
-                  f"{_human(r.total_bytes)})")  # fmt: skip
+        out.print(
+            f"[bold]{r.path}[/] ({r.format}, {len(r.tensors)} tensors, {_human(r.total_bytes)})"
+        )
         for f in r.files if len(r.files) > 1 else []:
             out.print(f"  file: {f}")
         meta = Table("key", "value", title="metadata", title_justify="left", show_edge=False)

@@ -54,8 +54,14 @@ def run_cmd(
             raise typer.BadParameter(f"not a comma list of integers: {prompt_ids!r}") from None
     sampling = Sampling(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
     eos = () if ignore_eos else session.config.eos_token_ids
-    result = generate(session, [ids], max_tokens=max_tokens, sampling=sampling, eos_ids=eos,
-                      keep_logits=logits_out is not None)  # fmt: skip
+    result = generate(
+        session,
+        [ids],
+        max_tokens=max_tokens,
+        sampling=sampling,
+        eos_ids=eos,
+        keep_logits=logits_out is not None,
+    )
     tokens = result.tokens[0]
     text = tokenizer.decode(tokens) if tokenizer else None
     if logits_out is not None:

@@ -55,12 +55,17 @@ def compile_folder(
         raise ManifestError(f"{folder}: {manifest.mlir} is missing; re-run `irforge export`")
     out = Path(out) if out else folder / vmfb_name(preset)
     result = run_iree_compile(
-        mlir, out=out, target=preset, devices=devices, extra_flags=extra_flags,
+        mlir,
+        out=out,
+        target=preset,
+        devices=devices,
+        extra_flags=extra_flags,
         log=folder / f"compile.{preset.name}.log",
-    )  # fmt: skip
+    )
     if out.parent.resolve() == folder.resolve():
         version = ".".join(map(str, compiler_version()))
-        entry = Compiled(out.name, preset.name, preset.driver, devices,
-                         tuple(result.command[2:-2]), version)  # fmt: skip
+        entry = Compiled(
+            out.name, preset.name, preset.driver, devices, tuple(result.command[2:-2]), version
+        )
         manifest.with_compiled(entry).save(folder)
     return result

@@ -71,17 +71,19 @@ def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     if not config.tie_word_embeddings:
         shapes["output.weight"] = (config.vocab_size, hidden)
     for i in range(config.block_count):
-        shapes.update({
-            f"blk.{i}.attn_norm.weight": (hidden,),
-            f"blk.{i}.attn_q.weight": (q, hidden),
-            f"blk.{i}.attn_k.weight": (kv, hidden),
-            f"blk.{i}.attn_v.weight": (kv, hidden),
-            f"blk.{i}.attn_output.weight": (hidden, q),
-            f"blk.{i}.ffn_norm.weight": (hidden,),
-            f"blk.{i}.ffn_gate.weight": (ffn, hidden),
-            f"blk.{i}.ffn_up.weight": (ffn, hidden),
-            f"blk.{i}.ffn_down.weight": (hidden, ffn),
-        })  # fmt: skip
+        shapes.update(
+            {
+                f"blk.{i}.attn_norm.weight": (hidden,),
+                f"blk.{i}.attn_q.weight": (q, hidden),
+                f"blk.{i}.attn_k.weight": (kv, hidden),
+                f"blk.{i}.attn_v.weight": (kv, hidden),
+                f"blk.{i}.attn_output.weight": (hidden, q),
+                f"blk.{i}.ffn_norm.weight": (hidden,),
+                f"blk.{i}.ffn_gate.weight": (ffn, hidden),
+                f"blk.{i}.ffn_up.weight": (ffn, hidden),
+                f"blk.{i}.ffn_down.weight": (hidden, ffn),
+            }
+        )
     return shapes
 
 

@@ -147,10 +147,17 @@ def export(
 
     cfg, archive = _resolve_source(source, preset, config)
     options = _options(
-        cfg, bs_prefill=bs_prefill, bs_decode=bs_decode, block_seq_stride=block_seq_stride,
-        device_block_count=device_block_count, activation_dtype=activation_dtype,
-        kv_cache_dtype=kv_cache_dtype, attention=attention, top_k=top_k, max_seq_len=max_seq_len,
-    )  # fmt: skip
+        cfg,
+        bs_prefill=bs_prefill,
+        bs_decode=bs_decode,
+        block_seq_stride=block_seq_stride,
+        device_block_count=device_block_count,
+        activation_dtype=activation_dtype,
+        kv_cache_dtype=kv_cache_dtype,
+        attention=attention,
+        top_k=top_k,
+        max_seq_len=max_seq_len,
+    )
     out_dir = Path(out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -87,8 +87,9 @@ def trace(
     def ints(*shape: int) -> torch.Tensor:
         return torch.empty(*shape, dtype=torch.int64, device="meta")
 
-    cache = torch.empty(EXAMPLE_PAGES, model.kv_cache.page_elements, dtype=cache_dtype,
-                        device="meta")  # fmt: skip
+    cache = torch.empty(
+        EXAMPLE_PAGES, model.kv_cache.page_elements, dtype=cache_dtype, device="meta"
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         for bs in options.prefill_batch_sizes:

@@ -92,8 +92,11 @@ def read_irpa(path: Path) -> list[IrpaEntry]:
                     "repack with `iree-convert-parameters`"
                 )
             count, e_off, e_len, m_off, m_len, s_off, s_len = fields[6:]
-            for name, off, length in (("entry", e_off, e_len), ("metadata", m_off, m_len),
-                                      ("storage", s_off, s_len)):  # fmt: skip
+            for name, off, length in (
+                ("entry", e_off, e_len),
+                ("metadata", m_off, m_len),
+                ("storage", s_off, s_len),
+            ):
                 if off + length > size:
                     raise InputError(
                         f"{path}: {name} segment [{off}, {off + length}) is past the end of the "
@@ -222,12 +225,39 @@ def _layout(entries: Sequence[OutputEntry]) -> tuple[bytes, list[int], int]:
         rel += e.nbytes
     total = _align(storage_off + rel, FILE_ALIGNMENT)
     out = bytearray(storage_off)
-    HEADER.pack_into(out, 0, MAGIC, 0, 0, HEADER.size, 0, 0, len(entries),
-                     table_off, table_len, meta_off, len(meta), storage_off, rel)  # fmt: skip
+    HEADER.pack_into(
+        out,
+        0,
+        MAGIC,
+        0,
+        0,
+        HEADER.size,
+        0,
+        0,
+        len(entries),
+        table_off,
+        table_len,
+        meta_off,
+        len(meta),
+        storage_off,
+        rel,
+    )
     pos = table_off
     for e, (n_off, n_len, md_off, md_len), off in zip(entries, records, offsets, strict=True):
-        DATA_ENTRY.pack_into(out, pos, DATA_ENTRY.size, ENTRY_DATA, 0, n_off, n_len,
-                             md_off, md_len, DATA_ALIGNMENT, off, e.nbytes)  # fmt: skip
+        DATA_ENTRY.pack_into(
+            out,
+            pos,
+            DATA_ENTRY.size,
+            ENTRY_DATA,
+            0,
+            n_off,
+            n_len,
+            md_off,
+            md_len,
+            DATA_ALIGNMENT,
+            off,
+            e.nbytes,
+        )
         pos += _align(DATA_ENTRY.size, ENTRY_ALIGNMENT)
     out[meta_off : meta_off + len(meta)] = meta
     return bytes(out), [storage_off + o for o in offsets], total

@@ -65,8 +65,14 @@ def open_source(path: Path) -> Source:
         config_path = path / "config.json"
         hf_config = read_json_file(config_path) if config_path.is_file() else None
         inputs = [f.path for f in weights.files] + ([config_path] if hf_config else [])
-        return Source("hf-folder", path, weights.tensors, hf_config=hf_config,
-                      tokenizer_files=_tokenizer_files(path), inputs=inputs)  # fmt: skip
+        return Source(
+            "hf-folder",
+            path,
+            weights.tensors,
+            hf_config=hf_config,
+            tokenizer_files=_tokenizer_files(path),
+            inputs=inputs,
+        )
     with open(path, "rb") as f:
         magic = f.read(4)
     if magic == b"GGUF":
@@ -76,16 +82,27 @@ def open_source(path: Path) -> Source:
         weights = read_index(path)
         config_path = path.parent / "config.json"
         hf_config = read_json_file(config_path) if config_path.is_file() else None
-        return Source("safetensors-index", path, weights.tensors, hf_config=hf_config,
-                      tokenizer_files=_tokenizer_files(path.parent),
-                      inputs=[f.path for f in weights.files])  # fmt: skip
+        return Source(
+            "safetensors-index",
+            path,
+            weights.tensors,
+            hf_config=hf_config,
+            tokenizer_files=_tokenizer_files(path.parent),
+            inputs=[f.path for f in weights.files],
+        )
     if path.suffix == ".safetensors":
         # A lone file: a config.json and tokenizer files beside it describe it, if present.
         st = read_safetensors(path)
         config_path = path.parent / "config.json"
         hf_config = read_json_file(config_path) if config_path.is_file() else None
-        return Source("safetensors", path, st.tensors, hf_config=hf_config,
-                      tokenizer_files=_tokenizer_files(path.parent), inputs=[path])  # fmt: skip
+        return Source(
+            "safetensors",
+            path,
+            st.tensors,
+            hf_config=hf_config,
+            tokenizer_files=_tokenizer_files(path.parent),
+            inputs=[path],
+        )
     if path.suffix == ".irpa":
         raise InputError(f"{path}: already an IRPA archive; `irforge inspect` shows what it holds")
     if path.name == INDEX_NAME or path.suffix == ".json":

@@ -110,8 +110,17 @@ def generate(
         live = [True] * n
         started = time.perf_counter()
         out = _prefill(session, batch, prompts, bs_prefill)
-        _take(result, sampler, out, list(range(n)), [x - 1 for x in lengths], live, eos_ids,
-              keep_logits, on_token)  # fmt: skip
+        _take(
+            result,
+            sampler,
+            out,
+            list(range(n)),
+            [x - 1 for x in lengths],
+            live,
+            eos_ids,
+            keep_logits,
+            on_token,
+        )
         result.prefill_s = time.perf_counter() - started
         started = time.perf_counter()
         for _ in range(max_tokens - 1):
@@ -120,8 +129,7 @@ def generate(
             out = _decode(session, batch, result, lengths, live, bs_decode)
             lengths = [x + 1 if ok else x for x, ok in zip(lengths, live, strict=True)]
             rows = [i for i in range(n) if live[i]]
-            _take(result, sampler, out, rows, [0] * len(rows), live, eos_ids, keep_logits,
-                  on_token)  # fmt: skip
+            _take(result, sampler, out, rows, [0] * len(rows), live, eos_ids, keep_logits, on_token)
             result.decode_steps += 1
         result.decode_s = time.perf_counter() - started
     finally:

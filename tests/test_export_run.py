@@ -1,0 +1,186 @@
+"""export -> compile (CPU) -> run on IREE, against transformers' logits and greedy tokens."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import transformers
+from typer.testing import CliRunner
+
+import tiny
+from irforge.cli.main import app
+from irforge.runtime import Session, generate
+
+pytestmark = pytest.mark.iree
+runner = CliRunner()
+STEPS = 16
+PROMPT = [5, 17, 3, 99, 42, 7, 250, 1, 8, 64, 33, 12, 2, 77, 190, 4, 23, 56, 9, 11]  # 20 > stride
+
+
+def reference(model_dir: Path, prompt: list[int], steps: int) -> tuple[list[int], np.ndarray]:
+    """transformers' greedy continuation and its logits at each generated position."""
+    hf = transformers.AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    with torch.no_grad():
+        out = hf.generate(
+            torch.tensor([prompt]),
+            max_new_tokens=steps,
+            min_new_tokens=steps,
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=0,
+        )
+        tokens = out[0, len(prompt) :].tolist()
+        logits = hf(out[:, :-1]).logits[0, len(prompt) - 1 :].numpy()
+    return tokens, logits
+
+
+def run_cli(folder: Path, prompt: list[int], steps: int, logits: Path) -> dict:
+    args = [
+        "run",
+        str(folder),
+        "--prompt-ids",
+        ",".join(map(str, prompt)),
+        "--max-tokens",
+        str(steps),
+        "--ignore-eos",
+        "--json",
+        "--logits-out",
+        str(logits),
+    ]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def assert_close_rel(got: np.ndarray, want: np.ndarray, rel: float = 1e-4) -> None:
+    err = np.abs(got - want).max() / np.abs(want).max()
+    assert err < rel, f"max relative error {err:.2e}"
+
+
+@pytest.mark.parametrize(
+    ("artifacts", "source"),
+    [
+        ("llama_artifacts", "llama_dir"),
+        ("mistral_artifacts", "mistral_dir"),
+        ("gguf_artifacts", "llama_dir"),
+    ],
+)
+def test_run_matches_transformers(
+    artifacts: str, source: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    folder, model_dir = request.getfixturevalue(artifacts), request.getfixturevalue(source)
+    want_tokens, want_logits = reference(model_dir, PROMPT, STEPS)
+    doc = run_cli(folder, PROMPT, STEPS, tmp_path / "logits.npy")
+    got_logits = np.load(tmp_path / "logits.npy")
+    assert got_logits.shape == (STEPS, want_logits.shape[-1])
+    assert_close_rel(got_logits[:1], want_logits[:1])  # prefill
+    assert_close_rel(got_logits, want_logits)  # and each decode step
+    assert doc["tokens"] == want_tokens
+    assert set(doc["timings"]) == {"prefill_s", "decode_s", "decode_tokens_per_s"}
+
+
+def test_batch_of_prompts_of_different_lengths(llama_artifacts: Path, llama_dir: Path) -> None:
+    prompts = [PROMPT, PROMPT[:3], [7] * 33, PROMPT[5:10]]  # 1 to 3 pages each
+    session = Session(llama_artifacts, page_count=64)
+    free_before = session.pages.free_count
+    result = generate(session, prompts, max_tokens=8, keep_logits=True)
+    for prompt, tokens, logits in zip(prompts, result.tokens, result.logits, strict=True):
+        want_tokens, want_logits = reference(llama_dir, prompt, 8)
+        assert tokens == want_tokens
+        assert_close_rel(logits, want_logits)
+    assert session.pages.free_count == free_before
+
+
+def test_text_prompt_and_plain_output(llama_artifacts: Path) -> None:
+    result = runner.invoke(
+        app, ["run", str(llama_artifacts), "--prompt", "the quick brown fox", "--max-tokens", "4"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "prompt tokens, " in result.stderr and "tokens/s" in result.stderr
+
+
+def test_export_folder_contract(llama_artifacts: Path) -> None:
+    config = json.loads((llama_artifacts / "config.json").read_text())
+    example = Path(__file__).parents[2] / "shared" / "reference" / "example-config.json"
+    if example.is_file():  # shortfin rejects unknown keys: exactly its set
+        reference_config = json.loads(example.read_text())
+        assert set(config) == set(reference_config)
+        assert set(config["paged_kv_cache"]) == set(reference_config["paged_kv_cache"])
+    kv = config["paged_kv_cache"]
+    # layers * 2 * kv_heads * stride * head_dim
+    assert kv["paged_kv_block_size_elements_per_device"] == [2 * 2 * 2 * 16 * 16]
+    assert config["prefill_batch_sizes"] == [1, 4] and kv["kv_cache_dtype"] == "float32"
+    mlir = (llama_artifacts / "model.mlir").read_text()
+    assert '#flow.parameter.named<"model"::"blk.1.attn_q.weight">' in mlir
+    assert "dense_resource" not in mlir  # no weights inside the program
+    for fn in ("prefill_bs1", "prefill_bs4", "decode_bs1", "decode_bs4"):
+        assert re.search(rf"func\.func @{fn}\(", mlir)
+    names = {p.name for p in llama_artifacts.iterdir()}
+    assert {
+        "model.irpa",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "manifest.json",
+        "model.cpu.vmfb",
+    } <= names
+
+
+def test_export_from_config_alone_then_run_says_why_not(llama_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cfg"
+    result = runner.invoke(
+        app,
+        [
+            "export",
+            "--config",
+            str(llama_dir / "config.json"),
+            "-o",
+            str(out),
+            "--bs-prefill",
+            "1",
+            "--bs-decode",
+            "1",
+            "-q",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert (out / "model.mlir").is_file() and not (out / "model.irpa").exists()
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for name in ("manifest.json", "config.json"):
+        (bad / name).write_bytes((out / name).read_bytes())
+    (bad / "model.mlir").write_text("this is not MLIR")
+    result = runner.invoke(app, ["compile", str(bad), "--target", "cpu", "-q"])
+    assert result.exit_code == 2
+    assert "iree-compile failed for target cpu" in result.stderr
+    assert "compile.cpu.log" in result.stderr and not (bad / "model.cpu.vmfb").exists()
+    result = runner.invoke(app, ["run", str(out), "--prompt-ids", "1,2"])
+    assert result.exit_code == 2 and "no program compiled for device" in result.stderr
+
+
+def test_gfx942_compile_holds_rocm_executables(llama_artifacts: Path, tmp_path: Path) -> None:
+    """Every exported model must compile for MI300 (DESIGN.md's gfx942 trap); no GPU needed."""
+    out = tmp_path / "model.gfx942.vmfb"
+    result = runner.invoke(
+        app, ["compile", str(llama_artifacts), "--target", "mi300x", "-o", str(out), "-q"]
+    )
+    assert result.exit_code == 0, result.output
+    dump = subprocess.run(
+        [str(Path(sys.executable).parent / "iree-dump-module"), str(out)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "rocm-hsaco-fb" in dump
+
+
+def test_tied_embeddings_and_mistral_head_dim_shapes(mistral_artifacts: Path) -> None:
+    config = json.loads((mistral_artifacts / "config.json").read_text())
+    assert config["attn_head_dim"] == 32  # head_dim != hidden / heads
+    assert tiny.mistral_config().head_dim == 32
