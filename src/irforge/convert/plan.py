@@ -1,0 +1,215 @@
+"""What convert and shard write: each source tensor's canonical name, output dtype, and reader.
+
+A PlannedTensor reads any range of its rows in the output dtype (copying, casting or
+dequantizing as needed), so whole tensors, row shards and column shards all stream in
+fixed-size chunks. Untouched whole tensors and row shards stay byte-range copies.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from ..config import ModelConfig
+from ..errors import ConfigError, InputError, UnsupportedModelError
+from ..formats.dtypes import BY_NAME, CONVERTIBLE
+from ..formats.gguf import dequantize, row_bytes
+from ..formats.irpa import OutputEntry, tensor_metadata
+from ..formats.sources import Source, open_source, read_json_file
+from ..formats.tensor_ref import TensorRef, read_range
+from .names import HF_IGNORED, check_tensors, hf_to_canonical
+
+# Elements converted per step: bounds peak memory whatever the tensor size.
+CHUNK_ELEMENTS = 8 * 1024 * 1024
+DEFAULT_DEQUANT_DTYPE = "f16"
+ROPE_FREQS = "rope_freqs.weight"
+
+
+@dataclass(frozen=True)
+class PlannedTensor:
+    name: str  # canonical output name
+    ref: TensorRef  # where the source bytes are
+    dtype: str  # output dtype
+    how: str  # "copy" | "cast" | "dequantize"
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.ref.shape
+
+    @property
+    def rows(self) -> int:
+        return math.prod(self.shape[:-1]) if len(self.shape) > 1 else 1
+
+    @property
+    def cols(self) -> int:
+        return self.shape[-1] if self.shape else 1
+
+    @property
+    def nbytes(self) -> int:
+        return self.ref.numel * BY_NAME[self.dtype].itemsize
+
+    def _source_row_bytes(self) -> int:
+        if self.ref.is_quantized:
+            return row_bytes(self.ref)
+        return self.cols * BY_NAME[self.ref.dtype].itemsize
+
+    def read_rows(self, r0: int, r1: int) -> np.ndarray:
+        """Rows [r0, r1) as a [rows, cols] array of the output dtype."""
+        step = self._source_row_bytes()
+        raw = read_range(self.ref, r0 * step, (r1 - r0) * step)
+        if self.ref.is_quantized:
+            values = dequantize(self.ref, raw)
+        else:
+            values = raw.view(BY_NAME[self.ref.dtype].numpy)
+        if self.how != "copy":
+            # Through float32, as torch does: exact from f16/bf16, one rounding to the target.
+            values = values.astype(np.float32).astype(BY_NAME[self.dtype].numpy)
+        return values.reshape(r1 - r0, self.cols)
+
+    def _row_chunks(self, r0: int, r1: int, cols: slice) -> Callable[[], Iterator[bytes]]:
+        per_chunk = max(1, CHUNK_ELEMENTS // max(1, self.cols))
+
+        def gen() -> Iterator[bytes]:
+            for start in range(r0, r1, per_chunk):
+                block = self.read_rows(start, min(r1, start + per_chunk))
+                yield np.ascontiguousarray(block[:, cols]).tobytes()
+
+        return gen
+
+    def entry(self, name: str | None = None) -> OutputEntry:
+        """The whole tensor."""
+        return self.rows_entry(name or self.name, 0, self.rows, self.shape)
+
+    def rows_entry(self, name: str, r0: int, r1: int, shape: tuple[int, ...]) -> OutputEntry:
+        """Rows [r0, r1) (a dim-0 shard of a matrix): a plain byte range when copying."""
+        meta = tensor_metadata(self.dtype, shape)
+        nbytes = (r1 - r0) * self.cols * BY_NAME[self.dtype].itemsize
+        if self.how == "copy":
+            step = self._source_row_bytes()
+            sub = replace(self.ref, offset=self.ref.offset + r0 * step, nbytes=(r1 - r0) * step)
+            return OutputEntry(name, nbytes, sub, meta)
+        return OutputEntry(name, nbytes, self._row_chunks(r0, r1, slice(None)), meta)
+
+    def cols_entry(self, name: str, c0: int, c1: int) -> OutputEntry:
+        """Columns [c0, c1) of every row (a dim-1 shard of a matrix)."""
+        shape = (*self.shape[:-1], c1 - c0)
+        nbytes = self.rows * (c1 - c0) * BY_NAME[self.dtype].itemsize
+        chunks = self._row_chunks(0, self.rows, slice(c0, c1))
+        return OutputEntry(name, nbytes, chunks, tensor_metadata(self.dtype, shape))
+
+
+@dataclass
+class Plan:
+    source: Source
+    tensors: list[PlannedTensor]
+    config: ModelConfig | None
+    notes: list[str] = field(default_factory=list)
+
+
+def _canonical_name(source: Source, name: str, notes: list[str]) -> str | None:
+    if source.kind == "gguf":
+        return name
+    if HF_IGNORED.match(name):
+        return None
+    mapped = hf_to_canonical(name)
+    if mapped is None:
+        notes.append(f"tensor {name!r} is not a known Llama tensor; kept under its own name")
+        return name
+    return mapped
+
+
+def _plan_tensor(ref: TensorRef, name: str, dtype: str | None) -> PlannedTensor:
+    if ref.is_quantized:
+        return PlannedTensor(name, ref, dtype or DEFAULT_DEQUANT_DTYPE, "dequantize")
+    if dtype and BY_NAME[ref.dtype].is_float and ref.dtype != dtype:
+        return PlannedTensor(name, ref, dtype, "cast")
+    return PlannedTensor(name, ref, ref.dtype, "copy")
+
+
+def _dominant_float(tensors: list[PlannedTensor]) -> str:
+    """The float dtype most weight bytes are in: what the model 'is' (f32, f16 or bf16)."""
+    totals: dict[str, int] = {}
+    for t in tensors:
+        if t.dtype in CONVERTIBLE:
+            totals[t.dtype] = totals.get(t.dtype, 0) + t.nbytes
+    return max(totals, key=totals.__getitem__) if totals else "f32"
+
+
+def _model_config(
+    source: Source, tensors: dict[str, TensorRef], out_dtype: str, config_path: Path | None
+) -> ModelConfig | None:
+    """The source's hyperparameters; errors name the file they come from."""
+    folder = source.path if source.path.is_dir() else source.path.parent
+    where = config_path or (source.path if source.gguf_metadata else folder / "config.json")
+    try:
+        return _read_model_config(source, tensors, out_dtype, config_path)
+    except (ConfigError, UnsupportedModelError) as e:
+        raise type(e)(f"{where}: {e}") from e
+
+
+def _read_model_config(
+    source: Source, tensors: dict[str, TensorRef], out_dtype: str, config_path: Path | None
+) -> ModelConfig | None:
+    label = str(source.path)
+    if config_path is not None:
+        hf = read_json_file(config_path)
+        return ModelConfig.from_hf_config(hf, dtype=out_dtype, source=label)
+    if source.gguf_metadata is not None:
+        factors = None
+        if ROPE_FREQS in tensors:
+            freqs = tensors[ROPE_FREQS]
+            if freqs.dtype != "f32":
+                raise InputError(f"{source.path}: {ROPE_FREQS} is {freqs.dtype}, expected f32")
+            factors = tuple(read_range(freqs, 0, freqs.nbytes).view(np.float32).tolist())
+        embd = tensors.get("token_embd.weight")
+        return ModelConfig.from_gguf_metadata(
+            source.gguf_metadata,
+            vocab_size=embd.shape[0] if embd else None,
+            tie_word_embeddings="output.weight" not in tensors,
+            rope_freq_factors=factors,
+            dtype=out_dtype,
+            source=label,
+        )
+    if source.hf_config is not None:
+        return ModelConfig.from_hf_config(source.hf_config, dtype=out_dtype, source=label)
+    return None
+
+
+def plan(source: Path, *, dtype: str | None = None, config: Path | None = None) -> Plan:
+    """Open and validate a checkpoint; decide every output tensor's name, dtype and reader.
+
+    Raises:
+        InputError, ConfigError, UnsupportedModelError.
+    """
+    if dtype is not None and dtype not in CONVERTIBLE:
+        raise ConfigError(f"--dtype must be one of {', '.join(CONVERTIBLE)}, got {dtype!r}")
+    src = open_source(Path(source))
+    notes: list[str] = []
+    named: dict[str, TensorRef] = {}
+    for ref in src.tensors:
+        name = _canonical_name(src, ref.name, notes)
+        if name is None:
+            continue
+        if name in named:
+            raise InputError(
+                f"{src.path}: tensors {named[name].name!r} and {ref.name!r} both map to {name!r}"
+            )
+        named[name] = ref
+    # rope_freqs.weight travels in the config as rope_freq_factors, not as a weight.
+    tensors = [_plan_tensor(ref, name, dtype) for name, ref in named.items() if name != ROPE_FREQS]
+    cfg = _model_config(src, named, _dominant_float(tensors), config)
+    if cfg is not None:
+        if cfg.tie_word_embeddings and "output.weight" in named:
+            tensors = [t for t in tensors if t.name != "output.weight"]
+            notes.append("dropped output.weight: the config ties it to token_embd.weight")
+        check_tensors(cfg, {t.name: t.shape for t in tensors}, str(src.path))
+    else:
+        notes.append(
+            "no config.json beside the source: the archive has no hyperparameters; "
+            "pass `--config config.json` so that export can use it"
+        )
+    return Plan(src, tensors, cfg, notes)
