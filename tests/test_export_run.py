@@ -184,3 +184,24 @@ def test_tied_embeddings_and_mistral_head_dim_shapes(mistral_artifacts: Path) ->
     config = json.loads((mistral_artifacts / "config.json").read_text())
     assert config["attn_head_dim"] == 32  # head_dim != hidden / heads
     assert tiny.mistral_config().head_dim == 32
+
+
+def test_shortfin_serves_the_same_greedy_tokens(llama_artifacts: Path) -> None:
+    """AMD's own server (shortfin) runs what irforge built and agrees with `irforge run`."""
+    pytest.importorskip("shortfin_apps")
+    from shortfin_server import generate as shortfin_generate
+    from shortfin_server import shortfin_server
+
+    prompts = [PROMPT, PROMPT[:3]]
+    ours = [
+        run_cli(llama_artifacts, p, 12, llama_artifacts.parent / f"l{len(p)}.npy")["tokens"]
+        for p in prompts
+    ]
+    vmfb = llama_artifacts / "model.cpu.vmfb"
+    with shortfin_server(
+        llama_artifacts, vmfb=vmfb, parameters=[llama_artifacts / "model.irpa"]
+    ) as url:
+        theirs = [shortfin_generate(url, p, 12) for p in prompts]
+    eos = 2  # shortfin stops at eos; irforge --ignore-eos does not
+    for a, b in zip(ours, theirs, strict=True):
+        assert b == a[: len(b)] and (len(b) == 12 or b[-1] == eos)
