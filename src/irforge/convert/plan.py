@@ -19,7 +19,7 @@ from ..errors import ConfigError, InputError, UnsupportedModelError
 from ..formats.dtypes import BY_NAME, CONVERTIBLE
 from ..formats.gguf import dequantize, row_bytes
 from ..formats.irpa import OutputEntry, tensor_metadata
-from ..formats.sources import Source, open_source, read_json_file
+from ..formats.sources import TOKENIZER_FILES, Source, open_source, read_json_file
 from ..formats.tensor_ref import TensorRef, read_range
 from .names import HF_IGNORED, check_tensors, hf_to_canonical
 
@@ -70,7 +70,7 @@ class PlannedTensor:
             values = values.astype(np.float32).astype(BY_NAME[self.dtype].numpy)
         return values.reshape(r1 - r0, self.cols)
 
-    def _row_chunks(self, r0: int, r1: int, cols: slice) -> Callable[[], Iterator[bytes]]:
+    def row_chunks(self, r0: int, r1: int, cols: slice) -> Callable[[], Iterator[bytes]]:
         per_chunk = max(1, CHUNK_ELEMENTS // max(1, self.cols))
 
         def gen() -> Iterator[bytes]:
@@ -92,13 +92,13 @@ class PlannedTensor:
             step = self._source_row_bytes()
             sub = replace(self.ref, offset=self.ref.offset + r0 * step, nbytes=(r1 - r0) * step)
             return OutputEntry(name, nbytes, sub, meta)
-        return OutputEntry(name, nbytes, self._row_chunks(r0, r1, slice(None)), meta)
+        return OutputEntry(name, nbytes, self.row_chunks(r0, r1, slice(None)), meta)
 
     def cols_entry(self, name: str, c0: int, c1: int) -> OutputEntry:
         """Columns [c0, c1) of every row (a dim-1 shard of a matrix)."""
         shape = (*self.shape[:-1], c1 - c0)
         nbytes = self.rows * (c1 - c0) * BY_NAME[self.dtype].itemsize
-        chunks = self._row_chunks(0, self.rows, slice(c0, c1))
+        chunks = self.row_chunks(0, self.rows, slice(c0, c1))
         return OutputEntry(name, nbytes, chunks, tensor_metadata(self.dtype, shape))
 
 
@@ -213,3 +213,28 @@ def plan(source: Path, *, dtype: str | None = None, config: Path | None = None) 
             "pass `--config config.json` so that export can use it"
         )
     return Plan(src, tensors, cfg, notes)
+
+
+def plan_archive(path: Path, *, dtype: str | None = None) -> Plan:
+    """A plan over an (unsharded) irforge archive, for re-sharding or casting it.
+
+    Raises:
+        InputError: the archive is malformed or already sharded.
+    """
+    from ..archive import open_archive
+
+    archive = open_archive(Path(path))
+    if archive.rank_paths:
+        raise InputError(f"{path}: already sharded; `irforge shard --unshard` joins it first")
+    folder = archive.path.parent
+    tokenizer = [folder / n for n in TOKENIZER_FILES if (folder / n).is_file()]
+    src = Source(
+        "irpa",
+        archive.path,
+        list(archive.tensors.values()),
+        tokenizer_files=tokenizer,
+        inputs=[archive.path],
+    )
+    tensors = [_plan_tensor(ref, name, dtype) for name, ref in archive.tensors.items()]
+    cfg = archive.config
+    return Plan(src, tensors, cfg.replace(dtype=_dominant_float(tensors)) if cfg else None)

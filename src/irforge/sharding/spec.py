@@ -1,0 +1,55 @@
+"""The tensor-parallel rule table: which weights split along which dim (shark-ai's layout).
+
+Column-parallel weights split their output rows (each device owns some heads or some FFN
+channels); row-parallel weights split their input columns and their partial products are
+summed across devices. Everything else is replicated.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+
+from ..config import ModelConfig
+from ..errors import ShardingError
+
+COLUMN = (
+    "blk.*.attn_q.weight",
+    "blk.*.attn_k.weight",
+    "blk.*.attn_v.weight",
+    "blk.*.ffn_gate.weight",
+    "blk.*.ffn_up.weight",
+)
+ROW = ("blk.*.attn_output.weight", "blk.*.ffn_down.weight", "output.weight")
+MAX_TP = 8
+
+
+def split_dim(name: str) -> int | None:
+    """0 for column-parallel, 1 for row-parallel, None for replicated."""
+    if any(fnmatch.fnmatchcase(name, p) for p in COLUMN):
+        return 0
+    if any(fnmatch.fnmatchcase(name, p) for p in ROW):
+        return 1
+    return None
+
+
+def shard_name(name: str, rank: int) -> str:
+    return f"{name}.shard.{rank}"
+
+
+def check_tp(config: ModelConfig, tp: int) -> None:
+    """Every split size divides evenly.
+
+    Raises:
+        ShardingError: naming the number that `tp` does not divide.
+    """
+    if not 1 <= tp <= MAX_TP:
+        raise ShardingError(f"tensor-parallel size must be between 1 and {MAX_TP}, got {tp}")
+    sizes = {
+        "attention_head_count_kv": config.attention_head_count_kv,
+        "attention_head_count": config.attention_head_count,
+        "feed_forward_length": config.feed_forward_length,
+        "embedding_length": config.embedding_length,
+    }
+    for what, size in sizes.items():
+        if size % tp:
+            raise ShardingError(f"tensor-parallel size {tp} must divide {what}={size}")
