@@ -35,6 +35,9 @@ class ExportOptions:
     max_seq_len: int = 0
     tensor_parallelism_size: int = 1
 
+    def replace(self, **changes: Any) -> ExportOptions:
+        return dataclasses.replace(self, **changes)
+
 
 @dataclass(frozen=True)
 class Compiled:

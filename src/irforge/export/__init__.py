@@ -9,12 +9,13 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from .. import __version__
-from ..archive import open_archive
+from ..archive import ModelArchive, open_archive, rank_path
 from ..config import FLOAT_DTYPES, ModelConfig
 from ..errors import ConfigError, OutputError
 from ..formats.atomic import AtomicFile, copy_file
 from ..formats.sources import TOKENIZER_FILES, read_json_file
 from ..manifest import ExportOptions, Manifest
+from ..sharding.spec import check_tp
 from .service_config import shortfin_config
 
 __all__ = ["export"]
@@ -49,7 +50,7 @@ def _link_into(src: Path, folder: Path, name: str) -> str:
 
 def _resolve_source(
     source: Path | None, preset: str | None, config: Path | None
-) -> tuple[ModelConfig, Path | None]:
+) -> tuple[ModelConfig, ModelArchive | None]:
     given = [x for x in (source, preset, config) if x is not None]
     if len(given) != 1:
         raise ConfigError("give exactly one of: an .irpa archive, --preset NAME, --config FILE")
@@ -60,7 +61,7 @@ def _resolve_source(
     if config is not None:
         return ModelConfig.from_hf_config(read_json_file(config), source=str(config)), None
     archive = open_archive(Path(source))  # type: ignore[arg-type]
-    return archive.require_config(), archive.path
+    return archive.require_config(), archive
 
 
 def _options(
@@ -121,6 +122,7 @@ def export(
     attention: str = "decomposed",
     top_k: int | None = None,
     max_seq_len: int | None = None,
+    tp: int | None = None,
     on_step: Callable[[str], None] = lambda step: None,
 ) -> Manifest:
     """Export the paged model of an archive, a preset or an HF config.json to `out_dir`.
@@ -136,6 +138,7 @@ def export(
         attention: "decomposed" (compiles for gfx942) or "sdpa".
         top_k: None for full logits; 1 for argmax in the program; k for top-k.
         max_seq_len: default: the model's context length.
+        tp: devices the program spans; default: the archive's (`irforge shard`), else 1.
 
     Raises:
         ConfigError, InputError, OutputError.
@@ -146,6 +149,14 @@ def export(
     from .program import trace
 
     cfg, archive = _resolve_source(source, preset, config)
+    archive_tp = archive.metadata.tensor_parallelism_size if archive and archive.metadata else 1
+    if archive is not None and tp not in (None, archive_tp):
+        raise ConfigError(
+            f"{archive.path} is sharded for {archive_tp} device(s), not {tp}; "
+            f"run `irforge shard --tp {tp}` on the unsharded archive"
+        )
+    tp = tp or archive_tp
+    check_tp(cfg, tp)
     options = _options(
         cfg,
         bs_prefill=bs_prefill,
@@ -157,7 +168,7 @@ def export(
         attention=attention,
         top_k=top_k,
         max_seq_len=max_seq_len,
-    )
+    ).replace(tensor_parallelism_size=tp)
     out_dir = Path(out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -170,9 +181,11 @@ def export(
         f.write(json.dumps(shortfin_config(cfg, options), indent=2).encode() + b"\n")
     parameters, tokenizer = [], []
     if archive is not None:
-        parameters.append(_link_into(archive, out_dir, ARCHIVE_NAME))
+        parameters.append(_link_into(archive.path, out_dir, ARCHIVE_NAME))
+        for i, rank_file in enumerate(archive.rank_paths):
+            parameters.append(_link_into(rank_file, out_dir, rank_path(Path(ARCHIVE_NAME), i).name))
         for name in TOKENIZER_FILES:
-            src = archive.parent / name
+            src = archive.path.parent / name
             if src.is_file():
                 if (out_dir / name).resolve() != src.resolve():
                     copy_file(src, out_dir / name)
@@ -183,7 +196,7 @@ def export(
         parameters=tuple(parameters),
         tokenizer=tuple(tokenizer),
         versions=_versions(),
-        source=str(archive or preset or config),
+        source=str(archive.path if archive else preset or config),
     )
     manifest.save(out_dir)
     return manifest

@@ -16,6 +16,7 @@ import torch
 from ..config import ModelConfig
 from ..manifest import ExportOptions
 from ..model import ModelOptions, PagedLlama
+from ..model.sharded import ShardedPagedLlama, sharded_name
 from ..model.weights import canonical_name
 
 PARAMETER_SCOPE = "model"
@@ -45,9 +46,19 @@ class _Sampled(torch.nn.Module):
         return self._select(self.model.decode(*args))
 
 
-def build_meta_model(config: ModelConfig, options: ExportOptions) -> PagedLlama:
-    """The model with meta weights, each tagged as the external parameter it will load."""
-    from iree.turbine.aot import ExternalTensorTrait
+def _transfer(t: torch.Tensor, device: int) -> torch.Tensor:
+    from iree.turbine.ops.iree import transfer_to_logical_device
+
+    return transfer_to_logical_device(f"{device}", t)
+
+
+def build_meta_model(config: ModelConfig, options: ExportOptions) -> PagedLlama | ShardedPagedLlama:
+    """The model with meta weights, each tagged as the external parameter it will load.
+
+    With tensor parallelism, parameter i of a rank also carries that rank's device, and a
+    replicated weight is one archive entry referenced from every device.
+    """
+    from iree.turbine.aot import DeviceTensorTrait, ExternalTensorTrait
 
     model_options = ModelOptions(
         block_seq_stride=options.block_seq_stride,
@@ -55,14 +66,30 @@ def build_meta_model(config: ModelConfig, options: ExportOptions) -> PagedLlama:
         kv_cache_dtype=options.kv_cache_dtype,
         attention=options.attention,
     )
+    tp = options.tensor_parallelism_size
     with torch.device("meta"):
-        model = PagedLlama(config, model_options).eval()
-    model.requires_grad_(False)
-    for name, param in model.named_parameters():  # tied weights appear once
-        ExternalTensorTrait(external_scope=PARAMETER_SCOPE, external_name=canonical_name(name)).set(
-            param
-        )
+        if tp == 1:
+            model: PagedLlama | ShardedPagedLlama = PagedLlama(config, model_options)
+        else:
+            model = ShardedPagedLlama(config, model_options, tp=tp, transfer=_transfer)
+    model.eval().requires_grad_(False)
+    for module_name, param in model.named_parameters():  # tied weights appear once
+        if tp == 1:
+            name = canonical_name(module_name)
+        else:
+            rank, name = sharded_name(module_name)
+            DeviceTensorTrait(rank).set(param)
+        ExternalTensorTrait(external_scope=PARAMETER_SCOPE, external_name=name).set(param)
     return model
+
+
+def _cache_slabs(model: PagedLlama | ShardedPagedLlama) -> list[torch.Tensor]:
+    caches = (
+        [model.kv_cache] if isinstance(model, PagedLlama) else [r.kv_cache for r in model.ranks]
+    )
+    return [
+        torch.empty(EXAMPLE_PAGES, c.page_elements, dtype=c.dtype, device="meta") for c in caches
+    ]
 
 
 def trace(
@@ -73,67 +100,73 @@ def trace(
     on_step: Callable[[str], None] = lambda step: None,
 ) -> None:
     """Export the prefill/decode programs of `config` to MLIR at `out` (overwritten)."""
-    from iree.turbine.aot import FxProgramsBuilder, export
+    from iree.turbine.aot import DeviceAffinity, FxProgramsBuilder, export
 
     model = build_meta_model(config, options)
-    wrapped = _Sampled(model, options.top_k)
-    fxb = FxProgramsBuilder(wrapped)
-    stride = options.block_seq_stride
-    max_blocks = -(-options.max_seq_len // stride)
-    block = torch.export.Dim("block_seq", min=1, max=max_blocks)
+    fxb = FxProgramsBuilder(_Sampled(model, options.top_k))
+    stride, tp = options.block_seq_stride, options.tensor_parallelism_size
+    block = torch.export.Dim("block_seq", min=1, max=-(-options.max_seq_len // stride))
     page = torch.export.Dim("page")
-    cache_dtype = model.kv_cache.dtype
+    slabs = _cache_slabs(model)
+    # One cache argument per device; a single device takes the bare slab (shortfin's ABI).
+    caches: torch.Tensor | list[torch.Tensor] = slabs[0] if tp == 1 else slabs
+    cache_dims: object = {0: page} if tp == 1 else [{0: page}] * tp
 
     def ints(*shape: int) -> torch.Tensor:
         return torch.empty(*shape, dtype=torch.int64, device="meta")
 
-    cache = torch.empty(
-        EXAMPLE_PAGES, model.kv_cache.page_elements, dtype=cache_dtype, device="meta"
-    )
-    with warnings.catch_warnings():
+    def devices(n_args: int) -> dict[int, DeviceAffinity] | None:
+        # Inputs live on device 0 and each cache slab on its own device.
+        if tp == 1:
+            return None
+        return {
+            **{i: DeviceAffinity(0) for i in range(n_args)},
+            **{n_args + i: DeviceAffinity(i) for i in range(tp)},
+        }
+
+    with warnings.catch_warnings():  # torch's pytree deprecation noise
         warnings.simplefilter("ignore", FutureWarning)
         for bs in options.prefill_batch_sizes:
             on_step(f"tracing prefill_bs{bs}")
-            _add_prefill(fxb, bs, ints, cache, block, page, stride)
+            args = (ints(bs, EXAMPLE_BLOCKS * stride), ints(bs), ints(bs, EXAMPLE_BLOCKS), caches)
+            dims = {
+                "tokens": {1: block * stride},
+                "seq_lens": {},
+                "seq_block_ids": {1: block},
+                "cache": cache_dims,
+            }
+            _program(fxb, f"prefill_bs{bs}", "prefill", args, dims, devices(3))
         for bs in options.decode_batch_sizes:
             on_step(f"tracing decode_bs{bs}")
-            _add_decode(fxb, bs, ints, cache, block, page)
-    on_step("importing to MLIR")
-    with warnings.catch_warnings():  # torch's pytree deprecation noise, not the user's concern
-        warnings.simplefilter("ignore", FutureWarning)
+            args = (ints(bs, 1), ints(bs), ints(bs), ints(bs, EXAMPLE_BLOCKS), caches)
+            dims = {
+                "tokens": {},
+                "seq_lens": {},
+                "start_positions": {},
+                "seq_block_ids": {1: block},
+                "cache": cache_dims,
+            }
+            _program(fxb, f"decode_bs{bs}", "decode", args, dims, devices(4))
+        on_step("importing to MLIR")
         output = export(fxb, import_symbolic_shape_expressions=True)
     on_step("writing MLIR")
     output.save_mlir(str(out))
 
 
-def _add_prefill(fxb, bs, ints, cache, block, page, stride) -> None:  # noqa: ANN001
-    @fxb.export_program(
-        name=f"prefill_bs{bs}",
-        args=(ints(bs, EXAMPLE_BLOCKS * stride), ints(bs), ints(bs, EXAMPLE_BLOCKS), cache),
-        dynamic_shapes={
-            "tokens": {1: block * stride},
-            "seq_lens": {},
-            "seq_block_ids": {1: block},
-            "cache": {0: page},
-        },
-        strict=False,
-    )
-    def _(module, tokens, seq_lens, seq_block_ids, cache):  # noqa: ANN001, ANN202
-        return module.prefill(tokens, seq_lens, seq_block_ids, cache)
+def _program(fxb, name, method, args, dims, arg_device) -> None:  # noqa: ANN001
+    """Register one entry point; the free function's parameter names key `dims`."""
+    if method == "prefill":
 
+        def prefill(module, tokens, seq_lens, seq_block_ids, cache):  # noqa: ANN001, ANN202
+            return module.prefill(tokens, seq_lens, seq_block_ids, cache)
 
-def _add_decode(fxb, bs, ints, cache, block, page) -> None:  # noqa: ANN001
-    @fxb.export_program(
-        name=f"decode_bs{bs}",
-        args=(ints(bs, 1), ints(bs), ints(bs), ints(bs, EXAMPLE_BLOCKS), cache),
-        dynamic_shapes={
-            "tokens": {},
-            "seq_lens": {},
-            "start_positions": {},
-            "seq_block_ids": {1: block},
-            "cache": {0: page},
-        },
-        strict=False,
+        fn = prefill
+    else:
+
+        def decode(module, tokens, seq_lens, start_positions, seq_block_ids, cache):  # noqa: ANN001, ANN202
+            return module.decode(tokens, seq_lens, start_positions, seq_block_ids, cache)
+
+        fn = decode
+    fxb.export_program(
+        fn, name=name, args=args, dynamic_shapes=dims, strict=False, arg_device=arg_device
     )
-    def _(module, tokens, seq_lens, start_positions, seq_block_ids, cache):  # noqa: ANN001, ANN202
-        return module.decode(tokens, seq_lens, start_positions, seq_block_ids, cache)

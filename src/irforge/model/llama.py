@@ -20,7 +20,7 @@ from ..errors import ConfigError
 from .attention import attend, decode_mask, prefill_mask
 from .kv_cache import DecodeKV, PagedKVCache, PrefillKV
 from .options import ModelOptions
-from .rope import apply_rope, inv_frequencies, rope_tables
+from .rope import apply_rope, inv_freq_tensor, inv_frequencies, rope_tables
 from .weights import load_archive, load_canonical
 
 # What a Block calls to store this step's K/V and get the keys/values to attend over.
@@ -133,7 +133,7 @@ class PagedLlama(nn.Module):
         if config.tie_word_embeddings:
             self.output.weight = self.token_embd.weight
         # Plain floats, not a buffer: export builds the model on the meta device, where a
-        # buffer would have no data to put in the program (see _inv_freq).
+        # buffer would have no data to put in the program (see rope.inv_freq_tensor).
         self.inv_freq_values = tuple(inv_frequencies(config).tolist())
 
     @classmethod
@@ -218,22 +218,12 @@ class PagedLlama(nn.Module):
         self, tokens: torch.Tensor, positions: torch.Tensor, allowed: torch.Tensor, kv: KVAccess
     ) -> torch.Tensor:
         h = self.token_embd(tokens)  # [N, S, dim]
-        cos, sin = rope_tables(positions, self._inv_freq(tokens.device))  # [N, S, 1, D/2]
+        cos, sin = rope_tables(
+            positions, inv_freq_tensor(self.inv_freq_values, tokens.device)
+        )  # [N, S, 1, D/2]
         for block in self.blk:
             h = block(h, cos, sin, allowed, kv)
         return self.output(self.output_norm(h))  # [N, S, vocab]
-
-    def _inv_freq(self, device: torch.device) -> torch.Tensor:
-        """[D/2] float32 frequencies as graph ops on an arange, so they exist on any device.
-
-        torch.full/torch.tensor would allocate, and export's meta-device allocations do not
-        lower in IREE; a chain of where() over an index vector is folded to a constant.
-        """
-        index = torch.arange(len(self.inv_freq_values), device=device)
-        out = index.to(torch.float32) * 0.0
-        for i, value in enumerate(self.inv_freq_values):
-            out = torch.where(index == i, value, out)
-        return out
 
 
 def _single_slab(cache: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:

@@ -50,6 +50,19 @@ def inv_frequencies(config: ModelConfig) -> torch.Tensor:
     return inv_freq.to(torch.float32)
 
 
+def inv_freq_tensor(values: tuple[float, ...], device: torch.device) -> torch.Tensor:
+    """[D/2] float32 frequencies as graph ops on an arange, so they exist on any device.
+
+    torch.full/torch.tensor would allocate, and export's meta-device allocations do not
+    lower in IREE; a chain of where() over an index vector is folded to a constant.
+    """
+    index = torch.arange(len(values), device=device)
+    out = index.to(torch.float32) * 0.0
+    for i, value in enumerate(values):
+        out = torch.where(index == i, value, out)
+    return out
+
+
 def rope_tables(
     positions: torch.Tensor, inv_freq: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -68,33 +68,43 @@ class Session:
                 "export from a converted .irpa archive to run it"
             )
         self.instance = rt.VmInstance()
-        self.device = self._open_device(rt, device, device_ids)
+        self.tp = self.options.tensor_parallelism_size
+        self.devices = self._open_devices(rt, device, device_ids, self.tp)
+        self.device = self.devices[0]  # where inputs and logits live
         index = rt.ParameterIndex()
         for name in self.manifest.parameters:
             index.load(str(self.folder / name))
         params = rt.create_io_parameters_module(
             self.instance, index.create_provider(scope=PARAMETER_SCOPE)
         )
-        hal = rt.create_hal_module(self.instance, self.device)
+        hal = rt.create_hal_module(self.instance, devices=self.devices)
         self.module = rt.VmModule.mmap(self.instance, str(vmfb_path))
         self.context = rt.VmContext(self.instance, modules=[hal, params, self.module])
         self._functions: dict[str, Any] = {}
         self.page_count = page_count or self.options.device_block_count
         self.pages = PageAllocator(self.page_count)
-        page_elements = self.config.page_elements(self.options.block_seq_stride)
-        zeros = np.zeros((self.page_count, page_elements), CACHE_NUMPY[self.options.kv_cache_dtype])
-        self.cache = rt.asdevicearray(self.device, zeros)
+        # One slab per device, each holding that device's share of the kv heads.
+        page_elements = self.config.page_elements(self.options.block_seq_stride, self.tp)
+        dtype = CACHE_NUMPY[self.options.kv_cache_dtype]
+        self.caches = [
+            rt.asdevicearray(d, np.zeros((self.page_count, page_elements), dtype))
+            for d in self.devices
+        ]
 
     @staticmethod
-    def _open_device(rt: Any, driver: str, device_ids: list[int] | None) -> Any:
+    def _open_devices(rt: Any, driver: str, device_ids: list[int] | None, tp: int) -> list[Any]:
+        if device_ids and len(device_ids) != tp:
+            raise ConfigError(f"the program spans {tp} device(s); got {len(device_ids)} device ids")
         try:
             drv = rt.get_driver(driver)
             if not device_ids:
-                return drv.create_default_device()
+                if driver == "local-task":  # every CPU "device" is a default one
+                    return [drv.create_default_device() for _ in range(tp)]
+                device_ids = list(range(tp))
             infos = drv.query_available_devices()
-            return drv.create_device(infos[device_ids[0]]["device_id"])
+            return [drv.create_device(infos[i]["device_id"]) for i in device_ids]
         except (ValueError, RuntimeError, IndexError, KeyError) as e:
-            raise ConfigError(f"cannot open IREE device {driver!r}: {e}") from e
+            raise ConfigError(f"cannot open {tp} IREE device(s) of {driver!r}: {e}") from e
 
     def _function(self, name: str) -> Any:
         import iree.runtime as rt
@@ -110,7 +120,7 @@ class Session:
         """prefill_bs{N}: logits [N, S, vocab] (or (values, indices) if exported with top_k)."""
         fn = self._function(f"prefill_bs{tokens.shape[0]}")
         args = [a.astype(np.int64) for a in (tokens, seq_lens, block_ids)]
-        return _host(fn(*args, self.cache))
+        return _host(fn(*args, *self.caches))
 
     def decode(
         self, tokens: np.ndarray, seq_lens: np.ndarray, starts: np.ndarray, block_ids: np.ndarray
@@ -118,7 +128,7 @@ class Session:
         """decode_bs{N}: logits [N, 1, vocab] (or (values, indices) if exported with top_k)."""
         fn = self._function(f"decode_bs{tokens.shape[0]}")
         args = [a.astype(np.int64) for a in (tokens, seq_lens, starts, block_ids)]
-        return _host(fn(*args, self.cache))
+        return _host(fn(*args, *self.caches))
 
 
 def _host(result: Any) -> Any:

@@ -1,0 +1,185 @@
+"""ShardedPagedLlama: the model split over N devices by the tensor-parallel rules.
+
+Each rank holds a PagedLlama-shaped slice: heads/N query and kv heads, ffn/N channels, its
+own KV-cache slab; embeddings and norms are replicated. After attention and after the FFN
+the ranks' partial outputs are summed (an all-reduce made of device transfers, as shark-ai
+did), and the row-parallel output projection's partial logits are summed on device 0.
+Eagerly, `transfer` is the identity; export passes IREE's transfer_to_logical_device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from ..config import ModelConfig
+from ..errors import ConfigError
+from ..sharding.spec import check_tp, shard_name, split_dim
+from .attention import decode_mask, prefill_mask
+from .kv_cache import DecodeKV, PagedKVCache, PrefillKV
+from .llama import Block, RMSNorm
+from .options import ModelOptions
+from .rope import inv_freq_tensor, inv_frequencies, rope_tables
+from .weights import canonical_name
+
+Transfer = Callable[[torch.Tensor, int], torch.Tensor]
+
+
+def _stay(t: torch.Tensor, device: int) -> torch.Tensor:
+    return t
+
+
+def local_config(config: ModelConfig, tp: int) -> ModelConfig:
+    """One rank's share of the heads and FFN channels."""
+    return config.replace(
+        attention_head_count=config.attention_head_count // tp,
+        attention_head_count_kv=config.attention_head_count_kv // tp,
+        feed_forward_length=config.feed_forward_length // tp,
+    )
+
+
+class Rank(nn.Module):
+    def __init__(self, config: ModelConfig, options: ModelOptions, rank: int, tp: int) -> None:
+        super().__init__()
+        local = local_config(config, tp)
+        dtype = options.activation_torch_dtype(config)
+        dim = config.embedding_length
+        self.columns = slice(rank * dim // tp, (rank + 1) * dim // tp)  # of the output proj.
+        self.tied = config.tie_word_embeddings
+        self.token_embd = nn.Embedding(config.vocab_size, dim, dtype=dtype)
+        self.blk = nn.ModuleList(Block(local, i, options, dtype) for i in range(config.block_count))
+        self.output_norm = RMSNorm(dim, config.rms_norm_eps, dtype)
+        if not self.tied:
+            self.output = nn.Linear(dim // tp, config.vocab_size, bias=False, dtype=dtype)
+        self.kv_cache = PagedKVCache.for_model(local, options)
+
+    def partial_logits(self, h: torch.Tensor) -> torch.Tensor:
+        x = self.output_norm(h)[..., self.columns]  # [N, S, dim/tp]
+        if self.tied:
+            return x @ self.token_embd.weight[:, self.columns].T  # [N, S, vocab]
+        return self.output(x)  # [N, S, vocab]
+
+
+class ShardedPagedLlama(nn.Module):
+    """PagedLlama over `tp` devices; caches are one slab per device."""
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        options: ModelOptions | None = None,
+        *,
+        tp: int,
+        transfer: Transfer = _stay,
+    ) -> None:
+        super().__init__()
+        check_tp(config, tp)
+        self.config, self.options, self.tp = config, options or ModelOptions(), tp
+        self.ranks = nn.ModuleList(Rank(config, self.options, i, tp) for i in range(tp))
+        self.transfer = transfer
+        self.inv_freq_values = tuple(inv_frequencies(config).tolist())
+
+    def _each(self, t: torch.Tensor) -> list[torch.Tensor]:
+        return [self.transfer(t, i) for i in range(self.tp)]
+
+    def _all_reduce(self, parts: list[torch.Tensor]) -> list[torch.Tensor]:
+        total = parts[0]
+        for i in range(1, self.tp):
+            total = total + self.transfer(parts[i], 0)
+        return [total] + [self.transfer(total, i) for i in range(1, self.tp)]
+
+    def _caches(self, caches: Sequence[torch.Tensor]) -> Sequence[torch.Tensor]:
+        if isinstance(caches, torch.Tensor) or len(caches) != self.tp:
+            raise ConfigError(f"a TP={self.tp} model needs {self.tp} cache slabs, one per device")
+        return caches
+
+    def prefill(
+        self,
+        tokens: torch.Tensor,
+        seq_lens: torch.Tensor,
+        seq_block_ids: torch.Tensor,
+        caches: Sequence[torch.Tensor],
+    ) -> torch.Tensor:
+        """As PagedLlama.prefill, with one cache slab per device; logits on device 0."""
+        caches = self._caches(caches)
+        n, s = tokens.shape
+        ids = self._each(seq_block_ids)
+        kvs = [PrefillKV(r.kv_cache, c, i) for r, c, i in zip(self.ranks, caches, ids, strict=True)]
+        positions = [torch.arange(s, device=t.device).unsqueeze(0).expand(n, s) for t in ids]
+        allowed = [prefill_mask(x, s) for x in self._each(seq_lens)]
+        return self._forward(self._each(tokens), positions, allowed, kvs)
+
+    def decode(
+        self,
+        tokens: torch.Tensor,
+        seq_lens: torch.Tensor,
+        start_positions: torch.Tensor,
+        seq_block_ids: torch.Tensor,
+        caches: Sequence[torch.Tensor],
+    ) -> torch.Tensor:
+        """As PagedLlama.decode, with one cache slab per device; logits on device 0."""
+        caches = self._caches(caches)
+        keys = seq_block_ids.shape[1] * self.options.block_seq_stride
+        ids, starts = self._each(seq_block_ids), self._each(start_positions)
+        allowed = [decode_mask(x, keys) for x in self._each(seq_lens)]  # [N, 1, Sk] each
+        kvs = [
+            DecodeKV(r.kv_cache, c, i, p, a[:, 0])
+            for r, c, i, p, a in zip(self.ranks, caches, ids, starts, allowed, strict=True)
+        ]
+        return self._forward(self._each(tokens), [p.unsqueeze(1) for p in starts], allowed, kvs)
+
+    def _forward(
+        self,
+        tokens: list[torch.Tensor],
+        positions: list[torch.Tensor],
+        allowed: list[torch.Tensor],
+        kvs: list[PrefillKV | DecodeKV],
+    ) -> torch.Tensor:
+        h = [r.token_embd(t) for r, t in zip(self.ranks, tokens, strict=True)]  # [N, S, dim]
+        tables = [
+            rope_tables(p, inv_freq_tensor(self.inv_freq_values, p.device)) for p in positions
+        ]
+        for layer in range(self.config.block_count):
+            blocks = [r.blk[layer] for r in self.ranks]
+            parts = [
+                b.attn(b.attn_norm(x), cos, sin, a, kv)
+                for b, x, (cos, sin), a, kv in zip(blocks, h, tables, allowed, kvs, strict=True)
+            ]
+            h = [x + y for x, y in zip(h, self._all_reduce(parts), strict=True)]
+            parts = [b.ffn(b.ffn_norm(x)) for b, x in zip(blocks, h, strict=True)]
+            h = [x + y for x, y in zip(h, self._all_reduce(parts), strict=True)]
+        partial = [r.partial_logits(x) for r, x in zip(self.ranks, h, strict=True)]
+        logits = partial[0]
+        for i in range(1, self.tp):
+            logits = logits + self.transfer(partial[i], 0)
+        return logits  # [N, S, vocab] on device 0
+
+
+def sharded_name(module: str) -> tuple[int, str]:
+    """(rank, archive name) of a ShardedPagedLlama parameter: `blk.0.attn_q.weight.shard.1`."""
+    _, rank, rest = module.split(".", 2)  # ranks.{i}.<PagedLlama name>
+    base = canonical_name(rest)
+    return int(rank), (shard_name(base, int(rank)) if split_dim(base) is not None else base)
+
+
+def load_sharded(model: ShardedPagedLlama, tensors: Mapping[str, torch.Tensor]) -> None:
+    """Assign weights from a sharded archive's names, or slice them from unsharded ones."""
+    state = {}
+    for module, param in model.named_parameters():
+        rank, name = sharded_name(module)
+        if name in tensors:
+            value = tensors[name]
+        else:
+            base = name.rsplit(".shard.", 1)[0]
+            dim = split_dim(base)
+            if base not in tensors or dim is None:
+                raise ConfigError(f"weights lack {name}")
+            value = tensors[base].chunk(model.tp, dim=dim)[rank]
+        if tuple(value.shape) != tuple(param.shape):
+            raise ConfigError(
+                f"{name} has shape {tuple(value.shape)}, expected {tuple(param.shape)}"
+            )
+        state[module] = value.to(param.dtype).contiguous()
+    model.load_state_dict(state, strict=True, assign=True)
+    model.requires_grad_(False)
