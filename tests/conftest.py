@@ -88,3 +88,11 @@ def gguf_artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
     gguf_path = folder / "tiny-llama-f32.gguf"
     tiny.write_gguf(gguf_path, tiny.build_model(tiny.llama_config()))
     return _build(folder, gguf_path, bs_prefill=(1,), bs_decode=(1,))
+
+
+@pytest.fixture(scope="session")
+def llama_tp4_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Llama whose heads (8) and kv heads (4) divide by 2 and 4."""
+    folder = tmp_path_factory.mktemp("hf") / "tiny-llama-tp4"
+    tiny.save_hf(folder, tiny.llama_config(num_attention_heads=8, num_key_value_heads=4))
+    return folder

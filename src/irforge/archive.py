@@ -19,6 +19,8 @@ from .formats.irpa import OutputEntry, read_irpa
 from .formats.tensor_ref import TensorRef, read_bytes
 
 ARCHIVE_FORMAT = "irforge-irpa"
+# Entry of each rank file naming the sharding it belongs to, so mixed-up files are caught.
+RANK_KEY = "__irforge_rank__"
 ARCHIVE_FORMAT_VERSION = 1
 
 
@@ -30,6 +32,7 @@ class ArchiveMetadata:
     tensor_parallelism_size: int = 1
     source: dict[str, Any] = field(default_factory=dict)
     producer: str = f"irforge {__version__}"
+    shard_id: str = ""  # shared by NAME.irpa and its rank files
 
     def to_json(self) -> bytes:
         d = {
@@ -39,6 +42,7 @@ class ArchiveMetadata:
             "tensor_parallelism_size": self.tensor_parallelism_size,
             "source": self.source,
             "producer": self.producer,
+            "shard_id": self.shard_id,
         }
         return json.dumps(d, indent=1, sort_keys=True).encode()
 
@@ -61,6 +65,7 @@ class ArchiveMetadata:
             tensor_parallelism_size=int(d.get("tensor_parallelism_size", 1)),
             source=dict(d.get("source") or {}),
             producer=str(d.get("producer", "")),
+            shard_id=str(d.get("shard_id", "")),
         )
 
     def entry(self) -> OutputEntry:
@@ -90,6 +95,23 @@ class ModelArchive:
         return self.config
 
 
+def rank_entry(shard_id: str, rank: int, tp: int) -> OutputEntry:
+    raw = json.dumps({"shard_id": shard_id, "rank": rank, "tensor_parallelism_size": tp}).encode()
+    return OutputEntry(RANK_KEY, len(raw), lambda: [raw], b"application/json")
+
+
+def _check_rank(
+    path: Path, entries: dict[str, TensorRef], rank: int, want: ArchiveMetadata
+) -> None:
+    ref = entries.pop(RANK_KEY, None)
+    got = json.loads(bytes(read_bytes(ref))) if ref is not None else {}
+    if got.get("shard_id") != want.shard_id or got.get("rank") != rank:
+        raise InputError(
+            f"{path}: this rank file does not belong to this sharding (expected rank {rank} "
+            f"of shard id {want.shard_id or '?'}); re-run `irforge shard`"
+        )
+
+
 def rank_path(path: Path, rank: int) -> Path:
     """`NAME.irpa` -> `NAME.rank{rank}.irpa` (shark-ai's ShardedArchiveBuilder naming)."""
     return path.with_name(f"{path.stem}.rank{rank}{path.suffix}")
@@ -117,9 +139,11 @@ def open_archive(path: Path) -> ModelArchive:
             rp = rank_path(path, i)
             if not rp.is_file():
                 raise InputError(f"{path}: rank file {rp.name} of {tp} is missing")
-            for e in read_irpa(rp):
-                if e.ref.name in tensors:
-                    raise InputError(f"{rp}: tensor {e.ref.name!r} is also in another file")
-                tensors[e.ref.name] = e.ref
+            rank_tensors = {e.ref.name: e.ref for e in read_irpa(rp)}
+            _check_rank(rp, rank_tensors, i, metadata)  # type: ignore[arg-type]
+            for name, ref in rank_tensors.items():
+                if name in tensors:
+                    raise InputError(f"{rp}: tensor {name!r} is also in another file")
+                tensors[name] = ref
             ranks.append(rp)
     return ModelArchive(path, metadata, tensors, ranks)

@@ -53,6 +53,10 @@ def export_cmd(
     max_seq_len: Annotated[
         int | None, typer.Option(help="Longest sequence served (default: the context length).")
     ] = None,
+    tp: Annotated[
+        int | None,
+        typer.Option("--tp", help="Devices, for --preset/--config (an archive knows its own)."),
+    ] = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Export prefill_bs{N}/decode_bs{N} to OUT/model.mlir, with config.json for shortfin.
@@ -80,6 +84,7 @@ def export_cmd(
             attention=attention.value,
             top_k=top_k,
             max_seq_len=max_seq_len,
+            tp=tp,
             on_step=on_step,
         )
     if not quiet:

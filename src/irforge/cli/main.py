@@ -17,6 +17,7 @@ from . import convert as convert_cli
 from . import export as export_cli
 from . import inspect as inspect_cli
 from . import run as run_cli
+from . import shard as shard_cli
 
 EXIT_USER_ERROR = 2
 EXIT_INTERNAL = 1
@@ -88,6 +89,7 @@ def _root(
 
 app.command(name="inspect")(inspect_cli.inspect_cmd)
 app.command(name="convert")(convert_cli.convert_cmd)
+app.command(name="shard")(shard_cli.shard_cmd)
 app.command(name="export")(export_cli.export_cmd)
 app.command(name="compile")(compile_cli.compile_cmd)
 app.command(name="run")(run_cli.run_cmd)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from ..archive import ArchiveMetadata, open_archive, rank_path
+from ..archive import ArchiveMetadata, open_archive, rank_entry, rank_path
 from ..convert.converter import copy_tokenizer, source_record
 from ..convert.plan import CHUNK_ELEMENTS, Plan, PlannedTensor, plan, plan_archive
 from ..errors import ConfigError, InputError, ShardingError
@@ -80,12 +81,16 @@ def shard(
     if on_plan:
         on_plan(total)
     inputs = p.source.inputs
+    shard_id = uuid.uuid4().hex if tp > 1 else ""
     for rank in range(tp if tp > 1 else 0):
         entries = [_rank_entry(t, d, rank, tp) for t, d in split if d is not None]
+        entries.append(rank_entry(shard_id, rank, tp))
         path = rank_path(out, rank)
         write_irpa(path, entries, on_bytes=on_bytes, inputs=inputs)
         result.rank_files.append(path)
-    meta = ArchiveMetadata(p.config, tensor_parallelism_size=tp, source=source_record(p.source))
+    meta = ArchiveMetadata(
+        p.config, tensor_parallelism_size=tp, source=source_record(p.source), shard_id=shard_id
+    )
     # The file that lists the shards is written last: a crash before leaves no usable OUT.
     write_irpa(
         out, [t.entry() for t in replicated] + [meta.entry()], on_bytes=on_bytes, inputs=inputs

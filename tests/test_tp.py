@@ -1,0 +1,165 @@
+"""Tensor parallelism: shard invariants, eager parity, and TP programs on CPU devices."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from irforge.archive import open_archive
+from irforge.cli.main import app
+from irforge.compile import compile_folder
+from irforge.convert import convert
+from irforge.export import export
+from irforge.formats.tensor_ref import read_bytes, read_tensor
+from irforge.model import ModelOptions, PagedLlama
+from irforge.model.sharded import ShardedPagedLlama, load_sharded
+from irforge.model.weights import load_archive
+from irforge.sharding import shard, split_dim, unshard
+
+runner = CliRunner()
+PROMPT = [5, 17, 3, 99, 42, 7, 250, 1, 8, 64, 33, 12, 2, 77, 190, 4, 23, 56, 9, 11]
+
+
+@pytest.fixture(scope="module")
+def tp4_archive(llama_tp4_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return convert(llama_tp4_dir, out=tmp_path_factory.mktemp("tp4") / "m.irpa").out
+
+
+@pytest.mark.parametrize("tp", [2, 4])
+def test_shards_concatenate_to_the_source(tp: int, tp4_archive: Path, tmp_path: Path) -> None:
+    whole = open_archive(tp4_archive)
+    result = shard(tp4_archive, tp=tp, out=tmp_path / "s.irpa")
+    assert len(result.rank_files) == tp and result.split + result.replicated == len(whole.tensors)
+    sharded = open_archive(result.out)
+    for name, ref in whole.tensors.items():
+        dim = split_dim(name)
+        want = read_tensor(ref)
+        if dim is None:
+            torch.testing.assert_close(read_tensor(sharded.tensors[name]), want, rtol=0, atol=0)
+            continue
+        parts = [read_tensor(sharded.tensors[f"{name}.shard.{i}"]) for i in range(tp)]
+        torch.testing.assert_close(torch.cat(parts, dim=dim), want, rtol=0, atol=0)
+    joined = unshard(result.out, out=tmp_path / "joined.irpa")
+    back = open_archive(joined)
+    assert set(back.tensors) == set(whole.tensors)
+    for name, ref in whole.tensors.items():
+        assert bytes(read_bytes(back.tensors[name])) == bytes(read_bytes(ref))
+
+
+def test_shard_straight_from_hf_folder_with_cast(llama_tp4_dir: Path, tmp_path: Path) -> None:
+    """Convert and shard in one pass (no unsharded file), casting on the way."""
+    result = runner.invoke(
+        app,
+        [
+            "shard",
+            str(llama_tp4_dir),
+            "--tp",
+            "2",
+            "--dtype",
+            "bf16",
+            "-o",
+            str(tmp_path / "s.irpa"),
+            "-q",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in tmp_path.glob("*.irpa")) == [
+        "s.irpa",
+        "s.rank0.irpa",
+        "s.rank1.irpa",
+    ]
+    _, tensors = load_archive(convert(llama_tp4_dir, out=tmp_path / "u.irpa").out)
+    sharded = open_archive(tmp_path / "s.irpa")
+    down = read_tensor(sharded.tensors["blk.1.ffn_down.weight.shard.1"])
+    want = tensors["blk.1.ffn_down.weight"].to(torch.bfloat16).chunk(2, dim=1)[1]
+    torch.testing.assert_close(down, want, rtol=0, atol=0)
+
+
+def test_bad_tp_missing_and_foreign_rank_files(tp4_archive: Path, tmp_path: Path) -> None:
+    result = runner.invoke(
+        app, ["shard", str(tp4_archive), "--tp", "3", "-o", str(tmp_path / "x.irpa")]
+    )
+    assert result.exit_code == 2
+    assert "tensor-parallel size 3 must divide attention_head_count_kv=4" in result.stderr
+    result = runner.invoke(
+        app, ["shard", str(tp4_archive), "--tp", "16", "-o", str(tmp_path / "x.irpa")]
+    )
+    assert result.exit_code == 2 and "between 1 and 8" in result.stderr
+    assert not list(tmp_path.glob("x*"))
+    a = shard(tp4_archive, tp=2, out=tmp_path / "a" / "m.irpa").out
+    b = shard(tp4_archive, tp=2, out=tmp_path / "b" / "m.irpa").out
+    shutil.copy(b.with_name("m.rank1.irpa"), a.with_name("m.rank1.irpa"))  # a foreign rank
+    result = runner.invoke(app, ["inspect", str(a)])
+    assert result.exit_code == 2 and "does not belong to this sharding" in result.stderr
+    b.with_name("m.rank0.irpa").unlink()
+    result = runner.invoke(app, ["inspect", str(b)])
+    assert result.exit_code == 2 and "rank file m.rank0.irpa of 2 is missing" in result.stderr
+
+
+@pytest.mark.parametrize("tp", [2, 4])
+def test_eager_sharded_model_matches_unsharded(tp: int, tp4_archive: Path) -> None:
+    config, tensors = load_archive(tp4_archive)
+    options = ModelOptions(block_seq_stride=16)
+    reference = PagedLlama.from_state_dict(config, tensors, options=options)
+    with torch.device("meta"):
+        model = ShardedPagedLlama(config, options, tp=tp)
+    load_sharded(model, tensors)
+    tokens = torch.tensor([PROMPT + [0] * 12, PROMPT[:7] + [0] * 25])
+    seq_lens, ids = torch.tensor([20, 7]), torch.tensor([[1, 2], [3, 4]])
+    cache = reference.allocate_cache(8)
+    caches = [r.kv_cache.allocate(8) for r in model.ranks]
+    want = reference.prefill(tokens, seq_lens, ids, cache)
+    torch.testing.assert_close(model.prefill(tokens, seq_lens, ids, caches), want)
+    step = torch.tensor([[5], [6]])
+    want = reference.decode(step, seq_lens + 1, seq_lens, ids, cache)
+    torch.testing.assert_close(model.decode(step, seq_lens + 1, seq_lens, ids, caches), want)
+
+
+@pytest.mark.iree
+@pytest.mark.parametrize("tp", [2, 4])
+def test_tp_program_on_cpu_devices_matches_transformers(
+    tp: int, tp4_archive: Path, llama_tp4_dir: Path, tmp_path: Path
+) -> None:
+    from test_export_run import assert_close_rel, reference
+
+    sharded = shard(tp4_archive, tp=tp, out=tmp_path / "src" / "m.irpa").out
+    art = tmp_path / "art"
+    export(sharded, out_dir=art, block_seq_stride=16, bs_prefill=(1,), bs_decode=(1,))
+    compile_folder(art, target="cpu")
+    logits = tmp_path / "logits.npy"
+    args = [
+        "run",
+        str(art),
+        "--prompt-ids",
+        ",".join(map(str, PROMPT)),
+        "--max-tokens",
+        "9",
+        "--ignore-eos",
+        "--json",
+        "--logits-out",
+        str(logits),
+    ]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    want_tokens, want_logits = reference(llama_tp4_dir, PROMPT, 9)  # prefill + 8 decode steps
+    assert_close_rel(np.load(logits), want_logits)
+    assert '"tokens": ' + str(want_tokens) in result.stdout
+    if tp == 2:  # the same program also builds for two MI300 devices
+        out = compile_folder(art, target="gfx942", out=tmp_path / "tp2.gfx942.vmfb").vmfb
+        dump = subprocess.run(
+            [str(Path(sys.executable).parent / "iree-dump-module"), str(out)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        assert "rocm-hsaco-fb" in dump
+        mlir = (art / "model.mlir").read_text()
+        assert '"model"::"blk.0.attn_q.weight.shard.1"' in mlir
+        assert "#hal.device.promise<@__device_1>" in mlir
