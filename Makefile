@@ -1,4 +1,4 @@
-# irforge: `make demo` runs the pipeline on a tiny model, `make test` runs the test suite.
+# irforge: `make demo` runs convert -> export -> compile -> run on a tiny model, `make test` runs the test suite.
 # Both set up the virtual environment first (torch's CPU wheel before the project, so
 # pip never pulls a multi-GB CUDA build).
 
@@ -38,12 +38,15 @@ fmt: setup
 
 demo: setup
 	$(PY) tests/tiny.py $(DEMO_DIR)
-	$(IRFORGE) convert $(DEMO_DIR)/tiny-llama -o $(DEMO_DIR)/tiny-llama.irpa
-	$(IRFORGE) convert $(DEMO_DIR)/tiny-llama-q8_0.gguf -o $(DEMO_DIR)/tiny-llama-gguf.irpa --dtype f32
-	$(IRFORGE) inspect $(DEMO_DIR)/tiny-llama-gguf.irpa
+	$(IRFORGE) convert $(DEMO_DIR)/tiny-llama -o $(DEMO_DIR)/src/model.irpa
+	$(IRFORGE) export $(DEMO_DIR)/src/model.irpa -o $(DEMO_DIR)/art --block-seq-stride 16 \
+		--bs-prefill 1,4 --bs-decode 1,4
+	$(IRFORGE) compile $(DEMO_DIR)/art --target cpu
+	$(IRFORGE) run $(DEMO_DIR)/art --prompt "the quick brown fox" --max-tokens 16
 
 bench: setup
 	$(PY) bench/convert.py
+	$(PY) bench/export.py
 
 clean:
 	rm -rf out build .pytest_cache
