@@ -41,3 +41,7 @@ class ToolNotFoundError(ToolchainError):
 
 class CompileError(ToolchainError):
     """iree-compile failed; the message carries the command and the log path."""
+
+
+class DownloadError(ToolchainError):
+    """A model cannot be downloaded: gated, missing, offline, unreachable or nothing to select."""

@@ -14,8 +14,10 @@ from irforge.errors import ToolchainError
 
 from . import compile as compile_cli
 from . import convert as convert_cli
+from . import download as download_cli
 from . import export as export_cli
 from . import inspect as inspect_cli
+from . import models as models_cli
 from . import run as run_cli
 from . import shard as shard_cli
 
@@ -88,6 +90,8 @@ def _root(
 
 
 app.command(name="inspect")(inspect_cli.inspect_cmd)
+app.command(name="download")(download_cli.download_cmd)
+app.command(name="models")(models_cli.models_cmd)
 app.command(name="convert")(convert_cli.convert_cmd)
 app.command(name="shard")(shard_cli.shard_cmd)
 app.command(name="export")(export_cli.export_cmd)
