@@ -129,7 +129,7 @@ def test_loaded_model_has_no_meta_tensors_and_ties_embeddings() -> None:
 
 
 def test_presets() -> None:
-    assert len(PRESETS) == 8
+    assert len(PRESETS) == 9  # the eight seed models and the built-in tiny one
     eight = get_preset("llama-3.1-8b")
     assert (eight.embedding_length, eight.block_count, eight.feed_forward_length) == (
         4096,

@@ -59,6 +59,7 @@ class Manifest:
     compiled: tuple[Compiled, ...] = ()
     versions: dict[str, str] = field(default_factory=dict)
     source: str = ""
+    build: dict[str, Any] = field(default_factory=dict)  # `irforge build`'s step records
     schema_version: int = SCHEMA_VERSION
 
     def replace(self, **changes: Any) -> Manifest:
@@ -109,6 +110,7 @@ class Manifest:
                 compiled=tuple(_tuples(Compiled, c) for c in d["compiled"]),
                 versions=dict(d["versions"]),
                 source=d["source"],
+                build=dict(d.get("build") or {}),
             )
         except ManifestError:
             raise

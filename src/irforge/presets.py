@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .config import ModelConfig, RopeScaling
 from .errors import ConfigError
+from .tiny import CONFIG as TINY_CONFIG
 
 # Llama-3.1's `llama3` rope scaling, identical for every size.
 _LLAMA31_ROPE = RopeScaling(
@@ -73,6 +74,8 @@ PRESETS: dict[str, ModelConfig] = {
     ),
     "mistral-nemo-base-2407": _mistral_nemo("mistralai/Mistral-Nemo-Base-2407"),
     "mistral-nemo-instruct-2407": _mistral_nemo("mistralai/Mistral-Nemo-Instruct-2407"),
+    # The built-in model of `irforge build tiny` (irforge/tiny.py writes its weights).
+    "tiny": ModelConfig.from_hf_config(TINY_CONFIG, source="irforge built-in tiny model"),
 }
 
 

@@ -12,6 +12,7 @@ from typer.core import TyperGroup
 from irforge import __version__
 from irforge.errors import ToolchainError
 
+from . import build as build_cli
 from . import compile as compile_cli
 from . import convert as convert_cli
 from . import download as download_cli
@@ -97,6 +98,7 @@ app.command(name="shard")(shard_cli.shard_cmd)
 app.command(name="export")(export_cli.export_cmd)
 app.command(name="compile")(compile_cli.compile_cmd)
 app.command(name="run")(run_cli.run_cmd)
+app.command(name="build")(build_cli.build_cmd)
 
 
 def main() -> None:

@@ -63,9 +63,16 @@ def compile_folder(
         log=folder / f"compile.{preset.name}.log",
     )
     if out.parent.resolve() == folder.resolve():
-        version = ".".join(map(str, compiler_version()))
-        entry = Compiled(
-            out.name, preset.name, preset.driver, devices, tuple(result.command[2:-2]), version
-        )
-        manifest.with_compiled(entry).save(folder)
+        register_compiled(folder, preset, devices, out.name, manifest)
     return result
+
+
+def register_compiled(
+    folder: Path, target: Target, devices: int, vmfb: str, manifest: Manifest | None = None
+) -> None:
+    """Record a VMFB in the folder's manifest (run and serve look it up by device)."""
+    manifest = manifest or Manifest.load(folder)
+    version = ".".join(map(str, compiler_version()))
+    flags = tuple(target.flags(devices, compiler_version()))
+    entry = Compiled(vmfb, target.name, target.driver, devices, flags, version)
+    manifest.with_compiled(entry).save(folder)

@@ -1,0 +1,173 @@
+"""build(): plan the steps from SOURCE to OUT/ (a folder irforge serve and shortfin run)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from .archive import rank_path
+from .compile import compile_folder, get_target, register_compiled, vmfb_name
+from .errors import ConfigError
+from .pipeline import ARCHIVE, BuildResult, Step, run_steps
+
+TINY = "tiny"
+
+
+def _source_steps(source: str, out_dir: Path, revision: str | None) -> tuple[list[Step], Path]:
+    """Steps that make the source available locally, and where it then is."""
+    if source == TINY:
+        from .tiny import create_tiny
+
+        folder = out_dir / "source"
+        files = [folder / n for n in ("config.json", "model.safetensors", "tokenizer.json")]
+        step = Step(
+            "create tiny",
+            {"seed": 0},
+            [],
+            files,
+            ["irforge", "build", TINY],
+            lambda: create_tiny(folder),
+        )
+        return [step], folder
+    local = Path(source).expanduser()
+    if local.exists():
+        return [], local
+    # Anything else is a registry alias or a Hub repo id: fetched into the shared HF cache.
+    from .hub.download import download  # lazy: huggingface_hub is only needed here
+
+    target = out_dir / "source"
+    command = ["irforge", "download", source, "--local-dir", str(target)]
+    if revision:
+        command += ["--revision", revision]
+    step = Step(
+        "download",
+        {"model": source, "revision": revision},
+        [],
+        [target / "config.json"],
+        command,
+        lambda: download(source, revision=revision, local_dir=target),
+    )
+    return [step], target
+
+
+def build(
+    source: str,
+    *,
+    out_dir: Path,
+    targets: Sequence[str] = ("cpu",),
+    tp: int = 1,
+    bs: Sequence[int] = (1, 4),
+    dtype: str | None = None,
+    block_seq_stride: int = 32,
+    device_block_count: int = 512,
+    revision: str | None = None,
+    force: bool = False,
+    dry_run: bool = False,
+    on_step: Callable[[str, str], None] = lambda name, status: None,
+) -> BuildResult:
+    """Run download -> convert (or shard) -> export -> compile into `out_dir`.
+
+    Args:
+        source: "tiny", a registry alias, an HF repo id, or a local GGUF/safetensors/HF folder.
+        targets: compile targets sharing one export (cpu, gfx942, ...).
+        tp: tensor-parallel devices; >1 shards while converting.
+        bs: batch sizes for both prefill and decode.
+        force: re-run every step. dry_run: only plan (see BuildResult.steps / .commands).
+
+    Raises:
+        ConfigError and whatever a step raises.
+
+    Example:
+        >>> build("tiny", out_dir=Path("out/tiny"), targets=["cpu", "gfx942"])
+    """
+    out_dir = Path(out_dir)
+    presets = [get_target(t) for t in targets]  # validate before doing anything
+    if len({t.name for t in presets}) != len(presets):
+        raise ConfigError(f"a target is named twice in {list(targets)}")
+    steps, local = _source_steps(source, out_dir, revision)
+    archive = out_dir / ARCHIVE
+    weights = [archive] + [rank_path(archive, i) for i in range(tp if tp > 1 else 0)]
+    sizes = ",".join(map(str, bs))
+    if tp > 1:
+        from .sharding import shard
+
+        cmd = ["irforge", "shard", str(local), "--tp", str(tp), "-o", str(archive)]
+        run_weights = lambda: shard(local, tp=tp, out=archive, dtype=dtype)  # noqa: E731
+    else:
+        from .convert import convert
+
+        cmd = ["irforge", "convert", str(local), "-o", str(archive)]
+        run_weights = lambda: convert(local, out=archive, dtype=dtype)  # noqa: E731
+    if dtype:
+        cmd += ["--dtype", dtype]
+    steps.append(
+        Step(
+            "shard" if tp > 1 else "convert",
+            {"tp": tp, "dtype": dtype},
+            [local],
+            weights,
+            cmd,
+            run_weights,
+        )
+    )
+    export_args = {
+        "bs": list(bs),
+        "block_seq_stride": block_seq_stride,
+        "device_block_count": device_block_count,
+    }
+
+    def run_export() -> None:
+        from .export import export
+
+        export(
+            archive,
+            out_dir=out_dir,
+            bs_prefill=bs,
+            bs_decode=bs,
+            block_seq_stride=block_seq_stride,
+            device_block_count=device_block_count,
+        )
+
+    steps.append(
+        Step(
+            "export",
+            export_args,
+            weights,
+            [out_dir / "model.mlir", out_dir / "config.json"],
+            [
+                "irforge",
+                "export",
+                str(archive),
+                "-o",
+                str(out_dir),
+                "--bs-prefill",
+                sizes,
+                "--bs-decode",
+                sizes,
+                "--block-seq-stride",
+                str(block_seq_stride),
+                "--device-block-count",
+                str(device_block_count),
+            ],
+            run_export,
+        )
+    )
+    for t in presets:
+        steps.append(
+            Step(
+                f"compile {t.name}",
+                {"target": t.name, "tp": tp},
+                [out_dir / "model.mlir"],
+                [out_dir / vmfb_name(t)],
+                ["irforge", "compile", str(out_dir), "--target", t.name],
+                lambda t=t: compile_folder(out_dir, target=t.name),
+            )
+        )
+    if not dry_run:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    result = run_steps(out_dir, steps, force=force, dry_run=dry_run, on_step=on_step)
+    if not dry_run:
+        # A re-run export rewrites the manifest; VMFBs still up to date are listed again.
+        for t in presets:
+            register_compiled(out_dir, t, tp, vmfb_name(t))
+    return result

@@ -1,0 +1,79 @@
+"""`irforge build`: every stage from SOURCE to a servable folder, skipping what is up to date."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ._options import QuietOpt, batch_sizes
+
+
+def build_cmd(
+    source: Annotated[
+        str,
+        typer.Argument(
+            help="tiny (built in), a registry alias (`irforge models`), an HF repo id, or a "
+            "local GGUF / safetensors / HF folder.",
+            show_default=False,
+        ),
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The folder to build into.")],
+    target: Annotated[
+        list[str] | None,
+        typer.Option("--target", "-t", help="Compile target, repeatable (cpu, gfx942, ...)."),
+    ] = None,
+    tp: Annotated[int, typer.Option("--tp", help="Tensor-parallel devices.", min=1)] = 1,
+    bs: Annotated[str, typer.Option(help="Batch sizes for prefill and decode.")] = "1,4",
+    dtype: Annotated[str | None, typer.Option(help="Cast weights to f32, f16 or bf16.")] = None,
+    block_seq_stride: Annotated[int, typer.Option(help="Tokens per KV-cache page.")] = 32,
+    device_block_count: Annotated[int, typer.Option(help="KV-cache pages per device.")] = 512,
+    revision: Annotated[str | None, typer.Option(help="Hub revision to download.")] = None,
+    force: Annotated[bool, typer.Option(help="Re-run every step.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option(help="Print the plan and the equivalent commands; run nothing.")
+    ] = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Download, convert (or shard), export and compile SOURCE into OUT.
+
+    OUT is then what `irforge serve OUT` and shortfin run. Re-running skips the steps whose
+    inputs and arguments are unchanged (OUT/manifest.json records them).
+    """
+    from rich.table import Table
+
+    from irforge.build import build
+
+    from ._output import err, steps
+    from ._output import out as stdout
+
+    with steps("build", quiet=quiet or dry_run) as on_step:
+        result = build(
+            source,
+            out_dir=out,
+            targets=target or ["cpu"],
+            tp=tp,
+            bs=batch_sizes(bs, "--bs"),
+            dtype=dtype,
+            block_seq_stride=block_seq_stride,
+            device_block_count=device_block_count,
+            revision=revision,
+            force=force,
+            dry_run=dry_run,
+            on_step=lambda name, status: on_step(f"{name}: {status}"),
+        )
+    table = Table("step", "status", "time", "why", title=f"irforge build {source}", show_edge=False)
+    for s in result.steps:
+        table.add_row(s.name, s.status, f"{s.seconds:.1f} s" if s.seconds else "", s.reason)
+    if dry_run:
+        stdout.print(table)
+        stdout.print("equivalent commands:")
+        for command in result.commands:
+            stdout.print(f"  {command}", highlight=False)
+        return
+    if not quiet:
+        err.print(table)
+        for f in sorted(out.glob("model*")):
+            err.print(f"  {f.name:<24} {f.stat().st_size / 2**20:10.1f} MiB", highlight=False)
+    typer.echo(out)

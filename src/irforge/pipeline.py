@@ -1,0 +1,161 @@
+"""build(): download -> convert/shard -> export -> compile, skipping steps that are up to date.
+
+Each step is recorded in OUT/manifest.json under "build": its arguments, and the size and
+sha256 of its inputs and outputs. A step re-runs when its arguments or an input changed, or
+when an output is missing or no longer matches what was written (a corrupt intermediate);
+everything after a re-run step then sees a changed input and re-runs too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shlex
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+from .manifest import MANIFEST_NAME, Manifest
+
+ARCHIVE = "model.irpa"
+HASH_CHUNK = 16 * 1024 * 1024
+
+
+@dataclass
+class Step:
+    name: str
+    args: dict[str, Any]
+    inputs: list[Path]
+    outputs: list[Path]
+    command: list[str]  # the equivalent individual irforge command
+    run: Callable[[], None]
+
+
+@dataclass
+class StepResult:
+    name: str
+    status: str  # "ran" | "skipped" | "planned" | "up to date"
+    seconds: float = 0.0
+    reason: str = ""
+
+
+@dataclass
+class BuildResult:
+    out_dir: Path
+    steps: list[StepResult] = field(default_factory=list)
+    commands: list[str] = field(default_factory=list)
+
+
+def _files(paths: Sequence[Path]) -> list[Path]:
+    """Files named, and the files inside folders named (an HF folder as one input)."""
+    out: list[Path] = []
+    for p in paths:
+        out.extend(sorted(x for x in p.rglob("*") if x.is_file()) if p.is_dir() else [p])
+    return out
+
+
+def _fingerprint(paths: Sequence[Path], known: dict[str, Any]) -> dict[str, Any]:
+    """{path: {size, sha256, mtime_ns}}; a file whose size and mtime are unchanged keeps its
+    recorded hash, so an up-to-date check of a 400 GB model does not re-read it."""
+    out = {}
+    for p in _files(paths):
+        st = p.stat()
+        old = known.get(str(p))
+        if old and old["size"] == st.st_size and old["mtime_ns"] == st.st_mtime_ns:
+            out[str(p)] = old
+            continue
+        digest = hashlib.sha256()
+        with open(p, "rb") as f:
+            while chunk := f.read(HASH_CHUNK):
+                digest.update(chunk)
+        out[str(p)] = {"size": st.st_size, "sha256": digest.hexdigest(), "mtime_ns": st.st_mtime_ns}
+    return out
+
+
+def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Equal contents (size and hash); a rewrite with identical bytes counts as unchanged."""
+    strip = lambda d: {k: (v["size"], v["sha256"]) for k, v in d.items()}  # noqa: E731
+    return strip(a) == strip(b)
+
+
+def _stale(step: Step, previous: dict[str, Any] | None) -> str:
+    """Why the step must run, or "" when it is up to date."""
+    if previous is None:
+        return "never built"
+    if previous["args"] != step.args:
+        return "arguments changed"
+    missing = [p for p in step.outputs if not p.exists()]
+    if missing:
+        return f"{missing[0].name} is missing"
+    if not _same(_fingerprint(step.inputs, previous["inputs"]), previous["inputs"]):
+        return "an input changed"
+    if not _same(_fingerprint(step.outputs, previous["outputs"]), previous["outputs"]):
+        return "an output was modified or is corrupt"
+    return ""
+
+
+def _previous_record(out_dir: Path) -> dict[str, Any]:
+    path = out_dir / MANIFEST_NAME
+    if not path.is_file():
+        return {}
+    try:
+        return dict(json.loads(path.read_text()).get("build") or {})
+    except (ValueError, OSError):
+        return {}  # an unreadable manifest just means: rebuild
+
+
+def run_steps(
+    out_dir: Path,
+    steps: list[Step],
+    *,
+    force: bool = False,
+    dry_run: bool = False,
+    on_step: Callable[[str, str], None] = lambda name, status: None,
+) -> BuildResult:
+    """Run (or plan) `steps` in order, skipping the up-to-date ones; record them.
+
+    Raises:
+        Whatever a step raises; steps recorded before it stay recorded.
+    """
+    previous = _previous_record(out_dir)
+    record: dict[str, Any] = {"steps": {}}
+    result = BuildResult(out_dir, commands=[shlex.join(s.command) for s in steps])
+    for step in steps:
+        prev = previous.get("steps", {}).get(step.name)
+        # an earlier step that re-ran shows up here as a changed input
+        reason = "--force" if force else _stale(step, prev)
+        if dry_run:
+            status = "would run" if reason else "up to date"
+            result.steps.append(StepResult(step.name, status, reason=reason))
+            continue
+        if not reason:
+            on_step(step.name, "up to date")
+            record["steps"][step.name] = prev
+            result.steps.append(StepResult(step.name, "skipped", reason="up to date"))
+            continue
+        on_step(step.name, f"running ({reason})")
+        started = time.perf_counter()
+        step.run()
+        seconds = time.perf_counter() - started
+        record["steps"][step.name] = {
+            "args": step.args,
+            "command": shlex.join(step.command),
+            "inputs": _fingerprint(step.inputs, {}),
+            "outputs": _fingerprint(step.outputs, {}),
+            "seconds": round(seconds, 3),
+        }
+        result.steps.append(StepResult(step.name, "ran", seconds, reason))
+    if not dry_run:
+        _save_record(out_dir, record)
+    return result
+
+
+def _save_record(out_dir: Path, record: dict[str, Any]) -> None:
+    try:
+        manifest = Manifest.load(out_dir)
+    except Exception as e:  # noqa: BLE001 - a build without an export step has no manifest
+        raise ConfigError(f"{out_dir}: cannot record the build in its manifest: {e}") from e
+    manifest.replace(build=record).save(out_dir)

@@ -1,0 +1,126 @@
+"""The built-in tiny model: a small seeded Llama with a real BPE tokenizer, made offline.
+
+`irforge build tiny` starts from it, so the whole pipeline (and `make demo`) runs on any
+machine in seconds without a download. Weights are random: it exercises the toolchain, it
+does not write sensible text.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .formats.atomic import AtomicFile
+
+SEED = 0
+CONFIG = {
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "vocab_size": 288,  # 256 bytes, 3 special tokens, 29 merges
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 16,
+    "max_position_embeddings": 512,
+    "rms_norm_eps": 1e-5,
+    "rope_theta": 10000.0,
+    "rope_scaling": {
+        "rope_type": "llama3",
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 64,
+    },
+    "tie_word_embeddings": False,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "torch_dtype": "float32",
+}
+SPECIAL_TOKENS = ["<unk>", "<s>", "</s>"]
+# A tiny Llama-3-style chat template: enough for /v1/chat/completions to render messages.
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+CORPUS = [
+    "the quick brown fox jumps over the lazy dog",
+    "hello world, this is irforge running a tiny llama on iree",
+    "user: what is the capital of france? assistant: paris.",
+    "prefill writes the prompt into the pages, then decode appends one token at a time",
+]
+
+
+def _write(path: Path, data: bytes) -> None:
+    with AtomicFile(path) as f:
+        f.write(data)
+
+
+def write_tokenizer(folder: Path, vocab_size: int) -> None:
+    """A byte-level BPE (GPT-2/Llama-3 style) trained on a fixed corpus: deterministic."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=sorted(pre_tokenizers.ByteLevel.alphabet()),  # its order varies
+        show_progress=False,
+    )
+    tok.train_from_iterator(CORPUS * 4, trainer)
+    _write(folder / "tokenizer.json", tok.to_str().encode())
+    config = {
+        "bos_token": "<s>",
+        "eos_token": "</s>",
+        "model_max_length": CONFIG["max_position_embeddings"],
+        "chat_template": CHAT_TEMPLATE,
+    }
+    _write(folder / "tokenizer_config.json", json.dumps(config, indent=2).encode())
+
+
+def create_tiny(folder: Path, *, seed: int = SEED) -> Path:
+    """Write config.json, model.safetensors and the tokenizer of the tiny model to `folder`."""
+    import torch
+    from safetensors.torch import save
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    c = CONFIG
+    hidden, ffn, vocab = c["hidden_size"], c["intermediate_size"], c["vocab_size"]
+    q, kv = c["num_attention_heads"] * c["head_dim"], c["num_key_value_heads"] * c["head_dim"]
+    shapes = {
+        "model.embed_tokens.weight": (vocab, hidden),
+        "model.norm.weight": (hidden,),
+        "lm_head.weight": (vocab, hidden),
+    }
+    for i in range(c["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        shapes.update(
+            {
+                p + "input_layernorm.weight": (hidden,),
+                p + "self_attn.q_proj.weight": (q, hidden),
+                p + "self_attn.k_proj.weight": (kv, hidden),
+                p + "self_attn.v_proj.weight": (kv, hidden),
+                p + "self_attn.o_proj.weight": (hidden, q),
+                p + "post_attention_layernorm.weight": (hidden,),
+                p + "mlp.gate_proj.weight": (ffn, hidden),
+                p + "mlp.up_proj.weight": (ffn, hidden),
+                p + "mlp.down_proj.weight": (hidden, ffn),
+            }
+        )
+    gen = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for name, shape in shapes.items():
+        if len(shape) == 1:  # norms near 1, so activations keep their scale
+            tensors[name] = 1 + 0.1 * torch.randn(shape, generator=gen)
+        else:  # unit-variance outputs at every layer: attention is far from uniform
+            tensors[name] = torch.randn(shape, generator=gen) / shape[1] ** 0.5
+    _write(folder / "model.safetensors", save(tensors, metadata={"format": "pt"}))
+    _write(folder / "config.json", json.dumps(CONFIG, indent=2).encode())
+    generation = {"bos_token_id": 1, "eos_token_id": 2}
+    _write(folder / "generation_config.json", json.dumps(generation).encode())
+    write_tokenizer(folder, vocab)
+    return folder
