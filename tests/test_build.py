@@ -1,0 +1,111 @@
+"""irforge build: the whole pipeline on the built-in tiny model, and its step caching."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from irforge.build import build
+from irforge.cli.main import app
+
+pytestmark = pytest.mark.iree
+runner = CliRunner()
+ARGS = {"targets": ["cpu"], "bs": (1,), "block_seq_stride": 16}
+
+
+def statuses(result) -> dict[str, str]:  # noqa: ANN001
+    return {s.name: s.status for s in result.steps}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("build") / "tiny"
+    result = build("tiny", out_dir=out, **ARGS)
+    assert set(statuses(result).values()) == {"ran"}
+    return out
+
+
+def test_build_tiny_runs_and_records(built: Path) -> None:
+    names = {p.name for p in built.iterdir()}
+    assert {
+        "model.irpa",
+        "model.mlir",
+        "model.cpu.vmfb",
+        "config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "manifest.json",
+    } <= names
+    record = json.loads((built / "manifest.json").read_text())["build"]["steps"]
+    assert set(record) == {"create tiny", "convert", "export", "compile cpu"}
+    irpa = record["convert"]["outputs"][str(built / "model.irpa")]
+    assert len(irpa["sha256"]) == 64 and irpa["size"] == (built / "model.irpa").stat().st_size
+    assert record["export"]["command"].startswith("irforge export ")
+    result = runner.invoke(
+        app, ["run", str(built), "--prompt", "hello world", "--max-tokens", "4", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    assert len(json.loads(result.stdout)["tokens"]) >= 1
+
+
+def test_second_build_skips_every_step(built: Path) -> None:
+    result = build("tiny", out_dir=built, **ARGS)
+    assert set(statuses(result).values()) == {"skipped"}
+
+
+def test_corrupt_intermediate_is_rebuilt(built: Path) -> None:
+    irpa = built / "model.irpa"
+    data = bytearray(irpa.read_bytes())
+    data[-100] ^= 0xFF  # same size, different bytes
+    irpa.write_bytes(bytes(data))
+    result = build("tiny", out_dir=built, **ARGS)
+    # the rebuilt archive is byte-identical, so the steps after it stay up to date
+    assert statuses(result) == {
+        "create tiny": "skipped",
+        "convert": "ran",
+        "export": "skipped",
+        "compile cpu": "skipped",
+    }
+    assert next(s for s in result.steps if s.name == "convert").reason.startswith("an output")
+
+
+def test_changed_argument_reruns_only_later_steps(built: Path) -> None:
+    result = build("tiny", out_dir=built, **{**ARGS, "bs": (1, 2)})
+    assert statuses(result) == {
+        "create tiny": "skipped",
+        "convert": "skipped",
+        "export": "ran",
+        "compile cpu": "ran",
+    }
+    config = json.loads((built / "config.json").read_text())
+    assert config["prefill_batch_sizes"] == [1, 2]
+    manifest = json.loads((built / "manifest.json").read_text())
+    assert [c["target"] for c in manifest["compiled"]] == ["cpu"]
+
+
+def test_dry_run_lists_steps_and_commands(tmp_path: Path) -> None:
+    out = tmp_path / "planned"
+    result = runner.invoke(
+        app,
+        [
+            "build",
+            "tiny",
+            "-o",
+            str(out),
+            "--target",
+            "cpu",
+            "--target",
+            "mi300x",
+            "--tp",
+            "2",
+            "--dry-run",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    for word in ("create tiny", "shard", "export", "compile cpu", "compile gfx942", "would run"):
+        assert word in result.stdout
+    assert f"irforge shard {out}/source --tp 2 -o {out}/model.irpa" in result.stdout
+    assert not out.exists()
