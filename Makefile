@@ -11,7 +11,14 @@ TORCH_VERSION ?= 2.13.0
 DEMO_DIR ?= out/demo
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-all lint fmt demo bench clean
+SEED_MODELS := llama-3.1-8b llama-3.1-8b-instruct llama-3.1-70b llama-3.1-70b-instruct \
+	llama-3.1-405b llama-3.1-405b-instruct mistral-nemo-base-2407 mistral-nemo-instruct-2407
+TARGET ?= gfx942
+TP ?= 1
+BS ?= 1,4
+OUT ?= out
+
+.PHONY: setup test test-all lint fmt demo bench clean $(SEED_MODELS)
 
 setup: $(VENV)/.installed
 
@@ -47,6 +54,10 @@ demo: setup
 bench: setup
 	$(PY) bench/convert.py
 	$(PY) bench/export.py
+
+# `make llama-3.1-8b TARGET=gfx942 TP=1`: the same cached `irforge build` a CI job runs.
+$(SEED_MODELS): setup
+	$(IRFORGE) build $@ -o $(OUT)/$@-$(TARGET)-tp$(TP) --target $(TARGET) --tp $(TP) --bs $(BS)
 
 clean:
 	rm -rf out build .pytest_cache
