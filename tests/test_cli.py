@@ -78,8 +78,8 @@ def test_inspect_every_source_kind(
         t = doc["tensors"][0]
         assert {"name", "dtype", "shape", "nbytes", "offset", "file"} <= set(t)
     gguf_doc = json.loads(runner.invoke(app, ["inspect", "--json", str(llama_gguf[0])]).stdout)
-    # the 256-entry token list is summarized, not dumped
-    assert gguf_doc["metadata"]["tokenizer.ggml.tokens"] == "<array of 256 items>"
+    # the 288-entry token list is summarized, not dumped
+    assert gguf_doc["metadata"]["tokenizer.ggml.tokens"] == "<array of 288 items>"
     table = runner.invoke(app, ["inspect", str(llama_dir)])
     assert table.exit_code == 0 and "blk" not in table.stdout  # HF names in an HF folder
     assert "model.layers.0.self_attn.q_proj.weight" in table.stdout

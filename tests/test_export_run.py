@@ -27,14 +27,10 @@ PROMPT = [5, 17, 3, 99, 42, 7, 250, 1, 8, 64, 33, 12, 2, 77, 190, 4, 23, 56, 9, 
 def reference(model_dir: Path, prompt: list[int], steps: int) -> tuple[list[int], np.ndarray]:
     """transformers' greedy continuation and its logits at each generated position."""
     hf = transformers.AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    hf.generation_config.eos_token_id = None  # greedy past eos, as `run --ignore-eos` does
     with torch.no_grad():
         out = hf.generate(
-            torch.tensor([prompt]),
-            max_new_tokens=steps,
-            min_new_tokens=steps,
-            do_sample=False,
-            eos_token_id=None,
-            pad_token_id=0,
+            torch.tensor([prompt]), max_new_tokens=steps, do_sample=False, pad_token_id=0
         )
         tokens = out[0, len(prompt) :].tolist()
         logits = hf(out[:, :-1]).logits[0, len(prompt) - 1 :].numpy()

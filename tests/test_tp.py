@@ -127,30 +127,16 @@ def test_eager_sharded_model_matches_unsharded(tp: int, tp4_archive: Path) -> No
 def test_tp_program_on_cpu_devices_matches_transformers(
     tp: int, tp4_archive: Path, llama_tp4_dir: Path, tmp_path: Path
 ) -> None:
-    from test_export_run import assert_close_rel, reference
+    from test_export_run import assert_close_rel, reference, run_cli
 
     sharded = shard(tp4_archive, tp=tp, out=tmp_path / "src" / "m.irpa").out
     art = tmp_path / "art"
     export(sharded, out_dir=art, block_seq_stride=16, bs_prefill=(1,), bs_decode=(1,))
     compile_folder(art, target="cpu")
-    logits = tmp_path / "logits.npy"
-    args = [
-        "run",
-        str(art),
-        "--prompt-ids",
-        ",".join(map(str, PROMPT)),
-        "--max-tokens",
-        "9",
-        "--ignore-eos",
-        "--json",
-        "--logits-out",
-        str(logits),
-    ]
-    result = runner.invoke(app, args)
-    assert result.exit_code == 0, result.output
+    doc = run_cli(art, PROMPT, 9, tmp_path / "logits.npy")
     want_tokens, want_logits = reference(llama_tp4_dir, PROMPT, 9)  # prefill + 8 decode steps
-    assert_close_rel(np.load(logits), want_logits)
-    assert '"tokens": ' + str(want_tokens) in result.stdout
+    assert_close_rel(np.load(tmp_path / "logits.npy"), want_logits)
+    assert doc["tokens"] == want_tokens
     if tp == 2:  # the same program also builds for two MI300 devices
         out = compile_folder(art, target="gfx942", out=tmp_path / "tp2.gfx942.vmfb").vmfb
         dump = subprocess.run(

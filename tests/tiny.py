@@ -4,7 +4,6 @@ tokenizer.json. Tests compare irforge against what these produce."""
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -12,6 +11,8 @@ import gguf
 import numpy as np
 import torch
 import transformers
+
+from irforge.tiny import write_tokenizer
 
 LLAMA3_SCALING = {
     "rope_type": "llama3",
@@ -25,7 +26,7 @@ LLAMA3_SCALING = {
 
 def llama_config(**overrides: object) -> transformers.LlamaConfig:
     kwargs = dict(
-        vocab_size=256,
+        vocab_size=288,  # irforge.tiny's tokenizer: 256 bytes, 3 specials, 29 merges
         hidden_size=64,
         intermediate_size=128,
         num_hidden_layers=2,
@@ -45,7 +46,7 @@ def llama_config(**overrides: object) -> transformers.LlamaConfig:
 
 def mistral_config(**overrides: object) -> transformers.MistralConfig:
     kwargs = dict(
-        vocab_size=256,
+        vocab_size=288,  # irforge.tiny's tokenizer: 256 bytes, 3 specials, 29 merges
         hidden_size=64,
         intermediate_size=128,
         num_hidden_layers=2,
@@ -80,26 +81,6 @@ def build_model(config: transformers.PretrainedConfig, seed: int = 0) -> torch.n
     return model
 
 
-def write_tokenizer(folder: Path, vocab_size: int = 256) -> None:
-    """A real byte-level BPE tokenizer.json trained on a few sentences, plus its config."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=["<unk>", "<s>", "</s>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()[: vocab_size - 3],
-        show_progress=False,
-    )
-    corpus = ["the quick brown fox jumps over the lazy dog"] * 4 + ["hello world"] * 4
-    tok.train_from_iterator(corpus, trainer)
-    tok.save(str(folder / "tokenizer.json"))
-    config = {"bos_token": "<s>", "eos_token": "</s>", "model_max_length": 256}
-    (folder / "tokenizer_config.json").write_text(json.dumps(config))
-
-
 def save_hf(
     folder: Path,
     config: transformers.PretrainedConfig,
@@ -113,7 +94,7 @@ def save_hf(
     folder.mkdir(parents=True, exist_ok=True)
     kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
     model.save_pretrained(folder, **kwargs)
-    write_tokenizer(folder, config.vocab_size)
+    write_tokenizer(folder, config.vocab_size)  # irforge's own, trained on a fixed corpus
     return model
 
 

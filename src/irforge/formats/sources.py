@@ -9,7 +9,13 @@ from typing import Any
 
 from ..errors import InputError
 from .gguf import read_gguf
-from .safetensors import INDEX_NAME, read_folder_weights, read_index, read_safetensors
+from .safetensors import (
+    INDEX_NAME,
+    SafetensorsFile,
+    read_folder_weights,
+    read_index,
+    read_safetensors,
+)
 from .tensor_ref import TensorRef
 
 # Files a tokenizer needs, copied beside the output archive when the source has them.
@@ -51,6 +57,23 @@ def _tokenizer_files(folder: Path) -> list[Path]:
     return [folder / n for n in TOKENIZER_FILES if (folder / n).is_file()]
 
 
+def _safetensors_source(
+    kind: str, path: Path, folder: Path, files: list[SafetensorsFile]
+) -> Source:
+    """Safetensors weights, described by the config.json and tokenizer files in `folder`."""
+    config_path = folder / "config.json"
+    hf_config = read_json_file(config_path) if config_path.is_file() else None
+    inputs = [f.path for f in files] + ([config_path] if hf_config else [])
+    return Source(
+        kind,
+        path,
+        [t for f in files for t in f.tensors],
+        hf_config=hf_config,
+        tokenizer_files=_tokenizer_files(folder),
+        inputs=inputs,
+    )
+
+
 def open_source(path: Path) -> Source:
     """Recognize and validate a source (by content checks, not just the file name).
 
@@ -61,48 +84,17 @@ def open_source(path: Path) -> Source:
     if not path.exists():
         raise InputError(f"{path}: no such file or folder")
     if path.is_dir():
-        weights = read_folder_weights(path)
-        config_path = path / "config.json"
-        hf_config = read_json_file(config_path) if config_path.is_file() else None
-        inputs = [f.path for f in weights.files] + ([config_path] if hf_config else [])
-        return Source(
-            "hf-folder",
-            path,
-            weights.tensors,
-            hf_config=hf_config,
-            tokenizer_files=_tokenizer_files(path),
-            inputs=inputs,
-        )
+        return _safetensors_source("hf-folder", path, path, read_folder_weights(path).files)
     with open(path, "rb") as f:
         magic = f.read(4)
     if magic == b"GGUF":
         g = read_gguf(path)
         return Source("gguf", path, g.tensors, gguf_metadata=g.metadata, inputs=[path])
     if path.name.endswith(".index.json"):
-        weights = read_index(path)
-        config_path = path.parent / "config.json"
-        hf_config = read_json_file(config_path) if config_path.is_file() else None
-        return Source(
-            "safetensors-index",
-            path,
-            weights.tensors,
-            hf_config=hf_config,
-            tokenizer_files=_tokenizer_files(path.parent),
-            inputs=[f.path for f in weights.files],
-        )
+        return _safetensors_source("safetensors-index", path, path.parent, read_index(path).files)
     if path.suffix == ".safetensors":
         # A lone file: a config.json and tokenizer files beside it describe it, if present.
-        st = read_safetensors(path)
-        config_path = path.parent / "config.json"
-        hf_config = read_json_file(config_path) if config_path.is_file() else None
-        return Source(
-            "safetensors",
-            path,
-            st.tensors,
-            hf_config=hf_config,
-            tokenizer_files=_tokenizer_files(path.parent),
-            inputs=[path],
-        )
+        return _safetensors_source("safetensors", path, path.parent, [read_safetensors(path)])
     if path.suffix == ".irpa":
         raise InputError(f"{path}: already an IRPA archive; `irforge inspect` shows what it holds")
     if path.name == INDEX_NAME or path.suffix == ".json":
