@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 BIN = Path(sys.executable).parent
-HIDDEN, FFN, VOCAB, HEADS, KV_HEADS = 2048, 5632, 32000, 32, 4
+HIDDEN, FFN, VOCAB, HEADS, KV_HEADS = 2048, 5632, 32000, 32, 8  # kv 8: TP up to 8
 HEAD_DIM = HIDDEN // HEADS
 
 
