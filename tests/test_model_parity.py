@@ -143,3 +143,11 @@ def test_low_precision_stays_near_f32_reference(name: str, dtype: str, kv_dtype:
     (seq,), (logits,) = greedy(model, cache_slab, [PROMPT], [PAGES], steps=16)
     # Teacher-forced on the low-precision run's own tokens, which may differ at near-ties.
     assert rel_err(logits, hf_logits(_hf(name), seq)) < LOW_PRECISION_TOL[(dtype, kv_dtype)]
+
+
+def test_f16_attention_in_an_f32_model_stays_near_reference() -> None:
+    options = ModelOptions(block_seq_stride=STRIDE, attention_dtype="f16")
+    model = _paged("llama", options)
+    assert model.blk[0].attn.attn_dtype == torch.float16
+    (seq,), (logits,) = greedy(model, model.allocate_cache(CACHE_PAGES), [PROMPT], [PAGES], 8)
+    assert rel_err(logits, hf_logits(_hf("llama"), seq)) < 5e-3

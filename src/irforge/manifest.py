@@ -30,6 +30,7 @@ class ExportOptions:
     device_block_count: int = 512
     activation_dtype: str = "f32"
     kv_cache_dtype: str = "f32"
+    attention_dtype: str = "f32"
     attention: str = "decomposed"
     top_k: int | None = None
     max_seq_len: int = 0

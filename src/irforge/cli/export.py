@@ -44,6 +44,9 @@ def export_cmd(
     kv_cache_dtype: Annotated[
         str | None, typer.Option(help="KV-cache dtype: f32, f16 or bf16 (default: activations).")
     ] = None,
+    attention_dtype: Annotated[
+        str | None, typer.Option(help="Attention dtype: f32, f16 or bf16 (default: activations).")
+    ] = None,
     attention: Annotated[
         Attention, typer.Option(help="decomposed (compiles for gfx942) or sdpa.")
     ] = Attention.decomposed,
@@ -81,6 +84,7 @@ def export_cmd(
             device_block_count=device_block_count,
             activation_dtype=activation_dtype,
             kv_cache_dtype=kv_cache_dtype,
+            attention_dtype=attention_dtype,
             attention=attention.value,
             top_k=top_k,
             max_seq_len=max_seq_len,

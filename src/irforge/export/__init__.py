@@ -73,6 +73,7 @@ def _options(
     device_block_count: int,
     activation_dtype: str | None,
     kv_cache_dtype: str | None,
+    attention_dtype: str | None,
     attention: str,
     top_k: int | None,
     max_seq_len: int | None,
@@ -82,7 +83,9 @@ def _options(
             raise ConfigError(f"{what} needs distinct positive batch sizes, got {list(sizes)}")
     activation = activation_dtype or cfg.dtype
     kv = kv_cache_dtype or activation
-    for what, dt in (("activation dtype", activation), ("KV-cache dtype", kv)):
+    attn = attention_dtype or activation
+    dtypes = (("activation dtype", activation), ("KV-cache dtype", kv), ("attention dtype", attn))
+    for what, dt in dtypes:
         if dt not in FLOAT_DTYPES:
             raise ConfigError(f"{what} must be one of {', '.join(FLOAT_DTYPES)}, got {dt!r}")
     if top_k is not None and not 1 <= top_k <= cfg.vocab_size:
@@ -101,6 +104,7 @@ def _options(
         device_block_count=device_block_count,
         activation_dtype=activation,
         kv_cache_dtype=kv,
+        attention_dtype=attn,
         attention=attention,
         top_k=top_k,
         max_seq_len=max_seq,
@@ -119,6 +123,7 @@ def export(
     device_block_count: int = 512,
     activation_dtype: str | None = None,
     kv_cache_dtype: str | None = None,
+    attention_dtype: str | None = None,
     attention: str = "decomposed",
     top_k: int | None = None,
     max_seq_len: int | None = None,
@@ -134,7 +139,8 @@ def export(
     Args:
         source: an irforge .irpa archive (or None with `preset` / `config`).
         bs_prefill / bs_decode: batch sizes; one prefill_bs{N} / decode_bs{N} each.
-        activation_dtype / kv_cache_dtype: "f32", "f16", "bf16"; default: the model's dtype.
+        activation_dtype / kv_cache_dtype / attention_dtype: "f32", "f16", "bf16"; default:
+            the model's dtype (the activations' for the other two).
         attention: "decomposed" (compiles for gfx942) or "sdpa".
         top_k: None for full logits; 1 for argmax in the program; k for top-k.
         max_seq_len: default: the model's context length.
@@ -165,6 +171,7 @@ def export(
         device_block_count=device_block_count,
         activation_dtype=activation_dtype,
         kv_cache_dtype=kv_cache_dtype,
+        attention_dtype=attention_dtype,
         attention=attention,
         top_k=top_k,
         max_seq_len=max_seq_len,

@@ -64,6 +64,7 @@ def build_meta_model(config: ModelConfig, options: ExportOptions) -> PagedLlama 
         block_seq_stride=options.block_seq_stride,
         activation_dtype=options.activation_dtype,
         kv_cache_dtype=options.kv_cache_dtype,
+        attention_dtype=options.attention_dtype,
         attention=options.attention,
     )
     tp = options.tensor_parallelism_size

@@ -64,6 +64,7 @@ class Attention(nn.Module):
         self.head_dim = config.head_dim
         self.interleaved = config.rope_interleaved  # q/k row layout of the weights
         self.kind = options.attention
+        self.attn_dtype = options.attention_torch_dtype(config)
         dim = config.embedding_length
         q_dim, kv_dim = self.heads * self.head_dim, self.kv_heads * self.head_dim
         self.wq = nn.Linear(dim, q_dim, bias=False, dtype=dtype)
@@ -86,7 +87,10 @@ class Attention(nn.Module):
         q = apply_rope(q, cos, sin, interleaved=self.interleaved)
         k = apply_rope(k, cos, sin, interleaved=self.interleaved)
         keys, values = kv(self.layer, k, v)  # [N, KV, Sk, D]: this step's or the pages'
-        out = attend(q.transpose(1, 2), keys, values, allowed, kind=self.kind)  # [N, H, S, D]
+        ad = self.attn_dtype
+        out = attend(
+            q.transpose(1, 2).to(ad), keys.to(ad), values.to(ad), allowed, kind=self.kind
+        ).to(x.dtype)  # [N, H, S, D]
         return self.wo(out.transpose(1, 2).reshape(n, s, -1))  # [N, S, dim]
 
 

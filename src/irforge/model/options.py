@@ -26,6 +26,7 @@ class ModelOptions:
     block_seq_stride: int = 32
     activation_dtype: str | None = None
     kv_cache_dtype: str | None = None
+    attention_dtype: str | None = None  # q/k/v and their products; softmax stays float32
     attention: str = "decomposed"
 
     def __post_init__(self) -> None:
@@ -33,7 +34,7 @@ class ModelOptions:
             raise ConfigError(
                 f"block_seq_stride must be a positive integer, got {self.block_seq_stride!r}"
             )
-        for name in ("activation_dtype", "kv_cache_dtype"):
+        for name in ("activation_dtype", "kv_cache_dtype", "attention_dtype"):
             value = getattr(self, name)
             if value is not None and value not in TORCH_DTYPES:
                 raise ConfigError(f"{name} must be one of {FLOAT_DTYPES} or None, got {value!r}")
@@ -42,6 +43,9 @@ class ModelOptions:
 
     def activation_torch_dtype(self, config: ModelConfig) -> torch.dtype:
         return TORCH_DTYPES[self.activation_dtype or config.dtype]
+
+    def attention_torch_dtype(self, config: ModelConfig) -> torch.dtype:
+        return TORCH_DTYPES[self.attention_dtype or self.activation_dtype or config.dtype]
 
     def kv_cache_torch_dtype(self, config: ModelConfig) -> torch.dtype:
         return TORCH_DTYPES[self.kv_cache_dtype or self.activation_dtype or config.dtype]
