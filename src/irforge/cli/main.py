@@ -20,6 +20,7 @@ from . import export as export_cli
 from . import inspect as inspect_cli
 from . import models as models_cli
 from . import run as run_cli
+from . import serve as serve_cli
 from . import shard as shard_cli
 
 EXIT_USER_ERROR = 2
@@ -99,6 +100,7 @@ app.command(name="export")(export_cli.export_cmd)
 app.command(name="compile")(compile_cli.compile_cmd)
 app.command(name="run")(run_cli.run_cmd)
 app.command(name="build")(build_cli.build_cmd)
+app.command(name="serve")(serve_cli.serve_cmd)
 
 
 def main() -> None:

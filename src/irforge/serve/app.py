@@ -1,0 +1,175 @@
+"""create_app(engine): the FastAPI layer over an Engine, with errors that say what is wrong."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from .. import __version__
+from .engine import Engine
+from .errors import BadRequest, Overloaded, ServeError
+from .request import Request as EngineRequest
+
+SHORTFIN_PATHS = ("/generate",)
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def create_app(engine: Engine, *, model_name: str | None = None) -> FastAPI:
+    """The FastAPI app: /health, /metrics, shortfin's /generate, OpenAI's /v1 routes."""
+    from . import openai_api, shortfin_api
+
+    app = FastAPI(title="irforge serve", version=__version__)
+    app.state.engine = engine
+    app.state.model_name = model_name or engine.folder.name
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        status, message, param = describe_validation(exc.errors())
+        return error_response(request, status, message, "INVALID_REQUEST", param)
+
+    @app.exception_handler(ServeError)
+    async def _serve_error(request: Request, exc: ServeError) -> JSONResponse:
+        headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Overloaded) else None
+        param = getattr(exc, "param", None)
+        return error_response(request, exc.status, str(exc), exc.code, param, headers)
+
+    @app.get("/health")
+    async def health() -> Response:
+        return Response(status_code=200)  # shortfin answers an empty 200
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        text = engine.metrics.render(engine.gauges())
+        return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    app.include_router(shortfin_api.router)
+    app.include_router(openai_api.router)
+    return app
+
+
+def error_response(
+    request: Request,
+    status: int,
+    message: str,
+    code: str,
+    param: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    """shortfin's {"error", "code"} on its routes, OpenAI's {"error": {...}} elsewhere."""
+    if request.url.path in SHORTFIN_PATHS:
+        body: dict[str, Any] = {"error": message, "code": code}
+    else:
+        kind = "invalid_request_error" if status < 500 else "server_error"
+        body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def describe_validation(errors: Sequence[Any]) -> tuple[int, str, str | None]:
+    """(status, one readable message, first bad field) from pydantic's error list.
+
+    Unparseable JSON is a 400; a body that parses but does not fit the schema is a 422.
+    """
+    first = errors[0] if errors else {"type": "", "loc": (), "msg": "invalid request"}
+    if first["type"] == "json_invalid":
+        reason = (first.get("ctx") or {}).get("error", "decode error")
+        where = first["loc"][-1] if first["loc"] else "?"
+        return 400, f"the body is not valid JSON: {reason} (at character {where})", None
+    by_field: dict[str, list[Any]] = {}
+    for e in errors:
+        by_field.setdefault(str(e["loc"][1]) if len(e["loc"]) > 1 else "body", []).append(e)
+    parts = []
+    for field, errs in by_field.items():
+        # with a union, pydantic reports once per member; the deepest error is the telling one
+        deepest = max(errs, key=lambda e: len(_path(e["loc"])))
+        got = deepest.get("input")
+        shown = f" (got {json.dumps(got)})" if isinstance(got, _SCALARS) else ""
+        members = [str(e["loc"][2]) for e in errs if len(e["loc"]) > 2 and _is_type(e["loc"][2])]
+        if len(errs) > 1 and len(members) == len(errs) and len(_path(deepest["loc"])) == 1:
+            parts.append(f"{field}: must be one of {', '.join(members)}{shown}")
+        else:
+            parts.append(f"{'.'.join(_path(deepest['loc'])) or 'body'}: {deepest['msg']}{shown}")
+    return 422, "; ".join(parts), next(iter(by_field))
+
+
+def _is_type(part: object) -> bool:
+    # union members appear in pydantic's locations as type names: str, list[int], SamplingParams
+    return isinstance(part, str) and (
+        "[" in part or part in ("str", "int", "float", "bool") or part[:1].isupper()
+    )
+
+
+def _path(loc: Sequence[Any]) -> list[str]:
+    return [str(p) for p in loc[1:] if not _is_type(p)]
+
+
+async def wait_all(requests: list[EngineRequest], http: Request) -> bool:
+    """Wait until every request is done; False (after cancelling them) if the client left."""
+    waiter = asyncio.ensure_future(asyncio.gather(*(r.await_done() for r in requests)))
+    gone = asyncio.ensure_future(_disconnect(http))
+    try:
+        await asyncio.wait({waiter, gone}, return_when=asyncio.FIRST_COMPLETED)
+        if waiter.done():
+            waiter.result()
+            return True
+        return False
+    finally:
+        for task in (waiter, gone):
+            task.cancel()
+        if not waiter.done() or waiter.cancelled():
+            for r in requests:
+                r.cancel()
+
+
+async def _disconnect(http: Request) -> None:
+    # the body is already read: the server's next message is http.disconnect
+    while (await http.receive())["type"] != "http.disconnect":
+        pass
+
+
+def check_finished(requests: list[EngineRequest]) -> None:
+    for r in requests:
+        if r.finish_reason == "error":
+            raise ServeError(f"request {r.id} failed: {r.error}")
+        if r.finish_reason == "shutdown":
+            raise Overloaded("the server stopped before this request finished", 5)
+
+
+def submit_all(engine: Engine, jobs: Sequence[tuple[Any, dict[str, Any]]]) -> list[EngineRequest]:
+    """Submit every (prompt, options) job, or none: an error cancels those already queued."""
+    if not jobs:
+        raise BadRequest("no prompt given", "prompt")
+    submitted: list[EngineRequest] = []
+    try:
+        for prompt, options in jobs:
+            submitted.append(engine.submit(prompt, **options))
+    except ServeError:
+        for r in submitted:
+            r.cancel()
+        raise
+    return submitted
+
+
+class EventStream(StreamingResponse):
+    """Server-sent events whose requests are cancelled however the response ends."""
+
+    def __init__(self, events: AsyncIterator[str], requests: list[EngineRequest]) -> None:
+        headers = {"Cache-Control": "no-cache"}
+        super().__init__(events, media_type="text/event-stream", headers=headers)
+        self._requests = requests
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:  # a client that went away mid-stream frees its pages now
+            for r in self._requests:
+                r.cancel()
+
+
+def sse(payload: Any) -> str:
+    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"

@@ -1,0 +1,85 @@
+"""The arrays of one prefill or decode call: rows padded onto the scratch page, batch sizes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from ..runtime.pages import SCRATCH_PAGE
+
+
+def blocks(length: int, stride: int) -> int:
+    """Pages that hold `length` positions (at least one)."""
+    return max(1, -(-length // stride))
+
+
+def split(sizes: Sequence[int], n: int) -> list[int]:
+    """Batch sizes of the calls that serve `n` rows: the largest while more rows remain than
+    it holds, then the smallest exported size that fits the rest."""
+    sizes = sorted(sizes)
+    calls = []
+    while n > sizes[-1]:
+        calls.append(sizes[-1])
+        n -= sizes[-1]
+    if n:
+        calls.append(next(b for b in sizes if b >= n))
+    return calls
+
+
+def _block_ids(pages: Sequence[Sequence[int]], used: Sequence[int], bs: int) -> np.ndarray:
+    ids = np.full((bs, max(used)), SCRATCH_PAGE, dtype=np.int64)
+    for row, (row_pages, n) in enumerate(zip(pages, used, strict=True)):
+        ids[row, :n] = row_pages[:n]
+    return ids
+
+
+def prefill_arrays(
+    prompts: Sequence[Sequence[int]], pages: Sequence[Sequence[int]], bs: int, stride: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(tokens [bs, S], seq_lens [bs], block_ids [bs, B]) with S = stride * B.
+
+    B is the most pages any prompt needs; a row's unused blocks and every padding row point
+    at the scratch page, so padding never writes into a live request's pages.
+    """
+    used = [blocks(len(p), stride) for p in prompts]
+    block_ids = _block_ids(pages, used, bs)
+    tokens = np.zeros((bs, block_ids.shape[1] * stride), dtype=np.int64)
+    seq_lens = np.ones(bs, dtype=np.int64)  # padding rows: length 1, as shortfin pads
+    for row, p in enumerate(prompts):
+        tokens[row, : len(p)] = p
+        seq_lens[row] = len(p)
+    return tokens, seq_lens, block_ids
+
+
+def decode_arrays(
+    last_tokens: Sequence[int],
+    positions: Sequence[int],
+    pages: Sequence[Sequence[int]],
+    bs: int,
+    stride: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(tokens [bs, 1], seq_lens, start_positions, block_ids [bs, B]) for one decode step.
+
+    Row i writes `last_tokens[i]` at `positions[i]` and attends to positions 0..positions[i];
+    padding rows write position 0 of the scratch page.
+    """
+    n = len(last_tokens)
+    starts = np.zeros(bs, dtype=np.int64)
+    starts[:n] = positions
+    seq_lens = starts + 1
+    tokens = np.zeros((bs, 1), dtype=np.int64)
+    tokens[:n, 0] = last_tokens
+    used = [blocks(int(s), stride) for s in seq_lens[:n]]
+    return tokens, seq_lens, starts, _block_ids(pages, used, bs)
+
+
+def row_logits(out: object, row: int, position: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """(scores, token ids or None) of one row at one position of a call's output.
+
+    A program exported with top_k returns (values, indices) [N, S, k]: the scores are the k
+    values and the ids map a chosen index back to the vocabulary.
+    """
+    if isinstance(out, tuple):
+        return np.asarray(out[0][row, position], np.float32), np.asarray(out[1][row, position])
+    return np.asarray(out[row, position], np.float32), None  # type: ignore[index]

@@ -1,0 +1,337 @@
+"""Engine: continuous batching of requests over a Session's prefill/decode programs."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+from ..runtime.sampling import Sampling
+from ..runtime.session import Session
+from .batching import blocks, decode_arrays, prefill_arrays, row_logits, split
+from .errors import BadRequest, Overloaded, ShuttingDown
+from .metrics import Metrics
+from .request import Request, Status
+from .text import TextCodec
+
+log = logging.getLogger("irforge.serve")
+_ids = itertools.count()
+
+
+class Engine:
+    """An artifact folder served to many callers: `submit()` from any thread, one device thread.
+
+    Every IREE call happens on the engine's scheduler thread. Each iteration it drops
+    cancelled requests, admits queued ones whose pages fit (each reserves the pages of
+    prompt + max_tokens up front, so a running request never waits for pages), prefills them
+    in batches, then runs one decode step for every running request.
+
+    Args:
+        folder: an artifact folder (`irforge export` + `irforge compile`).
+        device, device_ids: the IREE driver and devices (see `Session`).
+        max_queue: requests waiting for admission before `submit` raises `Overloaded`.
+        page_count: cache pages (default: the export's device_block_count).
+        start: start the scheduler thread now (tests hold it to fill the queue).
+    """
+
+    def __init__(
+        self,
+        folder: Path,
+        *,
+        device: str = "local-task",
+        device_ids: list[int] | None = None,
+        max_queue: int = 256,
+        page_count: int | None = None,
+        start: bool = True,
+    ) -> None:
+        self.folder = Path(folder)
+        self.session = Session(
+            self.folder, device=device, device_ids=device_ids, page_count=page_count
+        )
+        options = self.session.options
+        self.stride, self.max_seq_len = options.block_seq_stride, options.max_seq_len
+        self.prefill_sizes = options.prefill_batch_sizes
+        self.decode_sizes = options.decode_batch_sizes
+        self.vocab_size, self.top_k = self.session.config.vocab_size, options.top_k
+        self.text = TextCodec(self.folder) if (self.folder / "tokenizer.json").is_file() else None
+        eos = set(self.session.config.eos_token_ids)
+        if self.text and self.text.eos_id is not None:
+            eos.add(self.text.eos_id)
+        self.eos_ids = frozenset(eos)
+        self.max_queue = max_queue
+        self.metrics = Metrics()
+        self.pages = self.session.pages
+        self._cond = threading.Condition()
+        self._queue: deque[Request] = deque()
+        self._running: list[Request] = []
+        self._admitting = True
+        self._abort = False
+        self._thread = threading.Thread(target=self._loop, name="irforge-engine", daemon=True)
+        if start:
+            self.start()
+
+    # -- callers ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if not self._thread.is_alive():
+            self._thread.start()
+
+    def submit(
+        self,
+        prompt: str | Sequence[int],
+        sampling: Sampling | None = None,
+        *,
+        max_tokens: int | None = None,
+        stop: Sequence[str] = (),
+        ignore_eos: bool = False,
+        request_id: str | None = None,
+        detokenize: bool = True,
+    ) -> Request:
+        """Queue one generation; returns its handle at once.
+
+        `prompt` is text (needs tokenizer.json) or token ids; `max_tokens` defaults to the
+        room left in the context. Raises BadRequest for a request that can never be served
+        and Overloaded (or ShuttingDown) when the queue is full or the engine is stopping.
+        With `detokenize=False` the request carries token ids only (a little less work per
+        token); stop strings need text, so they turn it back on.
+        """
+        ids, text = self._prompt(prompt)
+        room = self.max_seq_len - len(ids)
+        if room < 1:
+            raise BadRequest(
+                f"the prompt has {len(ids)} tokens; the context is {self.max_seq_len} tokens, "
+                f"so a prompt may have at most {self.max_seq_len - 1}",
+                "prompt",
+            )
+        if max_tokens is None:
+            max_tokens = room
+        if max_tokens < 1:
+            raise BadRequest(f"max_tokens must be at least 1, got {max_tokens}", "max_tokens")
+        if max_tokens > room:
+            raise BadRequest(
+                f"max_tokens {max_tokens} is over the limit: {room} new tokens fit after the "
+                f"prompt's {len(ids)} in the context of {self.max_seq_len}",
+                "max_tokens",
+            )
+        need = blocks(len(ids) + max_tokens, self.stride)
+        if need > self.pages.page_count - 1:
+            raise BadRequest(
+                f"the request needs {need} cache pages, the cache has "
+                f"{self.pages.page_count - 1}; lower max_tokens",
+                "max_tokens",
+            )
+        sampling = sampling or Sampling()
+        if self.top_k and sampling.top_k > self.top_k:
+            raise BadRequest(
+                f"top_k {sampling.top_k} is over the program's exported top_k {self.top_k}",
+                "top_k",
+            )
+        req = Request(
+            id=request_id or f"req-{next(_ids)}",
+            prompt=ids,
+            sampling=sampling,
+            max_tokens=max_tokens,
+            stop=tuple(s for s in stop if s),
+            eos_ids=frozenset() if ignore_eos else self.eos_ids,
+            prompt_text=text,
+            detokenize=detokenize or any(stop),
+        )
+        req._on_cancel = self._wake
+        with self._cond:
+            if not self._admitting:
+                self.metrics.inc("requests_rejected_total", reason="shutting_down")
+                raise ShuttingDown("the server is shutting down; no new requests", 5)
+            if len(self._queue) >= self.max_queue:
+                self.metrics.inc("requests_rejected_total", reason="queue_full")
+                raise Overloaded(
+                    f"the request queue is full ({self.max_queue} waiting, "
+                    f"{self.pages.free_count} cache pages free); retry shortly"
+                )
+            self._queue.append(req)
+            self._cond.notify()
+        self.metrics.inc("requests_received_total")
+        return req
+
+    def shutdown(self, *, drain: bool = True, timeout: float | None = None) -> None:
+        """Stop admitting; with `drain`, finish queued and running requests, then stop."""
+        self.stop_admitting()
+        with self._cond:
+            self._abort = self._abort or not drain
+            self._cond.notify()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        elif not self._thread.ident:  # never started: nothing will serve the queue
+            self._interrupt_all("shutdown")
+
+    def stop_admitting(self) -> None:
+        self._admitting = False  # a plain store: safe from a signal handler
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown(drain=False)
+
+    def gauges(self) -> dict[str, float]:
+        return {
+            "queue_depth": len(self._queue),
+            "running_requests": len(self._running),
+            "kv_pages_free": self.pages.free_count,
+            "kv_pages_total": self.pages.page_count - 1,
+        }
+
+    def _prompt(self, prompt: str | Sequence[int]) -> tuple[list[int], str | None]:
+        if isinstance(prompt, str):
+            if not prompt:
+                raise BadRequest("the prompt is empty", "prompt")
+            if self.text is None:
+                raise BadRequest(f"{self.folder} has no tokenizer.json: send token ids", "prompt")
+            ids = self.text.encode(prompt)
+            if not ids:
+                raise BadRequest("the prompt encodes to no tokens", "prompt")
+            return ids, prompt
+        ids = [int(t) for t in prompt]
+        if not ids:
+            raise BadRequest("the prompt is empty", "prompt")
+        bad = [t for t in ids if not 0 <= t < self.vocab_size]
+        if bad:
+            raise BadRequest(
+                f"token id {bad[0]} is outside the vocabulary (0..{self.vocab_size - 1})",
+                "prompt",
+            )
+        return ids, None
+
+    def _wake(self, _: Request | None = None) -> None:
+        with self._cond:
+            self._cond.notify()
+
+    # -- the scheduler thread --------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not (self._queue or self._running or self._abort or not self._admitting):
+                    self._cond.wait()
+                if self._abort or not (self._queue or self._running or self._admitting):
+                    break
+                waiting = [r for r in self._queue if r.cancelled]
+                for r in waiting:
+                    self._queue.remove(r)
+                admitted = self._admit()
+            for r in waiting:
+                self._finish(r, Status.INTERRUPTED, "cancelled")
+            try:
+                self._prefill(admitted)
+                self._decode()
+            except Exception:  # a bug here must not leave callers waiting forever
+                log.exception("engine step failed")
+                for r in admitted + self._running:
+                    self._finish(r, Status.INTERRUPTED, "error", "internal error in the engine")
+                self._running = []
+        self._interrupt_all("shutdown")
+
+    def _interrupt_all(self, reason: str) -> None:
+        with self._cond:
+            left = list(self._queue) + self._running
+            self._queue.clear()
+        for r in left:
+            self._finish(r, Status.INTERRUPTED, reason)
+        self._running = []
+
+    def _admit(self) -> list[Request]:
+        """Queued requests, in order, while the next one's pages fit."""
+        admitted = []
+        while self._queue:
+            req = self._queue[0]
+            need = blocks(len(req.prompt) + req.max_tokens, self.stride)
+            if need > self.pages.free_count:
+                break
+            req.pages = self.pages.allocate(need)
+            admitted.append(self._queue.popleft())
+        return admitted
+
+    def _finish(self, req: Request, status: Status, reason: str, error: str | None = None) -> None:
+        if req.done and not req.pages and req not in self._running:
+            return  # already finished and counted
+        if req.pages:
+            self.pages.free(req.pages)
+            req.pages = []
+        if req in self._running:
+            self._running.remove(req)
+        if not req.done:
+            req._set_status(status, reason, error)
+        self.metrics.inc("requests_finished_total", reason=req.finish_reason or reason)
+
+    def _emit(self, req: Request, scores: Any, ids: Any) -> None:
+        choice = req.sampler(scores)
+        token = int(ids[choice]) if ids is not None else choice
+        first = req.first_token_at is None
+        last = req.last_token_at
+        req._add_token(token, self._detokenize)
+        self.metrics.inc("generation_tokens_total")
+        if first:
+            self.metrics.observe(
+                "time_to_first_token_seconds", req.first_token_at - req.submitted_at
+            )
+        else:
+            self.metrics.observe("time_per_output_token_seconds", req.last_token_at - last)
+        if req.done:
+            self._finish(req, req.status, req.finish_reason or "stop")
+
+    def _detokenize(self, ids: list[int]) -> str:
+        return self.text.decode(ids) if self.text else ""
+
+    def _prefill(self, admitted: list[Request]) -> None:
+        # similar lengths together: less padding up to the longest prompt of a call
+        pending = sorted(admitted, key=lambda r: len(r.prompt))
+        for bs in split(self.prefill_sizes, len(pending)):
+            group, pending = pending[:bs], pending[bs:]
+            live = [r for r in group if not r.cancelled]
+            for r in group:
+                if r.cancelled:
+                    self._finish(r, Status.INTERRUPTED, "cancelled")
+            if not live:
+                continue
+            out = self.session.prefill(
+                *prefill_arrays([r.prompt for r in live], [r.pages for r in live], bs, self.stride)
+            )
+            self.metrics.inc("prefill_calls_total", bs=str(bs))
+            for row, r in enumerate(live):
+                self.metrics.inc("prompt_tokens_total", len(r.prompt))
+                r._set_status(Status.PREFILLED)
+                self._running.append(r)
+                self._emit(r, *row_logits(out, row, len(r.prompt) - 1))
+
+    def _decode(self) -> None:
+        for r in [r for r in self._running if r.cancelled]:
+            self._finish(r, Status.INTERRUPTED, "cancelled")
+        pending = list(self._running)
+        for bs in split(self.decode_sizes, len(pending)):
+            group, pending = pending[:bs], pending[bs:]
+            positions = [len(r.prompt) + len(r.tokens) - 1 for r in group]
+            arrays = decode_arrays(
+                [r.tokens[-1] for r in group], positions, [r.pages for r in group], bs, self.stride
+            )
+            started = time.perf_counter()
+            out = self.session.decode(*arrays)
+            log.debug("decode_bs%d %.2f ms", bs, (time.perf_counter() - started) * 1e3)
+            self.metrics.inc("decode_calls_total", bs=str(bs))
+            for row, r in enumerate(group):
+                if r.status is Status.PREFILLED:
+                    r._set_status(Status.GENERATING)
+                self._emit(r, *row_logits(out, row, 0))
+
+
+def check_sampling(temperature: float, top_k: int, top_p: float, seed: int | None) -> Sampling:
+    """A Sampling, or BadRequest naming the bad parameter."""
+    try:
+        return Sampling(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    except ConfigError as e:
+        param = str(e).split(" ", 1)[0]
+        raise BadRequest(str(e), param) from e

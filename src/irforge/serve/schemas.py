@@ -1,0 +1,123 @@
+"""Request bodies: OpenAI completions and chat completions, and shortfin's /generate."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Stop = str | list[str] | None
+
+
+class _Body(BaseModel):
+    # clients send fields this server does not use (user, logit_bias=None, ...): ignore them
+    model_config = ConfigDict(extra="ignore")
+
+
+class StreamOptions(_Body):
+    include_usage: bool = False
+
+
+class OpenAISampling(_Body):
+    model: str | None = None
+    temperature: float = Field(1.0, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(0, ge=0, description="vLLM's extension; 0 or -1 means all tokens")
+    seed: int | None = None
+    n: int = Field(1, ge=1)
+    stop: Stop = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    ignore_eos: bool = False
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _all_tokens(cls, data: object) -> object:
+        if isinstance(data, dict) and data.get("top_k") == -1:  # vLLM's spelling of "off"
+            data = {**data, "top_k": 0}
+        return data
+
+    def stops(self) -> tuple[str, ...]:
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+
+
+class CompletionRequest(OpenAISampling):
+    prompt: str | list[int] | list[str] | list[list[int]]
+    max_tokens: int | None = Field(16, ge=1)
+    echo: bool = False
+    logprobs: int | None = None
+    best_of: int | None = None
+    suffix: str | None = None
+
+    def prompts(self) -> list[str | list[int]]:
+        p = self.prompt
+        if isinstance(p, str) or not p or isinstance(p[0], int):
+            return [p]  # type: ignore[list-item]
+        return list(p)  # type: ignore[arg-type]
+
+
+class ContentPart(_Body):
+    type: str
+    text: str | None = None
+
+
+class ChatMessage(_Body):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+
+
+class ChatRequest(OpenAISampling):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: bool = False
+    tools: list[dict] | None = None
+
+
+class SamplingParams(_Body):
+    """shortfin's sampling_params, plus seed, stop and ignore_eos."""
+
+    n: int = Field(1, ge=1)
+    max_completion_tokens: int = Field(50, ge=1)
+    temperature: float = Field(1.0, ge=0)
+    top_k: int | None = Field(None, ge=0)
+    top_p: float | None = Field(None, gt=0, le=1)
+    num_beams: int = Field(1, ge=1)
+    seed: int | None = None
+    stop: Stop = None
+    ignore_eos: bool = False
+
+
+class GenerateRequest(_Body):
+    """shortfin's GenerateReqInput: `text` or `input_ids`, one prompt or a list."""
+
+    text: str | list[str] | None = None
+    input_ids: list[int] | list[list[int]] | None = None
+    sampling_params: SamplingParams | list[SamplingParams] = Field(default_factory=SamplingParams)
+    rid: str | list[str] | None = None
+    return_input_ids: bool = False
+    return_logprob: bool = False
+    stream: bool = False
+
+    @model_validator(mode="after")
+    def _one_source(self) -> GenerateRequest:
+        if (self.text is None) == (self.input_ids is None):
+            raise ValueError("give exactly one of `text` and `input_ids`")
+        return self
+
+    def prompts(self) -> list[str | list[int]]:
+        if self.text is not None:
+            return [self.text] if isinstance(self.text, str) else list(self.text)
+        ids = self.input_ids or []
+        if ids and isinstance(ids[0], list):
+            return list(ids)  # type: ignore[arg-type]
+        return [ids]  # type: ignore[list-item]
+
+    @property
+    def batched(self) -> bool:
+        if self.text is not None:
+            return isinstance(self.text, list)
+        return bool(self.input_ids) and isinstance(self.input_ids[0], list)  # type: ignore[index]

@@ -1,0 +1,94 @@
+"""serve(): an Engine behind uvicorn, until SIGTERM or Ctrl-C, draining in-flight requests."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from ..errors import InputError
+from .app import create_app
+from .engine import Engine
+
+log = logging.getLogger("irforge.serve")
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise InputError(f"cannot listen on {host}:{port}: {e.strerror}") from e
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(
+    folder: Path,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    device: str = "local-task",
+    device_ids: list[int] | None = None,
+    max_queue: int = 256,
+    model_name: str | None = None,
+    drain_timeout: float = 120.0,
+) -> None:
+    """Serve an artifact folder over HTTP; returns after SIGTERM/SIGINT once drained.
+
+    On SIGTERM the engine stops admitting (new requests get 503), uvicorn stops accepting
+    connections and waits up to `drain_timeout` s for in-flight responses, then it returns.
+    """
+    sock = _listen(host, port)
+    engine = Engine(folder, device=device, device_ids=device_ids, max_queue=max_queue)
+    app = create_app(engine, model_name=model_name)
+    config = uvicorn.Config(
+        app,
+        log_level="info",
+        access_log=False,
+        timeout_graceful_shutdown=int(drain_timeout),
+        timeout_keep_alive=30,
+    )
+    server = _Server(config, engine)
+    bound = sock.getsockname()
+    print(
+        f"irforge serve: http://{bound[0]}:{bound[1]} ({app.state.model_name}; "
+        f"{engine.pages.page_count - 1} cache pages, prefill bs {list(engine.prefill_sizes)}, "
+        f"decode bs {list(engine.decode_sizes)})",
+        file=sys.stderr,
+        flush=True,
+    )
+    # uvicorn raises the signal it caught again after its own shutdown; with this handler
+    # installed underneath, a drained SIGTERM ends the process with exit code 0
+    previous = signal.signal(signal.SIGTERM, _drained)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        engine.shutdown(drain=True, timeout=drain_timeout)
+        sock.close()
+
+
+def _drained(signum: int, frame: Any) -> None:
+    log.info("stopped on signal %d", signum)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server that also closes the engine's admission the moment a signal arrives."""
+
+    def __init__(self, config: uvicorn.Config, engine: Engine) -> None:
+        super().__init__(config)
+        self.engine = engine
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        self.engine.stop_admitting()
+        super().handle_exit(sig, frame)

@@ -1,0 +1,86 @@
+"""shortfin's POST /generate, request and response as shortfin 3.9 has them, so its clients work."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from ..runtime.sampling import Sampling
+from .app import check_finished, submit_all, wait_all
+from .engine import Engine, check_sampling
+from .errors import BadRequest
+from .request import Request as EngineRequest
+from .schemas import GenerateRequest, SamplingParams
+
+router = APIRouter()
+# shortfin clamps these (components/io_struct.py); do the same so a request means the same here
+TEMPERATURE_RANGE = (0.1, 2.0)
+TOP_P_RANGE = (0.01, 0.99)
+
+
+def sampling_of(params: SamplingParams) -> Sampling:
+    """shortfin 3.9 with one beam takes the argmax whatever the temperature; it samples only
+    with top_k / top_p (its native path). Follow that: greedy unless top_k > 1 or top_p < 1."""
+    if params.n != 1 or params.num_beams != 1:
+        raise BadRequest("n > 1 and beam search are not supported", "sampling_params.num_beams")
+    top_k = params.top_k or 0
+    top_p = params.top_p if params.top_p is not None else 1.0
+    if top_k <= 1 and top_p >= 1:
+        return check_sampling(0.0, 0, 1.0, params.seed)
+    temperature = min(max(params.temperature, TEMPERATURE_RANGE[0]), TEMPERATURE_RANGE[1])
+    if top_p < 1:
+        top_p = min(max(top_p, TOP_P_RANGE[0]), TOP_P_RANGE[1])
+    return check_sampling(temperature, top_k, top_p, params.seed)
+
+
+def _stops(params: SamplingParams) -> tuple[str, ...]:
+    return (params.stop,) if isinstance(params.stop, str) else tuple(params.stop or ())
+
+
+@router.api_route("/generate", methods=["POST", "PUT"], response_model=None)
+async def generate(body: GenerateRequest, http: Request) -> Response:
+    engine: Engine = http.app.state.engine
+    prompts = body.prompts()
+    params = body.sampling_params
+    if isinstance(params, list):
+        if len(params) != len(prompts):
+            raise BadRequest(
+                f"{len(params)} sampling_params for {len(prompts)} prompts", "sampling_params"
+            )
+    else:
+        params = [params] * len(prompts)
+    rids = body.rid if isinstance(body.rid, list) else [body.rid] * len(prompts)
+    if len(rids) != len(prompts):
+        raise BadRequest(f"{len(rids)} rids for {len(prompts)} prompts", "rid")
+    jobs = [
+        (
+            prompt,
+            dict(
+                sampling=sampling_of(p),
+                max_tokens=p.max_completion_tokens,
+                stop=_stops(p),
+                ignore_eos=p.ignore_eos,
+                request_id=rid,
+                detokenize=not body.return_input_ids,
+            ),
+        )
+        for prompt, p, rid in zip(prompts, params, rids, strict=False)
+    ]
+    reqs = submit_all(engine, jobs)
+    if not await wait_all(reqs, http):
+        return Response(status_code=499)
+    check_finished(reqs)
+    if body.return_input_ids:
+        # shortfin: one list of ids per beam for each prompt; a lone prompt is not wrapped
+        per_prompt: list[Any] = [[r.tokens] for r in reqs]
+        return JSONResponse(per_prompt if body.batched else per_prompt[0])
+    responses = [{"prompt": _prompt_text(engine, r), "responses": [{"text": r.text}]} for r in reqs]
+    return JSONResponse({"responses": responses})
+
+
+def _prompt_text(engine: Engine, r: EngineRequest) -> str | None:
+    if r.prompt_text is not None:
+        return r.prompt_text
+    return engine.text.decode(r.prompt) if engine.text else None

@@ -1,0 +1,100 @@
+"""Text in and out of the engine: tokenizer.json, tokenizer_config.json and its chat template."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError
+from .errors import BadRequest
+
+# Used when tokenizer_config.json has no chat_template: one "role: content" line per message,
+# then the assistant's turn to speak.
+FALLBACK_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant:{% endif %}"
+)
+
+
+def _token_text(value: Any) -> str | None:
+    # tokenizer_config.json spells special tokens as strings or AddedToken dicts
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) else None
+
+
+class TextCodec:
+    """Encode prompts, decode generated ids, and render chat messages into a prompt."""
+
+    def __init__(self, folder: Path) -> None:
+        from tokenizers import Tokenizer
+
+        folder = Path(folder)
+        path = folder / "tokenizer.json"
+        try:
+            self._tok = Tokenizer.from_file(str(path))
+        except Exception as e:  # tokenizers raises plain Exception subclasses
+            raise InputError(f"{path}: cannot load tokenizer: {e}") from e
+        config_path = folder / "tokenizer_config.json"
+        config: dict[str, Any] = {}
+        if config_path.is_file():
+            try:
+                config = json.loads(config_path.read_text())
+            except (OSError, ValueError) as e:
+                raise InputError(f"{config_path}: not a JSON object: {e}") from e
+        self.bos_token = _token_text(config.get("bos_token"))
+        self.eos_token = _token_text(config.get("eos_token"))
+        template = config.get("chat_template")
+        if isinstance(template, list):  # [{"name": "default", "template": ...}, ...]
+            named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+            template = named.get("default") or next(iter(named.values()), None)
+        self.has_chat_template = isinstance(template, str)
+        self._template = _compile(template if isinstance(template, str) else FALLBACK_TEMPLATE)
+
+    @property
+    def eos_id(self) -> int | None:
+        return self._tok.token_to_id(self.eos_token) if self.eos_token else None
+
+    def encode(self, text: str, *, special: bool = True) -> list[int]:
+        return self._tok.encode(text, add_special_tokens=special).ids
+
+    def decode(self, ids: list[int]) -> str:
+        return self._tok.decode(ids, skip_special_tokens=True)
+
+    def chat_prompt(self, messages: list[dict[str, Any]]) -> str:
+        """The prompt text for `messages` ([{role, content}]), ending with the assistant's turn."""
+        try:
+            return self._template.render(
+                messages=messages,
+                add_generation_prompt=True,
+                bos_token=self.bos_token or "",
+                eos_token=self.eos_token or "",
+            )
+        except BadRequest:
+            raise
+        except Exception as e:  # a template error is about these messages
+            raise BadRequest(f"the chat template failed on these messages: {e}", "messages") from e
+
+    def chat_ids(self, messages: list[dict[str, Any]]) -> list[int]:
+        # templates write bos themselves; letting the tokenizer add one too would double it
+        return self.encode(self.chat_prompt(messages), special=not self.has_chat_template)
+
+
+def _raise(message: str) -> None:
+    raise BadRequest(message, "messages")
+
+
+def _compile(source: str) -> Any:
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    # the options and helpers transformers' apply_chat_template gives templates
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env.filters["tojson"] = lambda x, indent=None: json.dumps(x, ensure_ascii=False, indent=indent)
+    env.globals["raise_exception"] = _raise
+    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+    try:
+        return env.from_string(source)
+    except Exception as e:
+        raise InputError(f"tokenizer_config.json: the chat_template does not parse: {e}") from e

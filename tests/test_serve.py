@@ -1,0 +1,361 @@
+"""`irforge serve` as a real process on loopback, driven by real clients: the `openai` package,
+shortfin's /generate client (tests/shortfin_server.py), raw HTTP for errors and disconnects."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from email.message import Message
+from pathlib import Path
+
+import openai
+import pytest
+import shortfin_server
+import uvicorn
+from typer.testing import CliRunner
+
+from irforge.cli.main import app as cli
+from irforge.runtime import Session, generate
+from irforge.serve import Engine
+from irforge.serve.app import create_app
+from irforge.serve.text import TextCodec
+
+pytestmark = pytest.mark.iree
+HOST = "127.0.0.1"
+BASE = [5, 17, 3, 99, 42, 7, 250, 1, 8, 64, 33, 12, 2, 77, 190, 4, 23, 56, 9, 11]
+TEXT = "the quick brown fox jumps over the lazy dog"
+JSON = {"Content-Type": "application/json"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serving(
+    folder: Path, *args: str, timeout_s: float = 60
+) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`python -m irforge serve FOLDER` on a free port; yields (base URL, process)."""
+    port = _free_port()
+    cmd = [sys.executable, "-m", "irforge", "serve", str(folder), "--port", str(port), *args]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://{HOST}:{port}"
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not _healthy(url):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError(f"server did not start: {proc.communicate()[0][-3000:]}")
+            time.sleep(0.1)
+        yield url, proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def post(url: str, body: object, *, raw: bytes | None = None) -> tuple[int, Message, object]:
+    """(status, headers, parsed JSON body) of a POST; errors are returned, not raised."""
+    data = raw if raw is not None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, headers=JSON)
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, r.headers, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers, json.loads(e.read())
+
+
+def metrics(url: str) -> dict[str, float]:
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    found = re.findall(r"^(irforge_\w+(?:\{[^}]*\})?) (\S+)$", text, re.M)
+    return {name: float(value) for name, value in found}
+
+
+def wait_all_pages_free(url: str, timeout_s: float = 15) -> dict[str, float]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        m = metrics(url)
+        free = m["irforge_kv_pages_free"] == m["irforge_kv_pages_total"]
+        if (free and not m["irforge_running_requests"]) or time.monotonic() > deadline:
+            return m
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def server(llama_artifacts: Path) -> Iterator[str]:
+    with serving(llama_artifacts) as (url, _):
+        yield url
+
+
+@pytest.fixture(scope="module")
+def client(server: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server}/v1", api_key="none", max_retries=0, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def session(llama_artifacts: Path) -> Session:
+    return Session(llama_artifacts, page_count=64)
+
+
+def solo(session: Session, prompt: list[int], max_tokens: int) -> list[int]:
+    eos = session.config.eos_token_ids
+    return generate(session, [prompt], max_tokens=max_tokens, eos_ids=eos).tokens[0]
+
+
+def irforge_run(folder: Path, prompt: str | list[int], max_tokens: int) -> dict:
+    given = (
+        ["--prompt", prompt]
+        if isinstance(prompt, str)
+        else ["--prompt-ids", ",".join(map(str, prompt))]
+    )
+    args = ["run", str(folder), *given, "--max-tokens", str(max_tokens), "--json"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+# -- real clients ------------------------------------------------------------------------------
+
+
+def test_openai_completions_equal_irforge_run(
+    client: openai.OpenAI, server: str, llama_artifacts: Path
+) -> None:
+    want = irforge_run(llama_artifacts, TEXT, 12)
+    done = client.completions.create(model="tiny", prompt=TEXT, max_tokens=12, temperature=0)
+    assert done.choices[0].text == want["text"]
+    assert done.usage.completion_tokens == len(want["tokens"])
+    assert done.usage.prompt_tokens == len(want["prompt_ids"])
+    chunks = client.completions.create(
+        model="tiny", prompt=TEXT, max_tokens=12, temperature=0, stream=True
+    )
+    assert "".join(c.choices[0].text for c in chunks) == want["text"]
+    # the same ids through shortfin's /generate
+    body = {
+        "text": TEXT,
+        "sampling_params": {"max_completion_tokens": 12},
+        "return_input_ids": True,
+    }
+    assert post(f"{server}/generate", body)[2] == [want["tokens"]]
+
+
+def test_stop_strings_and_seeds(client: openai.OpenAI, llama_artifacts: Path) -> None:
+    want = irforge_run(llama_artifacts, TEXT, 12)["text"]
+    stop = want[len(want) // 2 :][:2]
+    assert stop, "the greedy continuation is too short to pick a stop string from"
+    done = client.completions.create(
+        model="tiny", prompt=TEXT, max_tokens=12, temperature=0, stop=[stop]
+    )
+    assert done.choices[0].text == want[: want.find(stop)]
+    assert done.choices[0].finish_reason == "stop"
+
+    def sample(seed: int) -> str:
+        kwargs = dict(temperature=1.0, top_p=0.9, seed=seed, max_tokens=12)
+        messages = [{"role": "user", "content": "hi"}]
+        done = client.chat.completions.create(model="tiny", messages=messages, **kwargs)
+        return done.choices[0].message.content or ""
+
+    assert sample(7) == sample(7)
+
+
+def test_openai_chat_completions_equal_irforge_run(
+    client: openai.OpenAI, llama_artifacts: Path
+) -> None:
+    messages = [{"role": "user", "content": "hello world"}]
+    # the prompt the server renders: tokenizer_config.json's chat template (or the fallback)
+    codec = TextCodec(llama_artifacts)
+    ids = codec.chat_ids(messages)
+    assert codec.decode(ids).endswith(
+        "hello world\n<|assistant|>\n" if codec.has_chat_template else "assistant:"
+    )
+    want = irforge_run(llama_artifacts, ids, 10)
+    done = client.chat.completions.create(
+        model="tiny", messages=messages, max_tokens=10, temperature=0
+    )
+    assert done.choices[0].message.content == want["text"]
+    assert done.choices[0].message.role == "assistant"
+    stream = client.chat.completions.create(
+        model="tiny",
+        messages=messages,
+        max_completion_tokens=10,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == want["text"]
+    assert chunks[-1].usage.completion_tokens == len(want["tokens"])
+    assert chunks[-2].choices[0].finish_reason in ("stop", "length")
+
+
+def test_models_and_shortfin_client(client: openai.OpenAI, server: str, session: Session) -> None:
+    assert [m.id for m in client.models.list()] == ["art"]
+    # tests/shortfin_server.generate is a shortfin client; it works unchanged here
+    assert shortfin_server.generate(server, BASE, 8) == solo(session, BASE, 8)
+    body = {"text": ["hello world", TEXT], "sampling_params": {"max_completion_tokens": 3}}
+    status, _, doc = post(f"{server}/generate", body)
+    assert status == 200 and [r["prompt"] for r in doc["responses"]] == ["hello world", TEXT]
+    assert all(len(r["responses"]) == 1 and "text" in r["responses"][0] for r in doc["responses"])
+
+
+def test_32_concurrent_clients_get_their_solo_tokens(server: str, session: Session) -> None:
+    prompts = [(BASE * 4)[i : i + 1 + (7 * i) % 60] for i in range(32)]  # 1 to 60 tokens
+    lengths = [6 + (5 * i) % 19 for i in range(32)]
+    want = [solo(session, p, n) for p, n in zip(prompts, lengths, strict=True)]
+    got: list[object] = [None] * 32
+    start = threading.Barrier(32, timeout=30)
+
+    def client(i: int) -> None:
+        start.wait()
+        got[i] = shortfin_server.generate(server, prompts[i], lengths[i], timeout_s=120)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(32)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(180)
+    assert got == want
+    m = wait_all_pages_free(server)
+    assert m["irforge_kv_pages_free"] == m["irforge_kv_pages_total"] > 0
+    assert m["irforge_running_requests"] == 0 and m["irforge_queue_depth"] == 0
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "whole"])
+def test_disconnect_cancels_and_frees_pages(server: str, stream: bool) -> None:
+    body = {"prompt": [5, 6, 7], "max_tokens": 253, "ignore_eos": True, "stream": stream}
+    key = 'irforge_requests_finished_total{reason="cancelled"}'
+    for _ in range(3):  # the tiny model may finish 253 tokens before the server notices
+        before = metrics(server).get(key, 0)
+        conn = http.client.HTTPConnection(HOST, int(server.rsplit(":", 1)[1]), timeout=30)
+        conn.request("POST", "/v1/completions", json.dumps(body), JSON)
+        if stream:
+            response = conn.getresponse()
+            assert response.status == 200 and response.readline().startswith(b"data: ")
+        else:
+            deadline = time.monotonic() + 10
+            while not metrics(server)["irforge_running_requests"] and time.monotonic() < deadline:
+                time.sleep(0.005)
+        conn.sock.shutdown(socket.SHUT_RDWR)
+        conn.close()
+        m = wait_all_pages_free(server)
+        assert m["irforge_kv_pages_free"] == m["irforge_kv_pages_total"]
+        if m.get(key, 0) > before:
+            return
+    pytest.fail("no request was cancelled by its client's disconnect")
+
+
+# -- errors ------------------------------------------------------------------------------------
+
+BAD = [
+    ("/v1/completions", b'{"prompt": "x",', 400, "not valid JSON"),
+    ("/v1/completions", {"prompt": 3}, 422, "prompt: must be one of"),
+    ("/v1/completions", {"prompt": "x", "temperature": "hot"}, 422, "temperature"),
+    ("/v1/completions", {"prompt": "x", "temperature": 5}, 422, "less than or equal to 2"),
+    ("/v1/completions", {"prompt": "x", "top_p": 0}, 422, "top_p"),
+    ("/v1/completions", {"prompt": "x", "max_tokens": 0}, 422, "max_tokens"),
+    ("/v1/completions", {"prompt": "x", "max_tokens": 900}, 400, "over the limit"),
+    ("/v1/completions", {"prompt": ""}, 400, "empty"),
+    ("/v1/completions", {"prompt": []}, 400, "empty"),
+    ("/v1/completions", {"prompt": [5] * 300}, 400, "at most 255"),
+    ("/v1/completions", {"prompt": [999]}, 400, "outside the vocabulary"),
+    ("/v1/completions", {"prompt": "x", "n": 2}, 400, "n > 1"),
+    ("/v1/completions", {}, 422, "prompt: Field required"),
+    ("/v1/chat/completions", {"messages": []}, 422, "messages"),
+    ("/v1/chat/completions", {"messages": [{"role": "bot", "content": "x"}]}, 422, "role"),
+    ("/generate", {"sampling_params": {}}, 422, "exactly one of `text` and `input_ids`"),
+    ("/generate", {"text": "x", "sampling_params": {"num_beams": 2}}, 400, "beam"),
+    ("/generate", {"text": "x", "sampling_params": {"temperature": "a"}}, 422, "temperature"),
+    ("/generate", b"[1, 2", 400, "not valid JSON"),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "status", "message"), BAD)
+def test_bad_requests_say_what_is_wrong(
+    server: str, path: str, body: object, status: int, message: str
+) -> None:
+    raw = body if isinstance(body, bytes) else None
+    got, _, doc = post(f"{server}{path}", body, raw=raw)
+    assert got == status
+    text = doc["error"] if path == "/generate" else doc["error"]["message"]  # type: ignore[index]
+    assert message in text
+
+
+def test_openai_client_sees_the_error(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError, match="over the limit"):
+        client.completions.create(model="tiny", prompt="hello", max_tokens=1000)
+
+
+def test_overload_answers_503_with_retry_after(llama_artifacts: Path) -> None:
+    engine = Engine(llama_artifacts, max_queue=1, start=False)  # held: the queue stays full
+    port = _free_port()
+    config = uvicorn.Config(create_app(engine), host=HOST, port=port, log_level="warning")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://{HOST}:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.02)
+        first: list[object] = []
+        body = {"input_ids": [1, 2, 3], "sampling_params": {"max_completion_tokens": 4}}
+        waiter = threading.Thread(target=lambda: first.append(post(f"{url}/generate", body)))
+        waiter.start()
+        while engine.gauges()["queue_depth"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        status, headers, doc = post(f"{url}/generate", body)
+        assert status == 503 and doc["code"] == "QUEUE_FULL" and "queue is full" in doc["error"]
+        assert int(headers["Retry-After"]) >= 1
+        status, headers, doc = post(f"{url}/v1/completions", {"prompt": [1], "max_tokens": 2})
+        assert status == 503 and doc["error"]["code"] == "QUEUE_FULL" and headers["Retry-After"]
+        engine.start()
+        waiter.join(60)
+        assert first and first[0][0] == 200  # type: ignore[index]
+    finally:
+        engine.shutdown(drain=False)  # ends any request still waiting, so uvicorn can stop
+        server.should_exit = True
+        thread.join(30)
+
+
+def test_sigterm_drains_in_flight_requests(llama_artifacts: Path) -> None:
+    body = {"prompt": [5, 6, 7], "max_tokens": 253, "ignore_eos": True, "stream": True}
+    with serving(llama_artifacts) as (url, proc):
+        port = int(url.rsplit(":", 1)[1])
+        conn = http.client.HTTPConnection(HOST, port, timeout=60)
+        conn.request("POST", "/v1/completions", json.dumps(body), JSON)
+        response = conn.getresponse()
+        assert response.readline().startswith(b"data: ")
+        proc.send_signal(signal.SIGTERM)
+        events = [line for line in response.read().decode().splitlines() if line]
+        conn.close()
+        assert events[-1] == "data: [DONE]"
+        assert json.loads(events[-2][6:])["choices"][0]["finish_reason"] == "length"
+        assert proc.wait(60) == 0
+        log = proc.stdout.read()  # type: ignore[union-attr]
+        assert "Waiting for connections to close" in log  # the stream was in flight
+        assert "Finished server process" in log

@@ -1,0 +1,245 @@
+"""The serving engine without HTTP: batching arrays, stop strings, metrics, chat templates, and
+continuous batching on the tiny compiled Llama against the static-batch `generate()`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from irforge.runtime import Sampling, Session, generate
+from irforge.runtime.pages import SCRATCH_PAGE
+from irforge.serve import BadRequest, Engine, Overloaded, ShuttingDown, Status
+from irforge.serve.batching import decode_arrays, prefill_arrays, split
+from irforge.serve.metrics import Metrics
+from irforge.serve.request import Request
+from irforge.serve.text import TextCodec
+
+BASE = [5, 17, 3, 99, 42, 7, 250, 1, 8, 64, 33, 12, 2, 77, 190, 4, 23, 56, 9, 11]
+PROMPTS = [BASE[:n] for n in (1, 3, 5, 16, 17, 20)] + [[7] * 33, BASE * 2]  # 1 to 3 pages
+
+
+# -- pure parts -------------------------------------------------------------------------------
+
+
+def test_split_picks_the_smallest_batch_that_fits() -> None:
+    assert split((1, 4), 1) == [1]
+    assert split((1, 4), 2) == [4]
+    assert split((1, 4), 5) == [4, 1]
+    assert split((4,), 9) == [4, 4, 4]
+    assert split((1, 4), 0) == []
+
+
+def test_padding_rows_and_blocks_point_at_the_scratch_page() -> None:
+    tokens, seq_lens, ids = prefill_arrays([[1, 2, 3], list(range(20))], [[7], [8, 9]], 4, 16)
+    assert tokens.shape == (4, 32) and ids.shape == (4, 2)
+    assert ids.tolist() == [[7, SCRATCH_PAGE], [8, 9], [SCRATCH_PAGE] * 2, [SCRATCH_PAGE] * 2]
+    assert seq_lens.tolist() == [3, 20, 1, 1]
+    assert tokens[0, :4].tolist() == [1, 2, 3, 0] and not tokens[2:].any()
+    tokens, seq_lens, starts, ids = decode_arrays([5, 6], [15, 16], [[7], [8, 9]], 4, 16)
+    assert starts.tolist() == [15, 16, 0, 0] and seq_lens.tolist() == [16, 17, 1, 1]
+    assert ids.tolist() == [[7, 0], [8, 9], [0, 0], [0, 0]]
+    assert tokens[:, 0].tolist() == [5, 6, 0, 0]
+
+
+def _request(stop: tuple[str, ...] = (), max_tokens: int = 50) -> Request:
+    return Request(id="r", prompt=[1], sampling=Sampling(), max_tokens=max_tokens, stop=stop)
+
+
+def _letters(ids: list[int]) -> str:
+    return "".join(chr(i) for i in ids)
+
+
+def test_stop_strings_are_cut_and_never_streamed() -> None:
+    req = _request(stop=("cd",))
+    for ch in "abcd":
+        req._add_token(ord(ch), _letters)
+    deltas = [d.text for d in req.stream(timeout=1)]
+    assert deltas == ["a", "b", "", ""]  # "c" is held back: it may start "cd"
+    assert req.text == "ab" and req.finish_reason == "stop" and req.status is Status.FINISHED
+
+
+def test_held_back_text_is_released_when_it_is_not_a_stop() -> None:
+    req = _request(stop=("xyz",), max_tokens=4)
+    for ch in "axyw":
+        req._add_token(ord(ch), _letters)
+    assert "".join(d.text for d in req.stream(timeout=1)) == "axyw" == req.text
+    assert req.finish_reason == "length"
+
+
+def test_metrics_text_format() -> None:
+    m = Metrics()
+    m.inc("requests_finished_total", reason="stop")
+    m.observe("time_to_first_token_seconds", 0.02)
+    m.observe("time_to_first_token_seconds", 100)
+    text = m.render({"kv_pages_free": 3, "kv_pages_total": 4})
+    assert 'irforge_requests_finished_total{reason="stop"} 1' in text
+    assert "# TYPE irforge_time_to_first_token_seconds histogram" in text
+    assert 'irforge_time_to_first_token_seconds_bucket{le="0.01"} 0' in text
+    assert 'irforge_time_to_first_token_seconds_bucket{le="0.025"} 1' in text
+    assert 'irforge_time_to_first_token_seconds_bucket{le="+Inf"} 2' in text
+    assert "irforge_time_to_first_token_seconds_count 2" in text
+    assert "irforge_kv_pages_free 3" in text and "irforge_queue_depth" not in text
+
+
+def test_chat_template_from_tokenizer_config(llama_dir: Path, tmp_path: Path) -> None:
+    shutil.copy(llama_dir / "tokenizer.json", tmp_path / "tokenizer.json")
+    template = (
+        "{{ bos_token }}{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{{ eos_token }}"
+        "{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}"
+    )
+    config = {"bos_token": "<s>", "eos_token": {"content": "</s>"}, "chat_template": template}
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    codec = TextCodec(tmp_path)
+    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello"}]
+    prompt = codec.chat_prompt(messages)
+    assert prompt == "<s><system>be brief</s><user>hello</s><assistant>"
+    assert codec.chat_ids(messages) == codec.encode(prompt, special=False)
+    assert codec.eos_id == 2
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "{{ raise_exception('only user messages') }}",
+        "{{ ''.__class__.__mro__[1].__subclasses__() }}",  # the sandbox refuses this
+    ],
+)
+def test_chat_template_errors_are_bad_requests(
+    llama_dir: Path, tmp_path: Path, template: str
+) -> None:
+    shutil.copy(llama_dir / "tokenizer.json", tmp_path / "tokenizer.json")
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"chat_template": template}))
+    with pytest.raises(BadRequest):
+        TextCodec(tmp_path).chat_prompt([{"role": "user", "content": "hi"}])
+
+
+def test_fallback_chat_template(llama_dir: Path, tmp_path: Path) -> None:
+    shutil.copy(llama_dir / "tokenizer.json", tmp_path / "tokenizer.json")
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"eos_token": "</s>"}))
+    codec = TextCodec(tmp_path)
+    assert not codec.has_chat_template
+    messages = [{"role": "user", "content": "hello world"}]
+    assert codec.chat_prompt(messages) == "user: hello world\nassistant:"
+
+
+# -- on the compiled model --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def engine(llama_artifacts: Path) -> Iterator[Engine]:
+    with Engine(llama_artifacts) as e:
+        yield e
+
+
+def _solo(folder: Path, prompt: list[int], max_tokens: int, eos: bool = True) -> list[int]:
+    session = Session(folder, page_count=16)
+    eos_ids = session.config.eos_token_ids if eos else ()
+    return generate(session, [prompt], max_tokens=max_tokens, eos_ids=eos_ids).tokens[0]
+
+
+def _all_free(engine: Engine) -> bool:
+    g = engine.gauges()
+    return g["kv_pages_free"] == g["kv_pages_total"] and not g["running_requests"]
+
+
+@pytest.mark.iree
+def test_continuous_batching_equals_each_prompt_alone(engine: Engine, llama_artifacts: Path):
+    want = [_solo(llama_artifacts, p, 12) for p in PROMPTS]
+    reqs = [engine.submit(p, max_tokens=12) for p in PROMPTS * 3]  # 24: several calls per step
+    late = [engine.submit(p, max_tokens=12) for p in PROMPTS]  # joins between decode steps
+    for req, tokens in zip(reqs + late, want * 4, strict=True):
+        assert req.wait(60).tokens == tokens
+        assert req.status is Status.FINISHED
+        assert req.finish_reason == ("stop" if tokens[-1] in engine.eos_ids else "length")
+    assert _all_free(engine)
+
+
+@pytest.mark.iree
+def test_stream_statuses_and_text(engine: Engine, llama_artifacts: Path) -> None:
+    req = engine.submit("the quick brown fox", max_tokens=6, ignore_eos=True)
+    deltas = list(req.stream(timeout=60))
+    assert [d.token for d in deltas] == req.tokens and len(req.tokens) == 6
+    assert "".join(d.text for d in deltas) == req.text == engine.text.decode(req.tokens)
+    assert req.first_token_at and req.first_token_at >= req.submitted_at
+
+
+@pytest.mark.iree
+def test_cancel_frees_pages_at_once(engine: Engine) -> None:
+    req = engine.submit([5, 6, 7], max_tokens=250, ignore_eos=True)
+    next(iter(req.stream(timeout=60)))
+    req.cancel()
+    req.wait(10)
+    assert req.status is Status.INTERRUPTED and req.finish_reason == "cancelled"
+    assert len(req.tokens) < 250
+    deadline = time.monotonic() + 10
+    while not _all_free(engine) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert _all_free(engine)
+
+
+@pytest.mark.iree
+def test_seeded_sampling_is_reproducible(engine: Engine) -> None:
+    def run(seed: int) -> list[int]:
+        sampling = Sampling(temperature=1.0, top_k=50, top_p=0.9, seed=seed)
+        return engine.submit(BASE, sampling, max_tokens=16, ignore_eos=True).wait(60).tokens
+
+    assert run(1) == run(1)
+    assert run(1) != run(2)
+
+
+@pytest.mark.iree
+@pytest.mark.parametrize(
+    ("prompt", "options", "message"),
+    [
+        ([], {}, "empty"),
+        ("", {}, "empty"),
+        ([300], {}, "outside the vocabulary"),
+        ([1] * 256, {}, "at most 255"),
+        ([1] * 10, {"max_tokens": 247}, "over the limit"),
+        ([1], {"max_tokens": 0}, "at least 1"),
+    ],
+)
+def test_requests_that_cannot_be_served(
+    engine: Engine, prompt: object, options: dict, message: str
+) -> None:
+    with pytest.raises(BadRequest, match=message):
+        engine.submit(prompt, **options)  # type: ignore[arg-type]
+
+
+@pytest.mark.iree
+def test_full_queue_overloads_and_shutdown_drains(llama_artifacts: Path) -> None:
+    engine = Engine(llama_artifacts, max_queue=2, start=False)
+    queued = [engine.submit(p, max_tokens=4) for p in PROMPTS[:2]]
+    with pytest.raises(Overloaded, match="queue is full"):
+        engine.submit([1, 2], max_tokens=4)
+    assert all(r.status is Status.QUEUED for r in queued)
+    engine.start()
+    engine.shutdown(drain=True, timeout=60)
+    assert [r.status for r in queued] == [Status.FINISHED] * 2
+    with pytest.raises(ShuttingDown):
+        engine.submit([1, 2], max_tokens=4)
+
+
+@pytest.mark.iree
+def test_shutdown_without_drain_interrupts(llama_artifacts: Path) -> None:
+    engine = Engine(llama_artifacts, start=False)
+    req = engine.submit([1, 2, 3], max_tokens=4)
+    engine.shutdown(drain=False)
+    assert req.wait(5).status is Status.INTERRUPTED and req.finish_reason == "shutdown"
+
+
+@pytest.mark.iree
+def test_pages_too_few_for_everyone_make_requests_wait(llama_artifacts: Path) -> None:
+    """8 usable pages, 3 per request: at most two run at once, the rest wait their turn."""
+    with Engine(llama_artifacts, page_count=9) as engine:
+        reqs = [engine.submit(BASE, max_tokens=28, ignore_eos=True) for _ in range(5)]
+        want = _solo(llama_artifacts, BASE, 28, eos=False)
+        assert all(r.wait(60).tokens == want for r in reqs)
+        assert _all_free(engine)
+    assert np.isclose(engine.metrics.counter("generation_tokens_total"), 5 * 28)
