@@ -1,4 +1,4 @@
-# irforge: `make demo` runs convert -> export -> compile -> run on a tiny model, `make test` runs the test suite.
+# irforge: `make demo` builds, serves and queries a tiny model, `make test` runs the test suite.
 # Both set up the virtual environment first (torch's CPU wheel before the project, so
 # pip never pulls a multi-GB CUDA build).
 
@@ -43,13 +43,11 @@ fmt: setup
 	$(VENV)/bin/ruff format src tests bench
 	$(VENV)/bin/ruff check --fix src tests bench
 
+# Builds the built-in tiny model for CPU and MI300 (gfx942), serves it on 127.0.0.1, sends a
+# /generate and a streamed /v1/chat/completions request, prints the answers, stops the server.
 demo: setup
-	$(PY) tests/tiny.py $(DEMO_DIR)
-	$(IRFORGE) convert $(DEMO_DIR)/tiny-llama -o $(DEMO_DIR)/src/model.irpa
-	$(IRFORGE) export $(DEMO_DIR)/src/model.irpa -o $(DEMO_DIR)/art --block-seq-stride 16 \
-		--bs-prefill 1,4 --bs-decode 1,4
-	$(IRFORGE) compile $(DEMO_DIR)/art --target cpu
-	$(IRFORGE) run $(DEMO_DIR)/art --prompt "the quick brown fox" --max-tokens 16
+	$(IRFORGE) build tiny -o $(DEMO_DIR) --target cpu --target gfx942 --bs 1,4
+	$(PY) examples/demo.py $(DEMO_DIR)
 
 bench: setup
 	$(PY) bench/convert.py

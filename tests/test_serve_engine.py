@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from irforge.runtime import Sampling, Session, generate
+from irforge.runtime.batching import decode_arrays, prefill_arrays, split
 from irforge.runtime.pages import SCRATCH_PAGE
 from irforge.serve import BadRequest, Engine, Overloaded, ShuttingDown, Status
-from irforge.serve.batching import decode_arrays, prefill_arrays, split
 from irforge.serve.metrics import Metrics
 from irforge.serve.request import Request
 from irforge.serve.text import TextCodec

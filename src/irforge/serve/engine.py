@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..runtime.batching import blocks, decode_arrays, prefill_arrays, row_logits, split
 from ..runtime.sampling import Sampling
 from ..runtime.session import Session
-from .batching import blocks, decode_arrays, prefill_arrays, row_logits, split
 from .errors import BadRequest, Overloaded, ShuttingDown
 from .metrics import Metrics
 from .request import Request, Status

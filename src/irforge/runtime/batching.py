@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..runtime.pages import SCRATCH_PAGE
+from .pages import SCRATCH_PAGE
 
 
 def blocks(length: int, stride: int) -> int:
