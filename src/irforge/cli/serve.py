@@ -33,7 +33,7 @@ def serve_cmd(
         str | None, typer.Option(help="Devices of that driver, comma separated: 0,1.")
     ] = None,
     max_queue: Annotated[
-        int, typer.Option(help="Requests waiting for cache pages before 503.", min=0)
+        int, typer.Option(help="Requests waiting for cache pages before 503.", min=1)
     ] = 256,
     model_name: Annotated[
         str | None, typer.Option(help="Model id for /v1/models (default: the folder name).")

@@ -48,8 +48,12 @@ def serve(
     On SIGTERM the engine stops admitting (new requests get 503), uvicorn stops accepting
     connections and waits up to `drain_timeout` s for in-flight responses, then it returns.
     """
-    sock = _listen(host, port)
-    engine = Engine(folder, device=device, device_ids=device_ids, max_queue=max_queue)
+    sock = _listen(host, port)  # first: clients that connect early wait in the backlog
+    try:
+        engine = Engine(folder, device=device, device_ids=device_ids, max_queue=max_queue)
+    except BaseException:
+        sock.close()
+        raise
     app = create_app(engine, model_name=model_name)
     config = uvicorn.Config(
         app,
