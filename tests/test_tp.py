@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -127,7 +125,7 @@ def test_eager_sharded_model_matches_unsharded(tp: int, tp4_archive: Path) -> No
 def test_tp_program_on_cpu_devices_matches_transformers(
     tp: int, tp4_archive: Path, llama_tp4_dir: Path, tmp_path: Path
 ) -> None:
-    from test_export_run import assert_close_rel, reference, run_cli
+    from test_export_run import assert_close_rel, dump_module, reference, run_cli
 
     sharded = shard(tp4_archive, tp=tp, out=tmp_path / "src" / "m.irpa").out
     art = tmp_path / "art"
@@ -139,13 +137,7 @@ def test_tp_program_on_cpu_devices_matches_transformers(
     assert doc["tokens"] == want_tokens
     if tp == 2:  # the same program also builds for two MI300 devices
         out = compile_folder(art, target="gfx942", out=tmp_path / "tp2.gfx942.vmfb").vmfb
-        dump = subprocess.run(
-            [str(Path(sys.executable).parent / "iree-dump-module"), str(out)],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-        assert "rocm-hsaco-fb" in dump
+        assert "rocm-hsaco-fb" in dump_module(out)
         mlir = (art / "model.mlir").read_text()
         assert '"model"::"blk.0.attn_q.weight.shard.1"' in mlir
         assert "#hal.device.promise<@__device_1>" in mlir
