@@ -234,16 +234,3 @@ def random_quant_bytes(
         raw[:, off : off + 2] = scales.view(np.uint8).reshape(-1, 2)
     return raw.reshape(rows, cols // block * type_size)
 
-
-if __name__ == "__main__":  # `make demo`: python tests/tiny.py OUT_DIR
-    import sys
-
-    out_dir = Path(sys.argv[1])
-    demo_model = save_hf(out_dir / "tiny-llama", llama_config())
-    write_gguf(
-        out_dir / "tiny-llama-q8_0.gguf",
-        demo_model,
-        quant={n: gguf.GGMLQuantizationType.Q8_0 for n in ("blk.0.ffn_up.weight",)},
-        float_type=gguf.GGMLQuantizationType.F16,
-    )
-    print(out_dir)
