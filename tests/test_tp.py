@@ -141,3 +141,23 @@ def test_tp_program_on_cpu_devices_matches_transformers(
         mlir = (art / "model.mlir").read_text()
         assert '"model"::"blk.0.attn_q.weight.shard.1"' in mlir
         assert "#hal.device.promise<@__device_1>" in mlir
+
+
+def test_failed_shard_leaves_no_files(
+    tp4_archive: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib
+
+    shard_module = importlib.import_module("irforge.sharding.shard")  # the module, not the function
+
+    real = shard_module.write_irpa
+
+    def fail_on_main(path: Path, *args: object, **kwargs: object) -> None:
+        if ".rank" not in path.name:
+            raise KeyboardInterrupt  # interrupted after every rank file was written
+        real(path, *args, **kwargs)
+
+    monkeypatch.setattr(shard_module, "write_irpa", fail_on_main)
+    with pytest.raises(KeyboardInterrupt):
+        shard(tp4_archive, tp=2, out=tmp_path / "out" / "s.irpa")
+    assert list((tmp_path / "out").iterdir()) == []

@@ -82,19 +82,25 @@ def shard(
         on_plan(total)
     inputs = p.source.inputs
     shard_id = uuid.uuid4().hex if tp > 1 else ""
-    for rank in range(tp if tp > 1 else 0):
-        entries = [_rank_entry(t, d, rank, tp) for t, d in split if d is not None]
-        entries.append(rank_entry(shard_id, rank, tp))
-        path = rank_path(out, rank)
-        write_irpa(path, entries, on_bytes=on_bytes, inputs=inputs)
-        result.rank_files.append(path)
-    meta = ArchiveMetadata(
-        p.config, tensor_parallelism_size=tp, source=source_record(p.source), shard_id=shard_id
-    )
-    # The file that lists the shards is written last: a crash before leaves no usable OUT.
-    write_irpa(
-        out, [t.entry() for t in replicated] + [meta.entry()], on_bytes=on_bytes, inputs=inputs
-    )
+    try:
+        for rank in range(tp if tp > 1 else 0):
+            entries = [_rank_entry(t, d, rank, tp) for t, d in split if d is not None]
+            entries.append(rank_entry(shard_id, rank, tp))
+            path = rank_path(out, rank)
+            write_irpa(path, entries, on_bytes=on_bytes, inputs=inputs)
+            result.rank_files.append(path)
+        meta = ArchiveMetadata(
+            p.config, tensor_parallelism_size=tp, source=source_record(p.source), shard_id=shard_id
+        )
+        # The file that lists the shards is written last: a crash before leaves no usable OUT.
+        write_irpa(
+            out, [t.entry() for t in replicated] + [meta.entry()], on_bytes=on_bytes, inputs=inputs
+        )
+    except BaseException:
+        # Each file is atomic; a failed run also takes back the rank files it completed.
+        for path in result.rank_files:
+            path.unlink(missing_ok=True)
+        raise
     copy_tokenizer(p.source, out)
     result.split, result.replicated = len(parts), len(replicated)
     return result
