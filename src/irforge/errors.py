@@ -40,7 +40,7 @@ class ToolNotFoundError(ToolchainError):
 
 
 class CompileError(ToolchainError):
-    """iree-compile failed; the message carries the command and the log path."""
+    """iree-compile failed; the message carries its first error and the log path."""
 
 
 class DownloadError(ToolchainError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import shutil
 import subprocess
 import sys
@@ -13,8 +14,6 @@ from pathlib import Path
 from ..errors import CompileError, ToolNotFoundError
 from ..formats.atomic import AtomicFile
 from .targets import Target, compiler_version
-
-LOG_TAIL_LINES = 8
 
 
 @dataclass
@@ -40,10 +39,10 @@ def find_iree_compile() -> str:
     return found
 
 
-def _error_lines(log: str) -> list[str]:
-    """The lines that say what failed, not the IR dumped around them."""
-    lines = [ln for ln in log.splitlines() if "error:" in ln]
-    return (lines or log.splitlines())[:LOG_TAIL_LINES]
+def _first_error(log: str) -> str:
+    """The line that says what failed, not the IR dumped around it (line 1 is the command)."""
+    lines = [ln for ln in log.splitlines() if "error:" in ln] or log.splitlines()[1:]
+    return lines[0].strip()[:300] if lines else "(no output)"
 
 
 def run_iree_compile(
@@ -67,14 +66,16 @@ def run_iree_compile(
     target_file = AtomicFile(out)
     with target_file:
         cmd = [find_iree_compile(), str(mlir), *flags, "-o", target_file.tmp_path]
+        shown = shlex.join([*cmd[:-1], str(out)])
         with open(log, "w") as log_file:
+            log_file.write(f"$ {shown}\n")  # the log says how to reproduce the failure
+            log_file.flush()
             done = subprocess.run(cmd, stdout=log_file, stderr=subprocess.STDOUT)
         if done.returncode != 0:
-            detail = "\n  ".join(_error_lines(log.read_text(errors="replace")))
-            cmd[-1] = str(out)
+            first = _first_error(log.read_text(errors="replace"))
             raise CompileError(
-                f"iree-compile failed for target {target.name} (exit {done.returncode}):\n"
-                f"  {detail}\nfull log: {log}\ncommand: {' '.join(cmd)}"
+                f"iree-compile failed for target {target.name} (exit {done.returncode}): "
+                f"{first} (full log and command: {log})"
             )
     cmd[-1] = str(out)
     return CompileResult(out, target, devices, time.perf_counter() - started, cmd, log)
