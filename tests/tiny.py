@@ -233,4 +233,3 @@ def random_quant_bytes(
         scales = rng.uniform(0.001, 0.01, size=raw.shape[0]).astype(np.float16)
         raw[:, off : off + 2] = scales.view(np.uint8).reshape(-1, 2)
     return raw.reshape(rows, cols // block * type_size)
-
