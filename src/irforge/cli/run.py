@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from ._options import DeviceIdsOpt, DeviceOpt, parse_device_ids
+
 
 def run_cmd(
     folder: Annotated[Path, typer.Argument(help="Folder from `irforge export` + `compile`.")],
@@ -22,9 +24,8 @@ def run_cmd(
     top_p: Annotated[float, typer.Option(help="Nucleus sampling mass (1: all).")] = 1.0,
     seed: Annotated[int | None, typer.Option(help="Random seed for sampling.")] = None,
     ignore_eos: Annotated[bool, typer.Option(help="Keep going past end-of-sequence.")] = False,
-    device: Annotated[
-        str, typer.Option(help="IREE driver: local-task (CPU) or hip.")
-    ] = "local-task",
+    device: DeviceOpt = "local-task",
+    device_ids: DeviceIdsOpt = None,
     vmfb: Annotated[Path | None, typer.Option(help="VMFB to run instead of the match.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     logits_out: Annotated[
@@ -41,7 +42,7 @@ def run_cmd(
         raise typer.BadParameter("give exactly one of --prompt and --prompt-ids")
     if greedy and temperature:
         raise typer.BadParameter("--greedy and --temperature exclude each other")
-    session = Session(folder, device=device, vmfb=vmfb)
+    session = Session(folder, device=device, device_ids=parse_device_ids(device_ids), vmfb=vmfb)
     tokenizer = (
         Tokenizer(folder) if prompt is not None or (folder / "tokenizer.json").is_file() else None
     )

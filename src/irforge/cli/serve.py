@@ -7,31 +7,15 @@ from typing import Annotated
 
 import typer
 
-
-def _device_ids(text: str | None) -> list[int] | None:
-    if not text:
-        return None
-    try:
-        ids = [int(part) for part in text.replace(",", " ").split()]
-    except ValueError:
-        raise typer.BadParameter(
-            f"expected device indices like 0,1, got {text!r}", param_hint="--device-ids"
-        ) from None
-    if any(i < 0 for i in ids):
-        raise typer.BadParameter(f"device indices must be >= 0, got {text!r}")
-    return ids
+from ._options import DeviceIdsOpt, DeviceOpt, parse_device_ids
 
 
 def serve_cmd(
     folder: Annotated[Path, typer.Argument(help="Folder from `irforge export` + `compile`.")],
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on (0: any free port).")] = 8000,
-    device: Annotated[
-        str, typer.Option(help="IREE driver: local-task (CPU) or hip.")
-    ] = "local-task",
-    device_ids: Annotated[
-        str | None, typer.Option(help="Devices of that driver, comma separated: 0,1.")
-    ] = None,
+    device: DeviceOpt = "local-task",
+    device_ids: DeviceIdsOpt = None,
     max_queue: Annotated[
         int, typer.Option(help="Requests waiting for cache pages before 503.", min=1)
     ] = 256,
@@ -53,7 +37,7 @@ def serve_cmd(
         host=host,
         port=port,
         device=device,
-        device_ids=_device_ids(device_ids),
+        device_ids=parse_device_ids(device_ids),
         max_queue=max_queue,
         model_name=model_name,
         drain_timeout=drain_timeout,

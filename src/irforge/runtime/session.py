@@ -7,13 +7,13 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError, InputError, ManifestError
+from ..errors import InputError, ManifestError
 from ..manifest import Compiled, Manifest
+from .devices import allocate_cache, normalize_driver, open_devices
 from .pages import PageAllocator
 
 PARAMETER_SCOPE = "model"
-# numpy dtypes the host can hand iree.runtime for a KV cache.
-CACHE_NUMPY = {"f32": np.float32, "f16": np.float16}
+_EXAMPLE_TARGET = {"local-task": "cpu", "hip": "gfx942", "cuda": "sm_90"}
 
 
 def _pick_compiled(manifest: Manifest, folder: Path, driver: str, vmfb: Path | None) -> Path:
@@ -24,7 +24,7 @@ def _pick_compiled(manifest: Manifest, folder: Path, driver: str, vmfb: Path | N
         built = ", ".join(f"{c.vmfb} ({c.driver})" for c in manifest.compiled) or "none"
         raise ManifestError(
             f"{folder}: no program compiled for device {driver!r} (compiled: {built}); "
-            f"run `irforge compile {folder} --target cpu` (or gfx942 for hip) first"
+            f"run `irforge compile {folder} --target {_EXAMPLE_TARGET[driver]}` first"
         )
     return folder / matches[-1].vmfb
 
@@ -34,10 +34,15 @@ class Session:
 
     Args:
         folder: written by `irforge export` and `irforge compile`.
-        device: IREE driver name: local-task (CPU) or hip.
+        device: IREE driver name: local-task (CPU), cuda or hip.
         device_ids: which devices of that driver (default: the first N).
         vmfb: a VMFB to use instead of the manifest's match for the device.
         page_count: cache pages to allocate (default: the export's device_block_count).
+        parameters: a ready iree.runtime.ParameterIndex to use instead of the folder's archives
+            (benchmarks fill one with random weights in memory).
+
+    The cache slabs live in device memory for the session's whole life: each call passes them
+    to the program, which updates them in place; only token ids go in and logits come out.
     """
 
     def __init__(
@@ -48,32 +53,31 @@ class Session:
         device_ids: list[int] | None = None,
         vmfb: Path | None = None,
         page_count: int | None = None,
+        parameters: Any = None,
     ) -> None:
         import iree.runtime as rt
 
         self.folder = Path(folder)
         self.manifest = Manifest.load(self.folder)
         self.config, self.options = self.manifest.config, self.manifest.options
-        if self.options.kv_cache_dtype not in CACHE_NUMPY:
-            raise ConfigError(
-                f"running a {self.options.kv_cache_dtype} KV cache is not supported yet; "
-                "export with --kv-cache-dtype f16 or f32"
-            )
+        device = normalize_driver(device)
         vmfb_path = _pick_compiled(self.manifest, self.folder, device, vmfb)
         if not vmfb_path.is_file():
             raise InputError(f"{vmfb_path}: no such file; run `irforge compile` first")
-        if not self.manifest.parameters:
+        if parameters is None and not self.manifest.parameters:
             raise ManifestError(
                 f"{self.folder}: no parameters (exported from a preset or config alone); "
                 "export from a converted .irpa archive to run it"
             )
         self.instance = rt.VmInstance()
         self.tp = self.options.tensor_parallelism_size
-        self.devices = self._open_devices(rt, device, device_ids, self.tp)
+        self.devices = open_devices(device, device_ids, self.tp)
         self.device = self.devices[0]  # where inputs and logits live
-        index = rt.ParameterIndex()
-        for name in self.manifest.parameters:
-            index.load(str(self.folder / name))
+        index = parameters
+        if index is None:
+            index = rt.ParameterIndex()
+            for name in self.manifest.parameters:
+                index.load(str(self.folder / name))
         params = rt.create_io_parameters_module(
             self.instance, index.create_provider(scope=PARAMETER_SCOPE)
         )
@@ -85,26 +89,10 @@ class Session:
         self.pages = PageAllocator(self.page_count)
         # One slab per device, each holding that device's share of the kv heads.
         page_elements = self.config.page_elements(self.options.block_seq_stride, self.tp)
-        dtype = CACHE_NUMPY[self.options.kv_cache_dtype]
         self.caches = [
-            rt.asdevicearray(d, np.zeros((self.page_count, page_elements), dtype))
+            allocate_cache(d, self.page_count, page_elements, self.options.kv_cache_dtype)
             for d in self.devices
         ]
-
-    @staticmethod
-    def _open_devices(rt: Any, driver: str, device_ids: list[int] | None, tp: int) -> list[Any]:
-        if device_ids and len(device_ids) != tp:
-            raise ConfigError(f"the program spans {tp} device(s); got {len(device_ids)} device ids")
-        try:
-            drv = rt.get_driver(driver)
-            if not device_ids:
-                if driver == "local-task":  # every CPU "device" is a default one
-                    return [drv.create_default_device() for _ in range(tp)]
-                device_ids = list(range(tp))
-            infos = drv.query_available_devices()
-            return [drv.create_device(infos[i]["device_id"]) for i in device_ids]
-        except (ValueError, RuntimeError, IndexError, KeyError) as e:
-            raise ConfigError(f"cannot open {tp} IREE device(s) of {driver!r}: {e}") from e
 
     def _function(self, name: str) -> Any:
         import iree.runtime as rt

@@ -1,0 +1,125 @@
+"""IREE devices for run and serve: the drivers, opening them, and caches allocated on them."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from ..errors import ConfigError
+
+# The drivers a compiled target runs on (compile/targets.py names them per target), and the
+# spellings users reach for.
+DRIVERS = ("local-task", "cuda", "hip")
+DRIVER_ALIASES = {"cpu": "local-task", "rocm": "hip", "amdgpu": "hip", "nvidia": "cuda"}
+# Element types of a KV cache, by irforge's dtype name.
+_CACHE_ELEMENT = {"f32": "FLOAT_32", "f16": "FLOAT_16", "bf16": "BFLOAT_16"}
+_CACHE_BYTES = {"f32": 4, "f16": 2, "bf16": 2}
+
+
+def normalize_driver(name: str) -> str:
+    """A driver name or alias (cpu, rocm) as IREE spells it; ConfigError for anything else."""
+    key = name.strip().lower()
+    key = DRIVER_ALIASES.get(key, key)
+    if key not in DRIVERS:
+        known = ", ".join([*DRIVERS, *DRIVER_ALIASES])
+        raise ConfigError(f"unknown device {name!r}; known devices: {known}")
+    return key
+
+
+def _iree_reason(error: Exception) -> str:
+    """IREE's first line, less its source location, status code and advice.
+
+    'c/runtime/.../cuda_dynamic_symbols.c:66: UNAVAILABLE; CUDA driver library ... not available;
+    please ensure installed ...' -> "CUDA driver library ... not available".
+    """
+    text = str(error).strip()
+    first = text.splitlines()[0] if text else type(error).__name__
+    first = re.sub(r"^.*?\.c:\d+: ", "", first)
+    first = re.sub(r"^Error creating driver: ", "", first)
+    first = re.sub(r"^.*?\.c:\d+: ", "", first)
+    first = re.sub(r"^[A-Z_]+; ", "", first)
+    first = re.split(r"[;:]\s*please ensure", first)[0]
+    return first.rstrip(":; ")[:200]
+
+
+def open_devices(driver: str, device_ids: list[int] | None, count: int) -> list[Any]:
+    """`count` devices of `driver` (the first ones, or `device_ids`), as iree.runtime HalDevices.
+
+    Raises:
+        ConfigError: one line saying which driver or device is missing and what it needs.
+    """
+    import iree.runtime as rt
+
+    driver = normalize_driver(driver)
+    if device_ids is not None and len(device_ids) != count:
+        raise ConfigError(f"the program spans {count} device(s); got {len(device_ids)} device ids")
+    try:
+        drv = rt.get_driver(driver)
+    except (ValueError, RuntimeError) as e:
+        raise ConfigError(
+            f"the {driver} driver cannot start on this machine: {_iree_reason(e)}; "
+            "pick another --device"
+        ) from None
+    if driver == "local-task" and not device_ids:
+        return [drv.create_default_device() for _ in range(count)]  # CPU devices are all alike
+    try:
+        infos = drv.query_available_devices()
+    except (ValueError, RuntimeError) as e:
+        raise ConfigError(f"cannot list the {driver} devices: {_iree_reason(e)}") from None
+    ids = device_ids if device_ids is not None else list(range(count))
+    if not infos:
+        raise ConfigError(f"no {driver} device found on this machine")
+    bad = [i for i in ids if not 0 <= i < len(infos)]
+    if bad:
+        raise ConfigError(
+            f"{driver} device {bad[0]} does not exist: this machine has {len(infos)} "
+            f"(ids 0..{len(infos) - 1})"
+        )
+    if len(infos) < count:
+        raise ConfigError(
+            f"the program spans {count} {driver} devices; this machine has {len(infos)}"
+        )
+    try:
+        return [drv.create_device(infos[i]["device_id"]) for i in ids]
+    except (ValueError, RuntimeError) as e:
+        raise ConfigError(f"cannot open {driver} device(s) {ids}: {_iree_reason(e)}") from None
+
+
+def cache_bytes(dtype: str) -> int:
+    if dtype not in _CACHE_BYTES:
+        raise ConfigError(f"unsupported KV-cache dtype {dtype!r}; known: {', '.join(_CACHE_BYTES)}")
+    return _CACHE_BYTES[dtype]
+
+
+def allocate_cache(device: Any, pages: int, page_elements: int, dtype: str) -> Any:
+    """A zeroed [pages, page_elements] slab in device-local memory, zeroed by the device itself.
+
+    Nothing of its size passes through the host: the buffer is allocated where the programs run
+    and a fill command clears it, so a cache can be as large as the device's memory. Zeroing
+    matters: attention weighs unwritten slots by 0, and 0 times garbage can be NaN.
+    """
+    import iree.runtime as rt
+    import numpy as np
+
+    nbytes = pages * page_elements * cache_bytes(dtype)
+    try:
+        buffer = device.allocator.allocate_buffer(
+            memory_type=rt.MemoryType.DEVICE_LOCAL,
+            allowed_usage=rt.BufferUsage.DEFAULT,
+            allocation_size=nbytes,
+        )
+    except (ValueError, RuntimeError) as e:
+        raise ConfigError(
+            f"cannot allocate a {nbytes / 2**30:.2f} GiB KV cache ({pages} pages) on the device: "
+            f"{_iree_reason(e)}; ask for fewer pages"
+        ) from None
+    commands = rt.HalCommandBuffer(device)
+    commands.fill(buffer, np.zeros(1, np.uint32), end=True)  # a 4-byte pattern: nbytes % 4 == 0
+    done = device.create_semaphore(0)
+    device.queue_execute(commands, wait_semaphores=rt.HalFence(1), signal_semaphores=[(done, 1)])
+    fence = rt.HalFence(1)
+    fence.insert(done, 1)
+    fence.wait()
+    element = getattr(rt.HalElementType, _CACHE_ELEMENT[dtype])
+    view = rt.HalBufferView(buffer, [pages, page_elements], element)
+    return rt.DeviceArray(device, view)

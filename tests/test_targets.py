@@ -1,0 +1,124 @@
+"""Every advertised compile target compiles, with the executable format IREE gives that GPU
+family; run on a device this machine lacks fails in one line; the cache lives on the device."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from irforge.cli.main import app
+from irforge.compile import TARGETS, compile_folder
+
+pytestmark = pytest.mark.iree
+runner = CliRunner()
+README = Path(__file__).parents[1] / "README.md"
+
+# IREE's executable format per HAL device kind, as iree-dump-module prints it.
+FORMATS = {"local": re.compile(r"embedded-elf-x86_64|embedded-elf-arm_64"), "hip": "rocm-hsaco-fb"}
+FORMATS["cuda"] = "cuda-nvptx-fb"
+
+
+@pytest.mark.parametrize("name", sorted(TARGETS))
+def test_every_target_compiles_with_its_executable_format(
+    name: str, gguf_artifacts: Path, tmp_path: Path
+) -> None:
+    from test_export_run import dump_module
+
+    target = TARGETS[name]
+    out = compile_folder(gguf_artifacts, target=name, out=tmp_path / f"m.{name}.vmfb").vmfb
+    listing = dump_module(out)
+    want = FORMATS[target.device]
+    found = want.search(listing) if isinstance(want, re.Pattern) else want in listing
+    assert found, f"{name}: no {want} executable in {out}"
+
+
+def test_readme_advertises_exactly_the_targets() -> None:
+    """The README's compile line and the target table stay one fact."""
+    text = README.read_text()
+    sentence = text[text.index("Targets: `cpu`") :].split(". ")[0]
+    names = re.sub(r"\([^)]*\)", "", sentence)  # drop the aliases in parentheses
+    advertised = set(re.findall(r"`([a-z0-9_]+)`", names))
+    assert advertised == set(TARGETS)
+
+
+def _driver_starts(driver: str) -> bool:
+    import iree.runtime as rt
+
+    try:
+        rt.get_driver(driver)
+    except (RuntimeError, ValueError):
+        return False
+    return True
+
+
+@pytest.mark.parametrize("device", ["cuda", "hip"])
+def test_gpu_device_without_its_driver_is_one_line(
+    device: str, llama_artifacts: Path, tmp_path: Path
+) -> None:
+    if _driver_starts(device):
+        pytest.skip(f"this machine has a {device} driver")
+    # A program for the device must exist, so the error is about the device, not the folder.
+    folder = tmp_path / "art"
+    shutil.copytree(llama_artifacts, folder)
+    compile_folder(folder, target={"cuda": "sm_80", "hip": "gfx942"}[device])
+    for args in (
+        ["run", str(folder), "--prompt-ids", "1,2"],
+        ["serve", str(folder), "--port", "0"],
+    ):
+        result = runner.invoke(app, [*args, "--device", device])
+        assert result.exit_code == 2, result.output
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+        assert f"the {device} driver cannot start on this machine" in lines[0]
+
+
+def test_unknown_device_and_bad_device_ids_are_refused(llama_artifacts: Path) -> None:
+    result = runner.invoke(
+        app, ["run", str(llama_artifacts), "--prompt-ids", "1", "--device", "tpu"]
+    )
+    assert result.exit_code == 2 and "unknown device 'tpu'" in result.stderr
+    result = runner.invoke(
+        app, ["run", str(llama_artifacts), "--prompt-ids", "1", "--device-ids", "0,1"]
+    )
+    assert result.exit_code == 2 and "spans 1 device(s); got 2 device ids" in result.stderr
+
+
+def test_cache_is_zeroed_on_the_device_and_updated_in_place(llama_artifacts: Path) -> None:
+    """The slab is a device buffer (no host copy kept), zero at start, written by prefill."""
+    import iree.runtime as rt
+
+    from irforge.runtime import Session
+
+    session = Session(llama_artifacts, page_count=8)
+    (cache,) = session.caches
+    assert isinstance(cache, rt.DeviceArray) and cache.shape[0] == 8
+    assert not np.any(cache.to_host())
+    stride = session.options.block_seq_stride
+    tokens = np.zeros((1, stride), np.int64)
+    tokens[0, :5] = [1, 5, 9, 20, 7]
+    session.prefill(tokens, np.array([5]), np.array([[3]]))
+    after = session.caches[0].to_host()
+    assert np.any(after[3]) and not np.any(np.delete(after, 3, axis=0))
+
+
+def test_bf16_kv_cache_runs_and_matches_transformers(
+    llama_artifacts: Path, llama_dir: Path, tmp_path: Path
+) -> None:
+    """A bf16 cache, allocated on the device, serves an f32 model within bf16's rounding."""
+    from test_export_run import PROMPT, assert_close_rel, reference, run_cli
+
+    from irforge.export import export
+
+    archive = llama_artifacts.parent / "src" / "model.irpa"
+    art = tmp_path / "art"
+    export(archive, out_dir=art, block_seq_stride=16, kv_cache_dtype="bf16")
+    compile_folder(art, target="cpu")
+    want_tokens, want_logits = reference(llama_dir, PROMPT, 8)
+    doc = run_cli(art, PROMPT, 8, tmp_path / "logits.npy")
+    assert_close_rel(np.load(tmp_path / "logits.npy"), want_logits, rel=2e-2)
+    assert sum(a == b for a, b in zip(doc["tokens"], want_tokens, strict=True)) >= 6
