@@ -49,11 +49,14 @@ def _link_into(src: Path, folder: Path, name: str) -> str:
 
 
 def _resolve_source(
-    source: Path | None, preset: str | None, config: Path | None
+    source: Path | None, preset: str | None, config: Path | None, model_config: ModelConfig | None
 ) -> tuple[ModelConfig, ModelArchive | None]:
-    given = [x for x in (source, preset, config) if x is not None]
+    given = [x for x in (source, preset, config, model_config) if x is not None]
     if len(given) != 1:
         raise ConfigError("give exactly one of: an .irpa archive, --preset NAME, --config FILE")
+    if model_config is not None:
+        model_config.validate()
+        return model_config, None
     if preset is not None:
         from ..presets import get_preset
 
@@ -117,6 +120,7 @@ def export(
     out_dir: Path,
     preset: str | None = None,
     config: Path | None = None,
+    model_config: ModelConfig | None = None,
     bs_prefill: Sequence[int] = (4,),
     bs_decode: Sequence[int] = (4,),
     block_seq_stride: int = 32,
@@ -137,7 +141,8 @@ def export(
     tokenizer files beside it. Only the config is read, never the weights.
 
     Args:
-        source: an irforge .irpa archive (or None with `preset` / `config`).
+        source: an irforge .irpa archive (or None with `preset` / `config` / `model_config`).
+        model_config: a ModelConfig itself (benchmarks vary a preset's shape this way).
         bs_prefill / bs_decode: batch sizes; one prefill_bs{N} / decode_bs{N} each.
         activation_dtype / kv_cache_dtype / attention_dtype: "f32", "f16", "bf16"; default:
             the model's dtype (the activations' for the other two).
@@ -154,7 +159,7 @@ def export(
     """
     from .program import trace
 
-    cfg, archive = _resolve_source(source, preset, config)
+    cfg, archive = _resolve_source(source, preset, config, model_config)
     archive_tp = archive.metadata.tensor_parallelism_size if archive and archive.metadata else 1
     if archive is not None and tp not in (None, archive_tp):
         raise ConfigError(
@@ -203,7 +208,7 @@ def export(
         parameters=tuple(parameters),
         tokenizer=tuple(tokenizer),
         versions=_versions(),
-        source=str(archive.path if archive else preset or config),
+        source=str(archive.path if archive else preset or config or cfg.source),
     )
     manifest.save(out_dir)
     return manifest
