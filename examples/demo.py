@@ -52,6 +52,7 @@ def main() -> None:
     irforge = Path(sys.executable).parent / "irforge"
     server = subprocess.Popen(
         [str(irforge), "serve", str(folder), "--host", HOST, "--port", str(port)]
+        + ["--model-name", "tiny"]
     )
     try:
         wait_healthy(url, server)
@@ -75,6 +76,13 @@ def main() -> None:
                 delta = json.loads(line[6:])["choices"][0].get("delta", {})
                 print(repr(delta.get("content", "")), end=" ", flush=True)
         print("\n(random weights: the words are noise; the plumbing is the point)")
+        print(
+            "\nnext: `source .venv/bin/activate` puts irforge on PATH (or call .venv/bin/irforge),"
+            f"\n  irforge run {folder} --prompt 'the quick brown fox' --max-tokens 16"
+            f"\n  irforge serve {folder}            # then curl http://127.0.0.1:8000/health"
+            "\n  irforge models                    # the seed models, and what they need per device"
+            "\n  irforge build llama-3.1-8b -o out/8b --target gfx942 --dry-run"
+        )
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import shlex
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -41,7 +45,7 @@ def test_build_tiny_runs_and_records(built: Path) -> None:
     } <= names
     record = json.loads((built / "manifest.json").read_text())["build"]["steps"]
     assert set(record) == {"create tiny", "convert", "export", "compile cpu"}
-    irpa = record["convert"]["outputs"][str(built / "model.irpa")]
+    irpa = record["convert"]["outputs"]["model.irpa"]  # paths inside OUT are relative to it
     assert len(irpa["sha256"]) == 64 and irpa["size"] == (built / "model.irpa").stat().st_size
     assert record["export"]["command"].startswith("irforge export ")
     result = runner.invoke(
@@ -109,3 +113,50 @@ def test_dry_run_lists_steps_and_commands(tmp_path: Path) -> None:
         assert word in result.stdout
     assert f"irforge shard {out}/source --tp 2 -o {out}/model.irpa" in result.stdout
     assert not out.exists()
+
+
+def test_a_copied_or_respelled_out_is_still_up_to_date(
+    built: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    build("tiny", out_dir=built, **ARGS)  # back to ARGS, whatever the tests before changed
+    copy = tmp_path / "copy"
+    shutil.copytree(built, copy)
+    assert set(statuses(build("tiny", out_dir=copy, **ARGS)).values()) == {"skipped"}
+    monkeypatch.chdir(tmp_path)
+    assert set(statuses(build("tiny", out_dir=Path("copy"), **ARGS)).values()) == {"skipped"}
+
+
+def test_an_interrupted_build_keeps_its_finished_steps(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import irforge.build as build_module
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    out = tmp_path / "tiny"
+    monkeypatch.setattr(build_module, "compile_folder", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        build("tiny", out_dir=out, **ARGS)
+    monkeypatch.undo()
+    assert statuses(build("tiny", out_dir=out, **ARGS)) == {
+        "create tiny": "skipped",
+        "convert": "skipped",
+        "export": "skipped",
+        "compile cpu": "ran",
+    }
+
+
+def test_every_equivalent_command_runs_on_its_own(tmp_path: Path) -> None:
+    """The dry run's commands are real ones: the first (tiny's source) is run here."""
+    out = tmp_path / "planned"
+    result = build("tiny", out_dir=out, dry_run=True, **ARGS)
+    first = shlex.split(result.commands[0])
+    assert first[:3] == ["python", "-m", "irforge.tiny"]
+    subprocess.run([sys.executable, *first[1:]], check=True, capture_output=True)
+    assert (out / "source" / "config.json").is_file()
+    for cmd in result.commands[1:]:
+        assert shlex.split(cmd)[0] == "irforge"
+        name = shlex.split(cmd)[1]
+        help_run = runner.invoke(app, [name, "--help"])
+        assert help_run.exit_code == 0, (cmd, help_run.output)

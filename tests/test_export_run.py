@@ -104,11 +104,11 @@ def test_text_prompt_and_plain_output(llama_artifacts: Path) -> None:
 
 def test_export_folder_contract(llama_artifacts: Path) -> None:
     config = json.loads((llama_artifacts / "config.json").read_text())
-    example = Path(__file__).parents[2] / "shared" / "reference" / "example-config.json"
-    if example.is_file():  # shortfin rejects unknown keys: exactly its set
-        reference_config = json.loads(example.read_text())
-        assert set(config) == set(reference_config)
-        assert set(config["paged_kv_cache"]) == set(reference_config["paged_kv_cache"])
+    # shark-ai's example config (vendored from its docs): shortfin rejects unknown keys
+    example = Path(__file__).parent / "data" / "shortfin-example-config.json"
+    reference_config = json.loads(example.read_text())
+    assert set(config) == set(reference_config)
+    assert set(config["paged_kv_cache"]) == set(reference_config["paged_kv_cache"])
     kv = config["paged_kv_cache"]
     # layers * 2 * kv_heads * stride * head_dim
     assert kv["paged_kv_block_size_elements_per_device"] == [2 * 2 * 2 * 16 * 16]

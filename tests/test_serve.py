@@ -109,7 +109,7 @@ def wait_all_pages_free(url: str, timeout_s: float = 15) -> dict[str, float]:
 
 @pytest.fixture(scope="module")
 def server(llama_artifacts: Path) -> Iterator[str]:
-    with serving(llama_artifacts) as (url, _):
+    with serving(llama_artifacts, "--model-name", "tiny") as (url, _):
         yield url
 
 
@@ -214,13 +214,29 @@ def test_openai_chat_completions_equal_irforge_run(
 
 
 def test_models_and_shortfin_client(client: openai.OpenAI, server: str, session: Session) -> None:
-    assert [m.id for m in client.models.list()] == ["art"]
+    assert [m.id for m in client.models.list()] == ["tiny"]
     # tests/shortfin_server.generate is a shortfin client; it works unchanged here
     assert shortfin_server.generate(server, BASE, 8) == solo(session, BASE, 8)
     body = {"text": ["hello world", TEXT], "sampling_params": {"max_completion_tokens": 3}}
     status, _, doc = post(f"{server}/generate", body)
     assert status == 200 and [r["prompt"] for r in doc["responses"]] == ["hello world", TEXT]
     assert all(len(r["responses"]) == 1 and "text" in r["responses"][0] for r in doc["responses"])
+
+
+def test_unknown_model_is_404_and_health_says_ok(client: openai.OpenAI, server: str) -> None:
+    """OpenAI and vLLM answer a model they do not serve with 404 model_not_found."""
+    for call in (
+        lambda: client.completions.create(model="gpt-4", prompt="hi", max_tokens=2),
+        lambda: client.chat.completions.create(
+            model="gpt-4", messages=[{"role": "user", "content": "hi"}], max_tokens=2
+        ),
+    ):
+        with pytest.raises(openai.NotFoundError) as caught:
+            call()
+        assert caught.value.status_code == 404
+        assert caught.value.body["code"] == "model_not_found", caught.value.body
+    with urllib.request.urlopen(f"{server}/health", timeout=5) as r:
+        assert r.status == 200 and json.loads(r.read()) == {"status": "ok"}
 
 
 def test_32_concurrent_clients_get_their_solo_tokens(server: str, session: Session) -> None:

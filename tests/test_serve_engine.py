@@ -73,18 +73,30 @@ def test_held_back_text_is_released_when_it_is_not_a_stop() -> None:
 
 
 def test_metrics_text_format() -> None:
+    """prometheus_client's own parser reads the exposition the way Prometheus does."""
+    from prometheus_client.parser import text_string_to_metric_families
+
     m = Metrics()
     m.inc("requests_finished_total", reason="stop")
     m.observe("time_to_first_token_seconds", 0.02)
     m.observe("time_to_first_token_seconds", 100)
     text = m.render({"kv_pages_free": 3, "kv_pages_total": 4})
-    assert 'irforge_requests_finished_total{reason="stop"} 1' in text
-    assert "# TYPE irforge_time_to_first_token_seconds histogram" in text
-    assert 'irforge_time_to_first_token_seconds_bucket{le="0.01"} 0' in text
-    assert 'irforge_time_to_first_token_seconds_bucket{le="0.025"} 1' in text
-    assert 'irforge_time_to_first_token_seconds_bucket{le="+Inf"} 2' in text
-    assert "irforge_time_to_first_token_seconds_count 2" in text
-    assert "irforge_kv_pages_free 3" in text and "irforge_queue_depth" not in text
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for f in families.values()
+        for s in f.samples
+    }
+    assert samples[("irforge_requests_finished_total", (("reason", "stop"),))] == 1
+    assert families["irforge_time_to_first_token_seconds"].type == "histogram"
+    bucket = "irforge_time_to_first_token_seconds_bucket"
+    assert samples[(bucket, (("le", "0.01"),))] == 0
+    assert samples[(bucket, (("le", "0.025"),))] == 1
+    assert samples[(bucket, (("le", "+Inf"),))] == 2
+    assert samples[("irforge_time_to_first_token_seconds_count", ())] == 2
+    assert samples[("irforge_kv_pages_free", ())] == 3
+    assert "irforge_queue_depth" not in families  # only the gauges given
+    assert m.counter("requests_finished_total", reason="stop") == 1
 
 
 def test_chat_template_from_tokenizer_config(llama_dir: Path, tmp_path: Path) -> None:

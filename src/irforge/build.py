@@ -25,7 +25,7 @@ def _source_steps(source: str, out_dir: Path, revision: str | None) -> tuple[lis
             {"seed": 0},
             [],
             files,
-            ["irforge", "build", TINY],
+            ["python", "-m", "irforge.tiny", str(folder)],
             lambda: create_tiny(folder),
         )
         return [step], folder

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ from .archive import open_archive
 from .errors import InputError
 from .formats.sources import open_source
 from .formats.tensor_ref import TensorRef
+from .manifest import MANIFEST_NAME, Manifest
 
 # Arrays longer than this (GGUF tokenizer vocabularies) are summarized, not listed.
 MAX_LISTED_ITEMS = 16
@@ -62,6 +64,8 @@ def inspect_path(path: Path) -> Inspection:
         InputError: the path is missing or not a readable weights file.
     """
     path = Path(path)
+    if path.is_dir() and (path / MANIFEST_NAME).is_file():
+        return _inspect_artifacts(path)
     if path.is_file() and path.suffix == ".irpa":
         archive = open_archive(path)
         meta: dict[str, Any] = {}
@@ -83,3 +87,20 @@ def inspect_path(path: Path) -> Inspection:
         meta = dict(src.hf_config or {})
     files = sorted({t.path for t in src.tensors})
     return Inspection(path, src.kind, meta, src.tensors, files)
+
+
+def _inspect_artifacts(folder: Path) -> Inspection:
+    """A folder from export/compile/build: its archive's tensors, plus what was built."""
+    manifest = Manifest.load(folder)
+    if not manifest.parameters:
+        raise InputError(
+            f"{folder}: an artifact folder exported without weights (from a preset or a config); "
+            "it has no tensors to list"
+        )
+    inner = inspect_path(folder / manifest.parameters[0])
+    inner.metadata["artifacts"] = {
+        "options": dataclasses.asdict(manifest.options),
+        "compiled": [f"{c.vmfb} ({c.target}, {c.driver})" for c in manifest.compiled],
+        "tokenizer": list(manifest.tokenizer),
+    }
+    return Inspection(folder, "artifact folder", inner.metadata, inner.tensors, inner.files)

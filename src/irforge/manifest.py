@@ -89,6 +89,8 @@ class Manifest:
             ManifestError: naming the file and what is wrong.
         """
         path = Path(path)
+        if not path.exists():
+            raise ManifestError(f"{path}: no such file or folder")
         if path.is_dir():
             path = path / MANIFEST_NAME
         if not path.is_file():

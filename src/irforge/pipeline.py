@@ -1,15 +1,19 @@
 """build(): download -> convert/shard -> export -> compile, skipping steps that are up to date.
 
-Each step is recorded in OUT/manifest.json under "build": its arguments, and the size and
-sha256 of its inputs and outputs. A step re-runs when its arguments or an input changed, or
-when an output is missing or no longer matches what was written (a corrupt intermediate);
-everything after a re-run step then sees a changed input and re-runs too.
+Each step is recorded as soon as it completes in OUT/build.json (and, at the end, in
+OUT/manifest.json under "build"): its arguments, and the size and sha256 of its inputs and
+outputs, with paths relative to OUT, so a moved, copied or differently spelled OUT is still
+up to date, and an interrupted build keeps the steps it finished. A step re-runs when its
+arguments or an input changed, or when an output is missing or no longer matches what was
+written (a corrupt intermediate); everything after a re-run step then sees a changed input and
+re-runs too.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shlex
 import time
 from collections.abc import Callable, Sequence
@@ -18,9 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .manifest import MANIFEST_NAME, Manifest
+from .formats.atomic import AtomicFile
+from .manifest import Manifest
 
 ARCHIVE = "model.irpa"
+RECORD_NAME = "build.json"
 HASH_CHUNK = 16 * 1024 * 1024
 
 
@@ -57,21 +63,28 @@ def _files(paths: Sequence[Path]) -> list[Path]:
     return out
 
 
-def _fingerprint(paths: Sequence[Path], known: dict[str, Any]) -> dict[str, Any]:
+def _key(path: Path, root: Path) -> str:
+    """A path as recorded: relative to OUT when inside it, else absolute."""
+    full, base = path.resolve(), root.resolve()
+    return os.path.relpath(full, base) if full.is_relative_to(base) else str(full)
+
+
+def _fingerprint(paths: Sequence[Path], known: dict[str, Any], root: Path) -> dict[str, Any]:
     """{path: {size, sha256, mtime_ns}}; a file whose size and mtime are unchanged keeps its
     recorded hash, so an up-to-date check of a 400 GB model does not re-read it."""
     out = {}
     for p in _files(paths):
         st = p.stat()
-        old = known.get(str(p))
+        key = _key(p, root)
+        old = known.get(key)
         if old and old["size"] == st.st_size and old["mtime_ns"] == st.st_mtime_ns:
-            out[str(p)] = old
+            out[key] = old
             continue
         digest = hashlib.sha256()
         with open(p, "rb") as f:
             while chunk := f.read(HASH_CHUNK):
                 digest.update(chunk)
-        out[str(p)] = {"size": st.st_size, "sha256": digest.hexdigest(), "mtime_ns": st.st_mtime_ns}
+        out[key] = {"size": st.st_size, "sha256": digest.hexdigest(), "mtime_ns": st.st_mtime_ns}
     return out
 
 
@@ -81,7 +94,7 @@ def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return strip(a) == strip(b)
 
 
-def _stale(step: Step, previous: dict[str, Any] | None) -> str:
+def _stale(step: Step, previous: dict[str, Any] | None, root: Path) -> str:
     """Why the step must run, or "" when it is up to date."""
     if previous is None:
         return "never built"
@@ -90,21 +103,19 @@ def _stale(step: Step, previous: dict[str, Any] | None) -> str:
     missing = [p for p in step.outputs if not p.exists()]
     if missing:
         return f"{missing[0].name} is missing"
-    if not _same(_fingerprint(step.inputs, previous["inputs"]), previous["inputs"]):
+    if not _same(_fingerprint(step.inputs, previous["inputs"], root), previous["inputs"]):
         return "an input changed"
-    if not _same(_fingerprint(step.outputs, previous["outputs"]), previous["outputs"]):
+    if not _same(_fingerprint(step.outputs, previous["outputs"], root), previous["outputs"]):
         return "an output was modified or is corrupt"
     return ""
 
 
 def _previous_record(out_dir: Path) -> dict[str, Any]:
-    path = out_dir / MANIFEST_NAME
-    if not path.is_file():
-        return {}
     try:
-        return dict(json.loads(path.read_text()).get("build") or {})
+        record = json.loads((out_dir / RECORD_NAME).read_text())
+        return record if isinstance(record, dict) else {}
     except (ValueError, OSError):
-        return {}  # an unreadable manifest just means: rebuild
+        return {}  # no record, or an unreadable one, just means: rebuild
 
 
 def run_steps(
@@ -126,7 +137,7 @@ def run_steps(
     for step in steps:
         prev = previous.get("steps", {}).get(step.name)
         # an earlier step that re-ran shows up here as a changed input
-        reason = "--force" if force else _stale(step, prev)
+        reason = "--force" if force else _stale(step, prev, out_dir)
         if dry_run:
             status = "would run" if reason else "up to date"
             result.steps.append(StepResult(step.name, status, reason=reason))
@@ -143,17 +154,26 @@ def run_steps(
         record["steps"][step.name] = {
             "args": step.args,
             "command": shlex.join(step.command),
-            "inputs": _fingerprint(step.inputs, {}),
-            "outputs": _fingerprint(step.outputs, {}),
+            "inputs": _fingerprint(step.inputs, {}, out_dir),
+            "outputs": _fingerprint(step.outputs, {}, out_dir),
             "seconds": round(seconds, 3),
         }
+        # Recorded now: Ctrl-C or a failure in a later step keeps this one's work.
+        _write_record(out_dir, {"steps": {**previous.get("steps", {}), **record["steps"]}})
         result.steps.append(StepResult(step.name, "ran", seconds, reason))
     if not dry_run:
+        _write_record(out_dir, record)
         _save_record(out_dir, record)
     return result
 
 
+def _write_record(out_dir: Path, record: dict[str, Any]) -> None:
+    with AtomicFile(out_dir / RECORD_NAME) as f:
+        f.write(json.dumps(record, indent=2).encode() + b"\n")
+
+
 def _save_record(out_dir: Path, record: dict[str, Any]) -> None:
+    """A copy in the manifest, so the artifact folder says how it was made."""
     try:
         manifest = Manifest.load(out_dir)
     except Exception as e:  # noqa: BLE001 - a build without an export step has no manifest

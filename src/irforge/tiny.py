@@ -124,3 +124,11 @@ def create_tiny(folder: Path, *, seed: int = SEED) -> Path:
     _write(folder / "generation_config.json", json.dumps(generation).encode())
     write_tokenizer(folder, vocab)
     return folder
+
+
+if __name__ == "__main__":  # `python -m irforge.tiny FOLDER`: build's first step, by hand
+    import sys
+
+    if len(sys.argv) != 2:
+        sys.exit("usage: python -m irforge.tiny FOLDER")
+    print(create_tiny(Path(sys.argv[1])))

@@ -30,9 +30,10 @@ def build_cmd(
     block_seq_stride: Annotated[int, typer.Option(help="Tokens per KV-cache page.")] = 32,
     device_block_count: Annotated[int, typer.Option(help="KV-cache pages per device.")] = 512,
     revision: Annotated[str | None, typer.Option(help="Hub revision to download.")] = None,
-    force: Annotated[bool, typer.Option(help="Re-run every step.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Re-run every step.")] = False,
     dry_run: Annotated[
-        bool, typer.Option(help="Print the plan and the equivalent commands; run nothing.")
+        bool,
+        typer.Option("--dry-run", help="Print the plan and the equivalent commands; run nothing."),
     ] = False,
     quiet: QuietOpt = False,
 ) -> None:

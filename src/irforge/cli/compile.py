@@ -26,7 +26,7 @@ def compile_cmd(
     ] = None,
     out: Annotated[
         Path | None,
-        typer.Option("--out", "-o", help="VMFB path (default FOLDER/model.<target>.vmfb)."),
+        typer.Option("--out", "-o", help="VMFB path (default FOLDER/model.TARGET.vmfb)."),
     ] = None,
     iree_flag: Annotated[
         list[str] | None,

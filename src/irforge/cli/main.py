@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import os
+import sys
 import traceback
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 import typer
 from typer.core import TyperGroup
+
+try:  # Typer 0.22+ vendors click
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
+except ImportError:  # pragma: no cover - older Typer on click
+    from click.exceptions import ClickException, NoArgsIsHelpError, UsageError  # type: ignore
 
 from irforge import __version__
 from irforge.errors import ToolchainError
@@ -27,12 +34,79 @@ EXIT_USER_ERROR = 2
 EXIT_INTERNAL = 1
 
 
+_debug_anywhere = False  # `--debug` seen after the command name, in this invocation
+
+
 def _debug(ctx: typer.Context) -> bool:
-    return bool(os.environ.get("IRFORGE_DEBUG")) or bool((ctx.obj or {}).get("debug"))
+    given = _debug_anywhere or bool((ctx.obj or {}).get("debug"))
+    return given or bool(os.environ.get("IRFORGE_DEBUG"))
+
+
+def _tidy(command: Any) -> Any:
+    """Flags take no value: show none in --help (Typer 0.29 prints `<bool>` beside them)."""
+    for param in command.params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    if not getattr(command, "_irforge_tidy", False):  # --help is made per context
+        make_help = command.get_help_option
+
+        def get_help_option(ctx: Any) -> Any:
+            option = make_help(ctx)
+            if option is not None and option.metavar is None:
+                option.metavar = ""
+            return option
+
+        command.get_help_option = get_help_option
+        command._irforge_tidy = True
+    return command
 
 
 class _Group(TyperGroup):
-    """Maps failures to one line on stderr: exit 2 for bad input, 1 for internal errors."""
+    """Maps failures to one line on stderr: exit 2 for bad input, 1 for internal errors.
+
+    Usage errors too (click's are a boxed, multi-line report): `error: <what> (see `irforge
+    CMD --help`)`. `--debug` is accepted anywhere on the line, not only before the command.
+    """
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        command = super().get_command(ctx, cmd_name)
+        return _tidy(command) if command is not None else None
+
+    def main(  # type: ignore[override]
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        global _debug_anywhere
+        args = list(sys.argv[1:] if args is None else args)
+        end = args.index("--") if "--" in args else len(args)
+        _debug_anywhere = "--debug" in args[:end]
+        args = [a for i, a in enumerate(args) if i >= end or a != "--debug"]
+        _tidy(self)
+        try:
+            # the name errors and help show, however the app is started (python -m, CliRunner)
+            prog_name = "irforge"
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except NoArgsIsHelpError as e:  # bare `irforge`: the help itself
+            e.show()
+            code = e.exit_code
+        except UsageError as e:
+            where = e.ctx.command_path if e.ctx else "irforge"
+            typer.echo(f"error: {e.format_message()} (see `{where} --help`)", err=True)
+            code = e.exit_code
+        except typer.Abort:
+            typer.echo("interrupted", err=True)
+            code = 130
+        except ClickException as e:
+            typer.echo(f"error: {e.format_message()}", err=True)
+            code = e.exit_code
+        code = code if isinstance(code, int) else 0
+        if standalone_mode:
+            sys.exit(code)
+        return code
 
     def invoke(self, ctx: typer.Context) -> Any:
         try:
@@ -82,7 +156,10 @@ def _version(value: bool) -> None:
 def _root(
     ctx: typer.Context,
     debug: Annotated[
-        bool, typer.Option("--debug", help="Show full tracebacks (also IRFORGE_DEBUG=1).")
+        bool,
+        typer.Option(
+            "--debug", help="Show full tracebacks (also IRFORGE_DEBUG=1); anywhere on the line."
+        ),
     ] = False,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")

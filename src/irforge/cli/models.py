@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import typer
 from rich.table import Table
 
 from ._options import JsonOpt
@@ -28,7 +29,8 @@ def models_cmd(as_json: JsonOpt = False) -> None:
     """List the models irforge knows by name: HF id, parameters, bf16 size, TP sizes.
 
     Sizes come from each model's config preset, so a model can be planned before it is
-    downloaded; per-device memory is for the weights at the largest supported TP size.
+    downloaded; per-device memory is given for every supported TP size. Piped, one plain
+    tab-separated row per model.
     """
     from irforge.hub import ENTRIES, plan
 
@@ -51,22 +53,29 @@ def models_cmd(as_json: JsonOpt = False) -> None:
     if as_json:
         out.print_json(json.dumps(rows))
         return
-    table = Table(show_edge=False)
-    for header in ("alias", "HF id"):
-        table.add_column(header, overflow="fold")
-    for header in ("params", "bf16"):
-        table.add_column(header, justify="right")
-    table.add_column("TP")
-    table.add_column("per device, max TP", justify="right")
-    for row in rows:
-        last = row["plans"][-1] if row["plans"] else {}
-        tps = row["tp"]
-        table.add_row(
+    headers = ("alias", "HF id", "params", "bf16", "per device: weights + KV cache per page, by TP")
+    lines = [
+        (
             row["alias"],
             row["repo_id"] or "(built in)",
-            _params(last.get("parameters")),
-            _size(last.get("weight_bytes")),
-            f"tp{tps[0]}" + (f"–tp{tps[-1]}" if len(tps) > 1 else ""),
-            _size(last.get("weight_bytes_per_device")),
+            _params(row["plans"][0]["parameters"] if row["plans"] else None),
+            _size(row["plans"][0]["weight_bytes"] if row["plans"] else None),
+            ", ".join(
+                f"tp{p['tp']} {_size(p['weight_bytes_per_device'])} + "
+                f"{_size(p['kv_page_bytes_per_device'])}/page"
+                for p in row["plans"]
+            )
+            or "–",
         )
+        for row in rows
+    ]
+    if not out.is_terminal:  # pipes and files get one plain row per model: grep and cut work
+        for line in lines:
+            typer.echo("\t".join(line))
+        return
+    table = Table(show_edge=False)
+    for i, header in enumerate(headers):
+        table.add_column(header, justify="right" if i in (2, 3) else "left", no_wrap=i < 2)
+    for line in lines:
+        table.add_row(*line)
     out.print(table)

@@ -18,12 +18,20 @@ def run_cmd(
         str | None, typer.Option(help="Prompt token ids, comma separated: 1,2,3.")
     ] = None,
     max_tokens: Annotated[int, typer.Option(help="Tokens to generate.", min=1)] = 32,
-    greedy: Annotated[bool, typer.Option(help="Pick the most likely token (the default).")] = False,
+    greedy: Annotated[
+        bool,
+        typer.Option(
+            "--greedy",
+            help="Pick the most likely token: what happens anyway without --temperature.",
+        ),
+    ] = False,
     temperature: Annotated[float, typer.Option(help="Sample with this temperature.", min=0)] = 0.0,
     top_k: Annotated[int, typer.Option(help="Sample among the k most likely (0: all).", min=0)] = 0,
     top_p: Annotated[float, typer.Option(help="Nucleus sampling mass (1: all).")] = 1.0,
     seed: Annotated[int | None, typer.Option(help="Random seed for sampling.")] = None,
-    ignore_eos: Annotated[bool, typer.Option(help="Keep going past end-of-sequence.")] = False,
+    ignore_eos: Annotated[
+        bool, typer.Option("--ignore-eos", help="Keep going past end-of-sequence.")
+    ] = False,
     device: DeviceOpt = "local-task",
     device_ids: DeviceIdsOpt = None,
     vmfb: Annotated[Path | None, typer.Option(help="VMFB to run instead of the match.")] = None,

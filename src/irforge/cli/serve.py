@@ -28,7 +28,8 @@ def serve_cmd(
 ) -> None:
     """Serve a compiled model with continuous batching: /generate, /v1/*, /health, /metrics.
 
-    SIGTERM (or Ctrl-C) stops admitting requests, finishes those in flight, then exits 0.
+    SIGTERM stops admitting requests, finishes those in flight (up to --drain-timeout), then
+    exits 0; Ctrl-C does the same and exits 130, as interrupted commands do.
     """
     from irforge.serve.server import serve
 

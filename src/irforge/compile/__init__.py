@@ -41,8 +41,8 @@ def compile_folder(
         >>> compile_folder(Path("out/llama8b"), target="gfx942")
     """
     folder = Path(folder)
+    preset = get_target(target)  # a misspelt target fails before anything is read
     manifest = Manifest.load(folder)
-    preset = get_target(target)
     tp = manifest.options.tensor_parallelism_size
     devices = tp if devices is None else devices
     if devices != tp:

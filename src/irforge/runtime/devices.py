@@ -26,7 +26,7 @@ def normalize_driver(name: str) -> str:
     return key
 
 
-def _iree_reason(error: Exception) -> str:
+def iree_reason(error: Exception) -> str:
     """IREE's first line, less its source location, status code and advice.
 
     'c/runtime/.../cuda_dynamic_symbols.c:66: UNAVAILABLE; CUDA driver library ... not available;
@@ -57,7 +57,7 @@ def open_devices(driver: str, device_ids: list[int] | None, count: int) -> list[
         drv = rt.get_driver(driver)
     except (ValueError, RuntimeError) as e:
         raise ConfigError(
-            f"the {driver} driver cannot start on this machine: {_iree_reason(e)}; "
+            f"the {driver} driver cannot start on this machine: {iree_reason(e)}; "
             "pick another --device"
         ) from None
     if driver == "local-task" and not device_ids:
@@ -65,7 +65,7 @@ def open_devices(driver: str, device_ids: list[int] | None, count: int) -> list[
     try:
         infos = drv.query_available_devices()
     except (ValueError, RuntimeError) as e:
-        raise ConfigError(f"cannot list the {driver} devices: {_iree_reason(e)}") from None
+        raise ConfigError(f"cannot list the {driver} devices: {iree_reason(e)}") from None
     ids = device_ids if device_ids is not None else list(range(count))
     if not infos:
         raise ConfigError(f"no {driver} device found on this machine")
@@ -82,7 +82,7 @@ def open_devices(driver: str, device_ids: list[int] | None, count: int) -> list[
     try:
         return [drv.create_device(infos[i]["device_id"]) for i in ids]
     except (ValueError, RuntimeError) as e:
-        raise ConfigError(f"cannot open {driver} device(s) {ids}: {_iree_reason(e)}") from None
+        raise ConfigError(f"cannot open {driver} device(s) {ids}: {iree_reason(e)}") from None
 
 
 def cache_bytes(dtype: str) -> int:
@@ -111,7 +111,7 @@ def allocate_cache(device: Any, pages: int, page_elements: int, dtype: str) -> A
     except (ValueError, RuntimeError) as e:
         raise ConfigError(
             f"cannot allocate a {nbytes / 2**30:.2f} GiB KV cache ({pages} pages) on the device: "
-            f"{_iree_reason(e)}; ask for fewer pages"
+            f"{iree_reason(e)}; ask for fewer pages"
         ) from None
     commands = rt.HalCommandBuffer(device)
     commands.fill(buffer, np.zeros(1, np.uint32), end=True)  # a 4-byte pattern: nbytes % 4 == 0

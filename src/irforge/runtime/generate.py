@@ -41,10 +41,15 @@ def _batch_size(sizes: Sequence[int], n: int, what: str) -> int:
 def _check(session: Session, prompts: list[list[int]], max_tokens: int) -> None:
     if max_tokens < 1:
         raise ConfigError(f"max tokens must be at least 1, got {max_tokens}")
-    limit = session.options.max_seq_len
+    limit, vocab = session.options.max_seq_len, session.config.vocab_size
     for i, p in enumerate(prompts):
         if not p:
             raise ConfigError(f"prompt {i} is empty")
+        bad = next((t for t in p if not 0 <= t < vocab), None)
+        if bad is not None:
+            raise ConfigError(
+                f"prompt {i}: token id {bad} is outside the vocabulary (0..{vocab - 1})"
+            )
         if len(p) + max_tokens > limit:
             raise ConfigError(
                 f"prompt {i} has {len(p)} tokens; with {max_tokens} new tokens it exceeds "

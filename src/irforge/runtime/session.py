@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import InputError, ManifestError
+from ..formats.irpa import read_irpa
 from ..manifest import Compiled, Manifest
-from .devices import allocate_cache, normalize_driver, open_devices
+from .devices import allocate_cache, iree_reason, normalize_driver, open_devices
 from .pages import PageAllocator
 
 PARAMETER_SCOPE = "model"
@@ -77,13 +79,17 @@ class Session:
         if index is None:
             index = rt.ParameterIndex()
             for name in self.manifest.parameters:
+                read_irpa(self.folder / name)  # IREE's parser has only happy-path errors
                 index.load(str(self.folder / name))
         params = rt.create_io_parameters_module(
             self.instance, index.create_provider(scope=PARAMETER_SCOPE)
         )
         hal = rt.create_hal_module(self.instance, devices=self.devices)
-        self.module = rt.VmModule.mmap(self.instance, str(vmfb_path))
-        self.context = rt.VmContext(self.instance, modules=[hal, params, self.module])
+        self.module = _load_module(rt, self.instance, vmfb_path)
+        try:
+            self.context = rt.VmContext(self.instance, modules=[hal, params, self.module])
+        except (ValueError, RuntimeError) as e:
+            raise _context_error(e, vmfb_path, device) from None
         self._functions: dict[str, Any] = {}
         self.page_count = page_count or self.options.device_block_count
         self.pages = PageAllocator(self.page_count)
@@ -117,6 +123,25 @@ class Session:
         fn = self._function(f"decode_bs{tokens.shape[0]}")
         args = [a.astype(np.int64) for a in (tokens, seq_lens, starts, block_ids)]
         return _host(fn(*args, *self.caches))
+
+
+def _load_module(rt: Any, instance: Any, vmfb: Path) -> Any:
+    try:
+        return rt.VmModule.mmap(instance, str(vmfb))
+    except (ValueError, RuntimeError) as e:
+        raise InputError(f"{vmfb}: not a program IREE can load ({iree_reason(e)})") from None
+
+
+def _context_error(error: Exception, vmfb: Path, device: str) -> InputError:
+    """A VMFB for other devices (or a broken one), said in one line instead of IREE's IR dump."""
+    text = str(error)
+    wanted = re.search(r'#hal\.device\.target<"([\w-]+)"', text)
+    if wanted and "INCOMPATIBLE" in text:
+        return InputError(
+            f"{vmfb}: compiled for {wanted[1]} devices, not {device}; pick the --device it was "
+            "compiled for, or compile for this one"
+        )
+    return InputError(f"{vmfb}: cannot load it on {device} ({iree_reason(error)[:200]})")
 
 
 def _host(result: Any) -> Any:

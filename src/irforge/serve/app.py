@@ -40,8 +40,8 @@ def create_app(engine: Engine, *, model_name: str | None = None) -> FastAPI:
         return error_response(request, exc.status, str(exc), exc.code, param, headers)
 
     @app.get("/health")
-    async def health() -> Response:
-        return Response(status_code=200)  # shortfin answers an empty 200
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}  # shortfin's clients look at the 200 alone
 
     @app.get("/metrics")
     async def metrics() -> Response:

@@ -23,6 +23,17 @@ class BadRequest(ServeError):
         self.param = param
 
 
+class ModelNotFound(ServeError):
+    """The request names a model this server does not serve (OpenAI's and vLLM's 404)."""
+
+    status = 404
+    code = "model_not_found"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.param = "model"
+
+
 class Overloaded(ServeError):
     """The admission queue is full (pages are busy): try again after `retry_after` seconds."""
 

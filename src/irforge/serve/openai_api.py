@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse, Response
 
 from .app import EventStream, check_finished, sse, submit_all, wait_all
 from .engine import Engine, check_sampling
-from .errors import BadRequest
+from .errors import BadRequest, ModelNotFound
 from .request import Request as EngineRequest
 from .schemas import ChatMessage, ChatRequest, CompletionRequest, OpenAISampling
 
@@ -30,6 +30,13 @@ async def models(http: Request) -> dict[str, Any]:
     entry = {"id": name, "object": "model", "created": 0, "owned_by": "irforge"}
     entry["max_model_len"] = _engine(http).max_seq_len
     return {"object": "list", "data": [entry]}
+
+
+def _check_model(http: Request, model: str | None) -> None:
+    """A request for another model is an error, not silently served by this one."""
+    name = http.app.state.model_name
+    if model is not None and model != name:
+        raise ModelNotFound(f"the model {model!r} does not exist; this server serves {name!r}")
 
 
 def _check(body: OpenAISampling) -> None:
@@ -67,6 +74,7 @@ def _reason(r: EngineRequest) -> str:
 
 @router.post("/completions", response_model=None)
 async def completions(body: CompletionRequest, http: Request) -> Response | dict[str, Any]:
+    _check_model(http, body.model)
     if body.echo or body.suffix or (body.best_of or 1) > 1:
         raise BadRequest("echo, suffix and best_of are not supported", "echo")
     reqs = _submit(http, body, body.prompts(), body.max_tokens)
@@ -130,6 +138,7 @@ def _message_dict(m: ChatMessage) -> dict[str, Any]:
 
 @router.post("/chat/completions", response_model=None)
 async def chat_completions(body: ChatRequest, http: Request) -> Response | dict[str, Any]:
+    _check_model(http, body.model)
     engine = _engine(http)
     if body.tools:
         raise BadRequest("tools are not supported", "tools")
