@@ -108,3 +108,25 @@ def test_models_piped_is_one_plain_row_per_model() -> None:
     assert "meta-llama/Llama-3.1-70B-Instruct" in ids and all(len(r) == 5 for r in rows)
     row = next(r for r in rows if r[0] == "llama-3.1-70b")
     assert all(f"tp{n} " in row[4] for n in (1, 2, 4, 8)), row  # every TP, not just the max
+
+
+@pytest.mark.iree
+@pytest.mark.parametrize(
+    ("key", "value", "words"),
+    [
+        ("device_block_count", -5, "device_block_count must be an integer from 2"),
+        ("block_seq_stride", 0, "block_seq_stride must be an integer from 1"),
+        ("decode_batch_sizes", ["x"], "decode_batch_sizes must be distinct integers"),
+        ("tensor_parallelism_size", "x", "tensor_parallelism_size must be an integer"),
+        ("attention", "magic", "attention must be one of decomposed, sdpa"),
+    ],
+)
+def test_a_manifest_with_absurd_options_is_refused_where_it_is_read(
+    llama_artifacts: Path, tmp_path: Path, key: str, value: object, words: str
+) -> None:
+    folder = tmp_path / "art"
+    shutil.copytree(llama_artifacts, folder)
+    doc = json.loads((folder / "manifest.json").read_text())
+    doc["options"][key] = value
+    (folder / "manifest.json").write_text(json.dumps(doc))
+    one_line_error(runner.invoke(app, ["run", str(folder), "--prompt-ids", "1"]), "manifest", words)

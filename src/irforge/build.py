@@ -6,9 +6,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .archive import rank_path
-from .compile import compile_folder, get_target, register_compiled, vmfb_name
+from .artifacts import ARCHIVE_NAME, MLIR_NAME, SHORTFIN_CONFIG_NAME, TOKENIZER_JSON, vmfb_name
+from .compile import compile_folder, get_target, register_compiled
 from .errors import ConfigError
-from .pipeline import ARCHIVE, BuildResult, Step, run_steps
+from .manifest import DEFAULTS, ExportOptions
+from .pipeline import BuildResult, Step, run_steps
 
 TINY = "tiny"
 
@@ -19,7 +21,7 @@ def _source_steps(source: str, out_dir: Path, revision: str | None) -> tuple[lis
         from .tiny import create_tiny
 
         folder = out_dir / "source"
-        files = [folder / n for n in ("config.json", "model.safetensors", "tokenizer.json")]
+        files = [folder / n for n in ("config.json", "model.safetensors", TOKENIZER_JSON)]
         step = Step(
             "create tiny",
             {"seed": 0},
@@ -58,8 +60,8 @@ def build(
     tp: int = 1,
     bs: Sequence[int] = (1, 4),
     dtype: str | None = None,
-    block_seq_stride: int = 32,
-    device_block_count: int = 512,
+    block_seq_stride: int = DEFAULTS.block_seq_stride,
+    device_block_count: int = DEFAULTS.device_block_count,
     revision: str | None = None,
     force: bool = False,
     dry_run: bool = False,
@@ -85,9 +87,8 @@ def build(
     if len({t.name for t in presets}) != len(presets):
         raise ConfigError(f"a target is named twice in {list(targets)}")
     steps, local = _source_steps(source, out_dir, revision)
-    archive = out_dir / ARCHIVE
+    archive = out_dir / ARCHIVE_NAME
     weights = [archive] + [rank_path(archive, i) for i in range(tp if tp > 1 else 0)]
-    sizes = ",".join(map(str, bs))
     if tp > 1:
         from .sharding import shard
 
@@ -110,10 +111,17 @@ def build(
             run_weights,
         )
     )
+    # The dtypes follow the archive, so the options here are the ones build chooses.
+    chosen = ExportOptions(
+        prefill_batch_sizes=tuple(sorted(bs)),
+        decode_batch_sizes=tuple(sorted(bs)),
+        block_seq_stride=block_seq_stride,
+        device_block_count=device_block_count,
+    )
     export_args = {
-        "bs": list(bs),
-        "block_seq_stride": block_seq_stride,
-        "device_block_count": device_block_count,
+        "bs": list(chosen.prefill_batch_sizes),
+        "block_seq_stride": chosen.block_seq_stride,
+        "device_block_count": chosen.device_block_count,
     }
 
     def run_export() -> None:
@@ -122,33 +130,20 @@ def build(
         export(
             archive,
             out_dir=out_dir,
-            bs_prefill=bs,
-            bs_decode=bs,
-            block_seq_stride=block_seq_stride,
-            device_block_count=device_block_count,
+            bs_prefill=chosen.prefill_batch_sizes,
+            bs_decode=chosen.decode_batch_sizes,
+            block_seq_stride=chosen.block_seq_stride,
+            device_block_count=chosen.device_block_count,
         )
 
+    command = ["irforge", "export", str(archive), "-o", str(out_dir)]
     steps.append(
         Step(
             "export",
             export_args,
             weights,
-            [out_dir / "model.mlir", out_dir / "config.json"],
-            [
-                "irforge",
-                "export",
-                str(archive),
-                "-o",
-                str(out_dir),
-                "--bs-prefill",
-                sizes,
-                "--bs-decode",
-                sizes,
-                "--block-seq-stride",
-                str(block_seq_stride),
-                "--device-block-count",
-                str(device_block_count),
-            ],
+            [out_dir / MLIR_NAME, out_dir / SHORTFIN_CONFIG_NAME],
+            command + chosen.cli_args(dtypes=False),
             run_export,
         )
     )
@@ -157,8 +152,8 @@ def build(
             Step(
                 f"compile {t.name}",
                 {"target": t.name, "tp": tp},
-                [out_dir / "model.mlir"],
-                [out_dir / vmfb_name(t)],
+                [out_dir / MLIR_NAME],
+                [out_dir / vmfb_name(t.name)],
                 ["irforge", "compile", str(out_dir), "--target", t.name],
                 lambda t=t: compile_folder(out_dir, target=t.name),
             )
@@ -169,5 +164,5 @@ def build(
     if not dry_run:
         # A re-run export rewrites the manifest; VMFBs still up to date are listed again.
         for t in presets:
-            register_compiled(out_dir, t, tp, vmfb_name(t))
+            register_compiled(out_dir, t, tp, vmfb_name(t.name))
     return result

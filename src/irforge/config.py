@@ -79,7 +79,7 @@ class ModelConfig:
     def page_elements(self, block_seq_stride: int, tp: int = 1) -> int:
         """Elements of one KV-cache page on one device (shortfin's paged_kv_block_size)."""
         kv_per_device = self.attention_head_count_kv // tp
-        return self.block_count * 2 * kv_per_device * block_seq_stride * self.head_dim
+        return kv_page_elements(self.block_count, kv_per_device, block_seq_stride, self.head_dim)
 
     def replace(self, **changes: Any) -> ModelConfig:
         return dataclasses.replace(self, **changes)
@@ -203,3 +203,8 @@ class ModelConfig:
             source=source,
             **kwargs,
         )
+
+
+def kv_page_elements(layers: int, kv_heads: int, block_seq_stride: int, head_dim: int) -> int:
+    """One page: block_seq_stride tokens of K and V for every layer (DESIGN.md's ABI)."""
+    return layers * 2 * kv_heads * block_seq_stride * head_dim

@@ -12,17 +12,36 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import ModelConfig
-from .errors import ManifestError
+from .artifacts import MLIR_NAME
+from .config import FLOAT_DTYPES, ModelConfig
+from .errors import ConfigError, ManifestError
 from .formats.atomic import AtomicFile
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 
 
+ATTENTION_KINDS = ("decomposed", "sdpa")
+MAX_BATCH = 4096
+
+
+def _check_int(name: str, value: Any, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ConfigError(f"{name} must be an integer from {low} to {high}, got {value!r}")
+
+
+DEFAULT_ATTENTION = "decomposed"  # compiles for gfx942, where fused paged attention does not
+
+
 @dataclass(frozen=True)
 class ExportOptions:
-    """How the program was exported (what shortfin's config.json describes, and more)."""
+    """How the program was exported (what shortfin's config.json describes, and more).
+
+    The one declaration of the export options and their defaults: the CLI, `build` and the
+    manifest take them from here, and `cli_args()` spells them as `irforge export` flags.
+    Values are checked when the options are made, so a manifest with absurd ones is refused
+    where it is read.
+    """
 
     prefill_batch_sizes: tuple[int, ...] = (4,)
     decode_batch_sizes: tuple[int, ...] = (4,)
@@ -31,13 +50,71 @@ class ExportOptions:
     activation_dtype: str = "f32"
     kv_cache_dtype: str = "f32"
     attention_dtype: str = "f32"
-    attention: str = "decomposed"
+    attention: str = DEFAULT_ATTENTION
     top_k: int | None = None
     max_seq_len: int = 0
     tensor_parallelism_size: int = 1
 
+    def __post_init__(self) -> None:
+        for what, sizes in (
+            ("prefill_batch_sizes", self.prefill_batch_sizes),
+            ("decode_batch_sizes", self.decode_batch_sizes),
+        ):
+            if (
+                not sizes
+                or not all(isinstance(b, int) and 1 <= b <= MAX_BATCH for b in sizes)
+                or len(set(sizes)) != len(sizes)
+            ):
+                raise ConfigError(
+                    f"{what} must be distinct integers from 1 to {MAX_BATCH}, got {list(sizes)}"
+                )
+        _check_int("block_seq_stride", self.block_seq_stride, 1, 4096)
+        _check_int("device_block_count", self.device_block_count, 2, 2**24)
+        _check_int("max_seq_len", self.max_seq_len, 0, 2**24)
+        _check_int("tensor_parallelism_size", self.tensor_parallelism_size, 1, 64)
+        for name in ("activation_dtype", "kv_cache_dtype", "attention_dtype"):
+            if getattr(self, name) not in FLOAT_DTYPES:
+                raise ConfigError(
+                    f"{name} must be one of {', '.join(FLOAT_DTYPES)}, got {getattr(self, name)!r}"
+                )
+        if self.attention not in ATTENTION_KINDS:
+            raise ConfigError(
+                f"attention must be one of {', '.join(ATTENTION_KINDS)}, got {self.attention!r}"
+            )
+        if self.top_k is not None:
+            _check_int("top_k", self.top_k, 1, 2**31)
+
     def replace(self, **changes: Any) -> ExportOptions:
         return dataclasses.replace(self, **changes)
+
+    def cli_args(self, *, dtypes: bool = True) -> list[str]:
+        """These options as `irforge export` flags (what `build` shows as the equivalent).
+
+        `dtypes=False` leaves the dtypes out, for a caller that lets them follow the archive.
+        """
+        args = [
+            "--bs-prefill",
+            ",".join(map(str, self.prefill_batch_sizes)),
+            "--bs-decode",
+            ",".join(map(str, self.decode_batch_sizes)),
+            "--block-seq-stride",
+            str(self.block_seq_stride),
+            "--device-block-count",
+            str(self.device_block_count),
+        ]
+        if dtypes:
+            args += ["--activation-dtype", self.activation_dtype, "--kv-cache-dtype"]
+            args += [self.kv_cache_dtype, "--attention-dtype", self.attention_dtype]
+        if self.attention != DEFAULT_ATTENTION:
+            args += ["--attention", self.attention]
+        if self.top_k is not None:
+            args += ["--top-k", str(self.top_k)]
+        if self.max_seq_len:
+            args += ["--max-seq-len", str(self.max_seq_len)]
+        return args
+
+
+DEFAULTS = ExportOptions()
 
 
 @dataclass(frozen=True)
@@ -54,7 +131,7 @@ class Compiled:
 class Manifest:
     config: ModelConfig
     options: ExportOptions
-    mlir: str = "model.mlir"
+    mlir: str = MLIR_NAME
     parameters: tuple[str, ...] = ()  # IRPA files, the metadata file first
     tokenizer: tuple[str, ...] = ()
     compiled: tuple[Compiled, ...] = ()
@@ -117,6 +194,8 @@ class Manifest:
             )
         except ManifestError:
             raise
+        except ConfigError as e:
+            raise ManifestError(f"{path}: {e}") from e
         except (ValueError, KeyError, TypeError) as e:
             raise ManifestError(f"{path}: malformed manifest ({type(e).__name__}: {e})") from e
 

@@ -25,7 +25,6 @@ from .errors import ConfigError
 from .formats.atomic import AtomicFile
 from .manifest import Manifest
 
-ARCHIVE = "model.irpa"
 RECORD_NAME = "build.json"
 HASH_CHUNK = 16 * 1024 * 1024
 

@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from irforge.manifest import DEFAULTS
+
 from ._options import QuietOpt, batch_sizes
 
 
@@ -27,8 +29,12 @@ def build_cmd(
     tp: Annotated[int, typer.Option("--tp", help="Tensor-parallel devices.", min=1)] = 1,
     bs: Annotated[str, typer.Option(help="Batch sizes for prefill and decode.")] = "1,4",
     dtype: Annotated[str | None, typer.Option(help="Cast weights to f32, f16 or bf16.")] = None,
-    block_seq_stride: Annotated[int, typer.Option(help="Tokens per KV-cache page.")] = 32,
-    device_block_count: Annotated[int, typer.Option(help="KV-cache pages per device.")] = 512,
+    block_seq_stride: Annotated[
+        int, typer.Option(help="Tokens per KV-cache page.")
+    ] = DEFAULTS.block_seq_stride,
+    device_block_count: Annotated[
+        int, typer.Option(help="KV-cache pages per device.")
+    ] = DEFAULTS.device_block_count,
     revision: Annotated[str | None, typer.Option(help="Hub revision to download.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Re-run every step.")] = False,
     dry_run: Annotated[

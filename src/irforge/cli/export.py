@@ -8,12 +8,12 @@ from typing import Annotated
 
 import typer
 
+from irforge.manifest import ATTENTION_KINDS, DEFAULTS
+
 from ._options import DTypeOpt, QuietOpt, batch_sizes
 
-
-class Attention(StrEnum):
-    decomposed = "decomposed"
-    sdpa = "sdpa"
+Attention = StrEnum("Attention", {k: k for k in ATTENTION_KINDS})
+DEFAULT_ATTENTION = Attention(DEFAULTS.attention)
 
 
 def export_cmd(
@@ -36,10 +36,12 @@ def export_cmd(
     bs_decode: Annotated[
         str, typer.Option("--bs-decode", help="Comma list of decode batch sizes.")
     ] = "4",
-    block_seq_stride: Annotated[int, typer.Option(help="Tokens per KV-cache page.", min=1)] = 32,
+    block_seq_stride: Annotated[
+        int, typer.Option(help="Tokens per KV-cache page.", min=1)
+    ] = DEFAULTS.block_seq_stride,
     device_block_count: Annotated[
         int, typer.Option(help="KV-cache pages a server allocates per device.", min=2)
-    ] = 512,
+    ] = DEFAULTS.device_block_count,
     activation_dtype: DTypeOpt = None,
     kv_cache_dtype: Annotated[
         str | None, typer.Option(help="KV-cache dtype: f32, f16 or bf16 (default: activations).")
@@ -49,7 +51,7 @@ def export_cmd(
     ] = None,
     attention: Annotated[
         Attention, typer.Option(help="decomposed (compiles for gfx942) or sdpa.")
-    ] = Attention.decomposed,
+    ] = DEFAULT_ATTENTION,
     top_k: Annotated[
         int | None, typer.Option(help="Sample in the program: 1 = argmax; default: full logits.")
     ] = None,

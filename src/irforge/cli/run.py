@@ -41,8 +41,9 @@ def run_cmd(
     ] = None,
 ) -> None:
     """Run prefill then decode on IREE and print the generated text (or ids) with timings."""
+    from irforge.artifacts import TOKENIZER_JSON
     from irforge.runtime import Sampling, Session, generate
-    from irforge.runtime.tokenizer import Tokenizer
+    from irforge.serve.text import TextCodec
 
     from ._output import err
 
@@ -52,7 +53,7 @@ def run_cmd(
         raise typer.BadParameter("--greedy and --temperature exclude each other")
     session = Session(folder, device=device, device_ids=parse_device_ids(device_ids), vmfb=vmfb)
     tokenizer = (
-        Tokenizer(folder) if prompt is not None or (folder / "tokenizer.json").is_file() else None
+        TextCodec(folder) if prompt is not None or (folder / TOKENIZER_JSON).is_file() else None
     )
     if prompt is not None:
         ids = tokenizer.encode(prompt)  # type: ignore[union-attr]

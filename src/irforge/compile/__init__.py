@@ -5,16 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..artifacts import vmfb_name
 from ..errors import ManifestError
 from ..manifest import Compiled, Manifest
 from .driver import CompileResult, run_iree_compile
 from .targets import TARGETS, Target, compiler_version, get_target
 
 __all__ = ["TARGETS", "CompileResult", "Target", "compile_folder", "get_target"]
-
-
-def vmfb_name(target: Target) -> str:
-    return f"model.{target.name}.vmfb"
 
 
 def compile_folder(
@@ -53,7 +50,7 @@ def compile_folder(
     mlir = folder / manifest.mlir
     if not mlir.is_file():
         raise ManifestError(f"{folder}: {manifest.mlir} is missing; re-run `irforge export`")
-    out = Path(out) if out else folder / vmfb_name(preset)
+    out = Path(out) if out else folder / vmfb_name(preset.name)
     result = run_iree_compile(
         mlir,
         out=out,

@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..archive import ArchiveMetadata
+from ..artifacts import copy_tokenizer_files
 from ..config import ModelConfig
 from ..errors import ConfigError
-from ..formats import atomic
 from ..formats.irpa import write_irpa
 from ..formats.sources import Source
 from .plan import plan
@@ -85,10 +85,4 @@ def source_record(src: Source) -> dict[str, str]:
 
 def copy_tokenizer(src: Source, out: Path) -> list[Path]:
     """Copy the source's tokenizer files beside `out`."""
-    copied = []
-    for f in src.tokenizer_files:
-        dst = out.parent / f.name
-        if dst.resolve() != f.resolve():
-            atomic.copy_file(f, dst)
-        copied.append(dst)
-    return copied
+    return copy_tokenizer_files(src.tokenizer_files, out.parent)

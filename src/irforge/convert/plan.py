@@ -14,12 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ..artifacts import tokenizer_files
 from ..config import ModelConfig
 from ..errors import ConfigError, InputError, UnsupportedModelError
 from ..formats.dtypes import BY_NAME, CONVERTIBLE
 from ..formats.gguf import dequantize, row_bytes
 from ..formats.irpa import OutputEntry, tensor_metadata
-from ..formats.sources import TOKENIZER_FILES, Source, open_source, read_json_file
+from ..formats.sources import Source, open_source, read_json_file
 from ..formats.tensor_ref import TensorRef, read_range
 from .names import HF_IGNORED, check_tensors, hf_to_canonical
 
@@ -227,7 +228,7 @@ def plan_archive(path: Path, *, dtype: str | None = None) -> Plan:
     if archive.rank_paths:
         raise InputError(f"{path}: already sharded; `irforge shard --unshard` joins it first")
     folder = archive.path.parent
-    tokenizer = [folder / n for n in TOKENIZER_FILES if (folder / n).is_file()]
+    tokenizer = tokenizer_files(folder)
     src = Source(
         "irpa",
         archive.path,

@@ -10,17 +10,22 @@ from pathlib import Path
 
 from .. import __version__
 from ..archive import ModelArchive, open_archive, rank_path
-from ..config import FLOAT_DTYPES, ModelConfig
+from ..artifacts import (
+    ARCHIVE_NAME,
+    MLIR_NAME,
+    SHORTFIN_CONFIG_NAME,
+    copy_tokenizer_files,
+    tokenizer_files,
+)
+from ..config import ModelConfig
 from ..errors import ConfigError, OutputError
-from ..formats.atomic import AtomicFile, copy_file
-from ..formats.sources import TOKENIZER_FILES, read_json_file
-from ..manifest import ExportOptions, Manifest
+from ..formats.atomic import AtomicFile
+from ..formats.sources import read_json_file
+from ..manifest import DEFAULTS, ExportOptions, Manifest
 from ..sharding.spec import check_tp
 from .service_config import shortfin_config
 
 __all__ = ["export"]
-
-ARCHIVE_NAME = "model.irpa"
 
 
 def _versions() -> dict[str, str]:
@@ -81,25 +86,18 @@ def _options(
     top_k: int | None,
     max_seq_len: int | None,
 ) -> ExportOptions:
-    for what, sizes in (("--bs-prefill", bs_prefill), ("--bs-decode", bs_decode)):
-        if not sizes or any(b < 1 for b in sizes) or len(set(sizes)) != len(sizes):
-            raise ConfigError(f"{what} needs distinct positive batch sizes, got {list(sizes)}")
+    """ExportOptions for `cfg`: dtypes default to the model's; ExportOptions checks each value,
+    this the ones that depend on the model."""
     activation = activation_dtype or cfg.dtype
     kv = kv_cache_dtype or activation
     attn = attention_dtype or activation
-    dtypes = (("activation dtype", activation), ("KV-cache dtype", kv), ("attention dtype", attn))
-    for what, dt in dtypes:
-        if dt not in FLOAT_DTYPES:
-            raise ConfigError(f"{what} must be one of {', '.join(FLOAT_DTYPES)}, got {dt!r}")
     if top_k is not None and not 1 <= top_k <= cfg.vocab_size:
         raise ConfigError(f"--top-k must be between 1 and vocab size {cfg.vocab_size}")
     max_seq = max_seq_len or cfg.context_length
-    if max_seq < block_seq_stride or block_seq_stride < 1:
+    if max_seq < block_seq_stride:
         raise ConfigError(
             f"max sequence length {max_seq} must be at least --block-seq-stride {block_seq_stride}"
         )
-    if device_block_count < 2:
-        raise ConfigError(f"--device-block-count must be at least 2, got {device_block_count}")
     return ExportOptions(
         prefill_batch_sizes=tuple(sorted(bs_prefill)),
         decode_batch_sizes=tuple(sorted(bs_decode)),
@@ -123,12 +121,12 @@ def export(
     model_config: ModelConfig | None = None,
     bs_prefill: Sequence[int] = (4,),
     bs_decode: Sequence[int] = (4,),
-    block_seq_stride: int = 32,
-    device_block_count: int = 512,
+    block_seq_stride: int = DEFAULTS.block_seq_stride,
+    device_block_count: int = DEFAULTS.device_block_count,
     activation_dtype: str | None = None,
     kv_cache_dtype: str | None = None,
     attention_dtype: str | None = None,
-    attention: str = "decomposed",
+    attention: str = DEFAULTS.attention,
     top_k: int | None = None,
     max_seq_len: int | None = None,
     tp: int | None = None,
@@ -186,22 +184,19 @@ def export(
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise OutputError(f"cannot create {out_dir}: {e.strerror}") from e
-    mlir = AtomicFile(out_dir / "model.mlir")
+    mlir = AtomicFile(out_dir / MLIR_NAME)
     with mlir:
         trace(cfg, options, Path(mlir.tmp_path), on_step=on_step)
-    with AtomicFile(out_dir / "config.json") as f:
+    with AtomicFile(out_dir / SHORTFIN_CONFIG_NAME) as f:
         f.write(json.dumps(shortfin_config(cfg, options), indent=2).encode() + b"\n")
-    parameters, tokenizer = [], []
+    parameters: list[str] = []
+    tokenizer: list[str] = []
     if archive is not None:
         parameters.append(_link_into(archive.path, out_dir, ARCHIVE_NAME))
         for i, rank_file in enumerate(archive.rank_paths):
             parameters.append(_link_into(rank_file, out_dir, rank_path(Path(ARCHIVE_NAME), i).name))
-        for name in TOKENIZER_FILES:
-            src = archive.path.parent / name
-            if src.is_file():
-                if (out_dir / name).resolve() != src.resolve():
-                    copy_file(src, out_dir / name)
-                tokenizer.append(name)
+        found = tokenizer_files(archive.path.parent)
+        tokenizer = [f.name for f in copy_tokenizer_files(found, out_dir)]
     manifest = Manifest(
         config=cfg,
         options=options,

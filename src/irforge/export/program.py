@@ -13,13 +13,13 @@ from pathlib import Path
 
 import torch
 
+from ..artifacts import PARAMETER_SCOPE
 from ..config import ModelConfig
 from ..manifest import ExportOptions
 from ..model import ModelOptions, PagedLlama
 from ..model.sharded import ShardedPagedLlama, sharded_name
 from ..model.weights import canonical_name
 
-PARAMETER_SCOPE = "model"
 # Pages in the example cache handed to torch.export; the page count stays symbolic.
 EXAMPLE_PAGES = 16
 EXAMPLE_BLOCKS = 4

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..artifacts import tokenizer_files
 from ..errors import InputError
 from .gguf import read_gguf
 from .safetensors import (
@@ -17,15 +18,6 @@ from .safetensors import (
     read_safetensors,
 )
 from .tensor_ref import TensorRef
-
-# Files a tokenizer needs, copied beside the output archive when the source has them.
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "tokenizer.model",
-    "generation_config.json",
-)
 
 
 @dataclass
@@ -53,10 +45,6 @@ def read_json_file(path: Path) -> dict[str, Any]:
     return data
 
 
-def _tokenizer_files(folder: Path) -> list[Path]:
-    return [folder / n for n in TOKENIZER_FILES if (folder / n).is_file()]
-
-
 def _safetensors_source(
     kind: str, path: Path, folder: Path, files: list[SafetensorsFile]
 ) -> Source:
@@ -69,7 +57,7 @@ def _safetensors_source(
         path,
         [t for f in files for t in f.tensors],
         hf_config=hf_config,
-        tokenizer_files=_tokenizer_files(folder),
+        tokenizer_files=tokenizer_files(folder),
         inputs=inputs,
     )
 

@@ -7,10 +7,10 @@ from typing import Any
 
 from ..config import ModelConfig
 from ..errors import ConfigError, ShardingError
+from ..manifest import DEFAULTS
 from ..presets import PRESETS
 
 TINY_ALIAS = "tiny"
-DEFAULT_BLOCK_SEQ_STRIDE = 32  # shortfin's and irforge's default page size, in tokens
 
 DTYPE_BYTES = {"f32": 4, "f16": 2, "bf16": 2}
 
@@ -164,7 +164,7 @@ def plan(
     entry: RegistryEntry,
     tp: int,
     dtype: str = "bf16",
-    block_seq_stride: int = DEFAULT_BLOCK_SEQ_STRIDE,
+    block_seq_stride: int = DEFAULTS.block_seq_stride,
 ) -> ModelPlan:
     """Plan a registry model at one tensor-parallel size, from its preset alone.
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config import ModelConfig
+from ..config import ModelConfig, kv_page_elements
 from ..errors import ConfigError
 from .options import ModelOptions
 
@@ -44,7 +44,7 @@ class PagedKVCache:
 
     @property
     def page_elements(self) -> int:
-        return self.layers * 2 * self.kv_heads * self.block_seq_stride * self.head_dim
+        return kv_page_elements(self.layers, self.kv_heads, self.block_seq_stride, self.head_dim)
 
     def allocate(
         self, page_count: int, *, device: torch.device | str | None = None

@@ -8,8 +8,8 @@ import torch
 
 from ..config import FLOAT_DTYPES, ModelConfig
 from ..errors import ConfigError
+from ..manifest import ATTENTION_KINDS, DEFAULTS
 
-ATTENTION_KINDS = ("decomposed", "sdpa")
 KV_CACHE_DTYPES = FLOAT_DTYPES
 TORCH_DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
 
@@ -23,11 +23,11 @@ class ModelOptions:
     `"sdpa"` uses torch's scaled_dot_product_attention and lets export pick a fused kernel.
     """
 
-    block_seq_stride: int = 32
+    block_seq_stride: int = DEFAULTS.block_seq_stride
     activation_dtype: str | None = None
     kv_cache_dtype: str | None = None
     attention_dtype: str | None = None  # q/k/v and their products; softmax stays float32
-    attention: str = "decomposed"
+    attention: str = DEFAULTS.attention
 
     def __post_init__(self) -> None:
         if not isinstance(self.block_seq_stride, int) or self.block_seq_stride <= 0:

@@ -8,13 +8,13 @@ from typing import Any
 
 import numpy as np
 
+from ..artifacts import PARAMETER_SCOPE
 from ..errors import InputError, ManifestError
 from ..formats.irpa import read_irpa
 from ..manifest import Compiled, Manifest
 from .devices import allocate_cache, iree_reason, normalize_driver, open_devices
 from .pages import PageAllocator
 
-PARAMETER_SCOPE = "model"
 _EXAMPLE_TARGET = {"local-task": "cpu", "hip": "gfx942", "cuda": "sm_90"}
 
 

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..artifacts import TOKENIZER_JSON
 from ..errors import ConfigError
 from ..runtime.batching import blocks, decode_arrays, prefill_arrays, row_logits, split
 from ..runtime.sampling import Sampling
@@ -59,7 +60,7 @@ class Engine:
         self.prefill_sizes = options.prefill_batch_sizes
         self.decode_sizes = options.decode_batch_sizes
         self.vocab_size, self.top_k = self.session.config.vocab_size, options.top_k
-        self.text = TextCodec(self.folder) if (self.folder / "tokenizer.json").is_file() else None
+        self.text = TextCodec(self.folder) if (self.folder / TOKENIZER_JSON).is_file() else None
         eos = set(self.session.config.eos_token_ids)
         if self.text and self.text.eos_id is not None:
             eos.add(self.text.eos_id)

@@ -7,6 +7,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from ..artifacts import TOKENIZER_CONFIG, TOKENIZER_JSON
 from ..errors import InputError
 from .errors import BadRequest
 
@@ -32,12 +33,14 @@ class TextCodec:
         from tokenizers import Tokenizer
 
         folder = Path(folder)
-        path = folder / "tokenizer.json"
+        path = folder / TOKENIZER_JSON
+        if not path.is_file():
+            raise InputError(f"{folder}: no {TOKENIZER_JSON}; send token ids instead of text")
         try:
             self._tok = Tokenizer.from_file(str(path))
         except Exception as e:  # tokenizers raises plain Exception subclasses
             raise InputError(f"{path}: cannot load tokenizer: {e}") from e
-        config_path = folder / "tokenizer_config.json"
+        config_path = folder / TOKENIZER_CONFIG
         config: dict[str, Any] = {}
         if config_path.is_file():
             try:

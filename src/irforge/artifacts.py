@@ -1,0 +1,47 @@
+"""The names of an artifact folder's files, and the parameter scope its program reads.
+
+export writes these, compile adds its VMFBs, run, serve and shortfin read them: each name is
+declared here once.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+ARCHIVE_NAME = "model.irpa"  # plus model.rank{i}.irpa for a TP program
+MLIR_NAME = "model.mlir"
+SHORTFIN_CONFIG_NAME = "config.json"  # shortfin's, exactly its keys
+PARAMETER_SCOPE = "model"  # the scope every external parameter of the program lives in
+TOKENIZER_JSON = "tokenizer.json"
+TOKENIZER_CONFIG = "tokenizer_config.json"
+# Files a tokenizer needs, carried from a source to its archive and on into the folder.
+TOKENIZER_FILES = (
+    TOKENIZER_JSON,
+    TOKENIZER_CONFIG,
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "generation_config.json",
+)
+
+
+def vmfb_name(target: str) -> str:
+    """model.<target>.vmfb: one program per compile target, side by side."""
+    return f"model.{target}.vmfb"
+
+
+def tokenizer_files(folder: Path) -> list[Path]:
+    """The tokenizer files present in `folder`."""
+    return [folder / n for n in TOKENIZER_FILES if (folder / n).is_file()]
+
+
+def copy_tokenizer_files(files: list[Path], dest: Path) -> list[Path]:
+    """Copy tokenizer files into the folder `dest` (atomically; a file onto itself is kept)."""
+    from .formats.atomic import copy_file
+
+    copied = []
+    for f in files:
+        target = dest / f.name
+        if target.resolve() != f.resolve():
+            copy_file(f, target)
+        copied.append(target)
+    return copied
