@@ -24,25 +24,21 @@ HEAD_DIM = HIDDEN // HEADS
 
 
 def llama_shapes(layers: int) -> dict[str, tuple[int, ...]]:
-    """HF-named tensors of a TinyLlama-like model (GQA, untied)."""
-    shapes = {"model.embed_tokens.weight": (VOCAB, HIDDEN), "model.norm.weight": (HIDDEN,)}
-    for i in range(layers):
-        p = f"model.layers.{i}."
-        shapes.update(
-            {
-                p + "input_layernorm.weight": (HIDDEN,),
-                p + "self_attn.q_proj.weight": (HIDDEN, HIDDEN),
-                p + "self_attn.k_proj.weight": (KV_HEADS * HEAD_DIM, HIDDEN),
-                p + "self_attn.v_proj.weight": (KV_HEADS * HEAD_DIM, HIDDEN),
-                p + "self_attn.o_proj.weight": (HIDDEN, HIDDEN),
-                p + "post_attention_layernorm.weight": (HIDDEN,),
-                p + "mlp.gate_proj.weight": (FFN, HIDDEN),
-                p + "mlp.up_proj.weight": (FFN, HIDDEN),
-                p + "mlp.down_proj.weight": (HIDDEN, FFN),
-            }
-        )
-    shapes["lm_head.weight"] = (VOCAB, HIDDEN)
-    return shapes
+    """HF-named tensors of a TinyLlama-like model (GQA, untied), from irforge's tensor table."""
+    from irforge.presets import get_preset
+    from irforge.tensor_kinds import hf_shapes
+
+    config = get_preset("llama-3.1-8b").replace(
+        vocab_size=VOCAB,
+        embedding_length=HIDDEN,
+        feed_forward_length=FFN,
+        attention_head_count=HEADS,
+        attention_head_count_kv=KV_HEADS,
+        head_dim=HEAD_DIM,
+        block_count=layers,
+        tie_word_embeddings=False,
+    )
+    return hf_shapes(config)
 
 
 def random_f16(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:

@@ -86,31 +86,13 @@ def create_tiny(folder: Path, *, seed: int = SEED) -> Path:
     import torch
     from safetensors.torch import save
 
+    from .config import ModelConfig
+    from .tensor_kinds import hf_shapes
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    c = CONFIG
-    hidden, ffn, vocab = c["hidden_size"], c["intermediate_size"], c["vocab_size"]
-    q, kv = c["num_attention_heads"] * c["head_dim"], c["num_key_value_heads"] * c["head_dim"]
-    shapes = {
-        "model.embed_tokens.weight": (vocab, hidden),
-        "model.norm.weight": (hidden,),
-        "lm_head.weight": (vocab, hidden),
-    }
-    for i in range(c["num_hidden_layers"]):
-        p = f"model.layers.{i}."
-        shapes.update(
-            {
-                p + "input_layernorm.weight": (hidden,),
-                p + "self_attn.q_proj.weight": (q, hidden),
-                p + "self_attn.k_proj.weight": (kv, hidden),
-                p + "self_attn.v_proj.weight": (kv, hidden),
-                p + "self_attn.o_proj.weight": (hidden, q),
-                p + "post_attention_layernorm.weight": (hidden,),
-                p + "mlp.gate_proj.weight": (ffn, hidden),
-                p + "mlp.up_proj.weight": (ffn, hidden),
-                p + "mlp.down_proj.weight": (hidden, ffn),
-            }
-        )
+    config = ModelConfig.from_hf_config(CONFIG)
+    shapes = hf_shapes(config)
     gen = torch.Generator().manual_seed(seed)
     tensors = {}
     for name, shape in shapes.items():
@@ -122,7 +104,7 @@ def create_tiny(folder: Path, *, seed: int = SEED) -> Path:
     _write(folder / "config.json", json.dumps(CONFIG, indent=2).encode())
     generation = {"bos_token_id": 1, "eos_token_id": 2}
     _write(folder / "generation_config.json", json.dumps(generation).encode())
-    write_tokenizer(folder, vocab)
+    write_tokenizer(folder, config.vocab_size)
     return folder
 
 

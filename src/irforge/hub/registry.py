@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -9,6 +10,8 @@ from ..config import ModelConfig
 from ..errors import ConfigError, ShardingError
 from ..manifest import DEFAULTS
 from ..presets import PRESETS
+from ..sharding.spec import split_dim
+from ..tensor_kinds import expected_shapes
 
 TINY_ALIAS = "tiny"
 
@@ -143,20 +146,13 @@ class ModelPlan:
 
 def parameter_counts(config: ModelConfig) -> tuple[int, int]:
     """(replicated, split) parameter counts under the tensor-parallel sharding rules."""
-    hidden = config.embedding_length
-    q_dim = config.attention_head_count * config.head_dim
-    kv_dim = config.attention_head_count_kv * config.head_dim
-    per_block_split = (
-        hidden * q_dim  # attn_q
-        + 2 * hidden * kv_dim  # attn_k, attn_v
-        + q_dim * hidden  # attn_output
-        + 3 * hidden * config.feed_forward_length  # ffn_gate, ffn_up, ffn_down
-    )
-    embedding = config.vocab_size * hidden
-    replicated = embedding + config.block_count * 2 * hidden + hidden  # + attn/ffn/output norms
-    split = config.block_count * per_block_split
-    if not config.tie_word_embeddings:
-        split += config.vocab_size * hidden  # output.weight, row-parallel
+    replicated = split = 0
+    for name, shape in expected_shapes(config).items():
+        count = math.prod(shape)
+        if split_dim(name) is None:
+            replicated += count
+        else:
+            split += count
     return replicated, split
 
 

@@ -10,25 +10,13 @@ import torch
 
 from ..config import ModelConfig
 from ..errors import InputError, UnsupportedModelError
+from ..tensor_kinds import KINDS
 
 if TYPE_CHECKING:
     from .llama import PagedLlama
 
 # Canonical name -> PagedLlama parameter name; `{i}` is the block index.
-CANONICAL_TO_MODULE: dict[str, str] = {
-    "token_embd.weight": "token_embd.weight",
-    "output_norm.weight": "output_norm.weight",
-    "output.weight": "output.weight",
-    "blk.{i}.attn_norm.weight": "blk.{i}.attn_norm.weight",
-    "blk.{i}.attn_q.weight": "blk.{i}.attn.wq.weight",
-    "blk.{i}.attn_k.weight": "blk.{i}.attn.wk.weight",
-    "blk.{i}.attn_v.weight": "blk.{i}.attn.wv.weight",
-    "blk.{i}.attn_output.weight": "blk.{i}.attn.wo.weight",
-    "blk.{i}.ffn_norm.weight": "blk.{i}.ffn_norm.weight",
-    "blk.{i}.ffn_gate.weight": "blk.{i}.ffn.w_gate.weight",
-    "blk.{i}.ffn_up.weight": "blk.{i}.ffn.w_up.weight",
-    "blk.{i}.ffn_down.weight": "blk.{i}.ffn.w_down.weight",
-}
+CANONICAL_TO_MODULE: dict[str, str] = {k.canonical: k.module for k in KINDS}
 
 # Tensors whose content the config already carries (GGUF's rope divisors: rope_freq_factors).
 IGNORED = frozenset({"rope_freqs.weight"})

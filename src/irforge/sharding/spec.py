@@ -7,29 +7,17 @@ summed across devices. Everything else is replicated.
 
 from __future__ import annotations
 
-import fnmatch
-
 from ..config import ModelConfig
 from ..errors import ShardingError
+from ..tensor_kinds import kind_of
 
-COLUMN = (
-    "blk.*.attn_q.weight",
-    "blk.*.attn_k.weight",
-    "blk.*.attn_v.weight",
-    "blk.*.ffn_gate.weight",
-    "blk.*.ffn_up.weight",
-)
-ROW = ("blk.*.attn_output.weight", "blk.*.ffn_down.weight", "output.weight")
 MAX_TP = 8
 
 
 def split_dim(name: str) -> int | None:
-    """0 for column-parallel, 1 for row-parallel, None for replicated."""
-    if any(fnmatch.fnmatchcase(name, p) for p in COLUMN):
-        return 0
-    if any(fnmatch.fnmatchcase(name, p) for p in ROW):
-        return 1
-    return None
+    """0 for column-parallel, 1 for row-parallel, None for replicated (tensor_kinds.py)."""
+    found = kind_of(name)
+    return found[0].split_dim if found else None
 
 
 def shard_name(name: str, rank: int) -> str:
