@@ -7,10 +7,10 @@ from pathlib import Path
 
 from .archive import rank_path
 from .artifacts import ARCHIVE_NAME, MLIR_NAME, SHORTFIN_CONFIG_NAME, TOKENIZER_JSON, vmfb_name
+from .build_steps import BuildResult, Step, run_steps
 from .compile import compile_folder, get_target, register_compiled
 from .errors import ConfigError
 from .manifest import DEFAULTS, ExportOptions
-from .pipeline import BuildResult, Step, run_steps
 
 TINY = "tiny"
 

@@ -177,6 +177,8 @@ class ModelConfig:
         from .config_sources import hf_to_kwargs
 
         kwargs = hf_to_kwargs(hf)
+        if kwargs.get("rope_scaling") is not None:
+            kwargs["rope_scaling"] = RopeScaling(**kwargs["rope_scaling"])
         if dtype is not None:
             kwargs["dtype"] = dtype
         return cls(source=source, **kwargs)

@@ -19,9 +19,8 @@ def _require(d: Mapping[str, Any], key: str, where: str) -> Any:
 
 
 def _hf_rope(hf: Mapping[str, Any]) -> tuple[float, Any]:
-    """(rope_theta, RopeScaling | None) from `rope_scaling` (v4) or `rope_parameters` (v5)."""
-    from .config import RopeScaling
-
+    """(rope_theta, RopeScaling's fields | None) from `rope_scaling` (v4) or `rope_parameters`
+    (v5); ModelConfig makes the RopeScaling, so this module needs nothing from config.py."""
     params = dict(hf.get("rope_parameters") or {})
     scaling = hf.get("rope_scaling") or params
     theta = hf.get("rope_theta", params.get("rope_theta", 10000.0))
@@ -33,12 +32,12 @@ def _hf_rope(hf: Mapping[str, Any]) -> tuple[float, Any]:
             f"config.json rope scaling type {rope_type!r} is not supported (supported: llama3)"
         )
     try:
-        return float(theta), RopeScaling(
-            factor=float(scaling["factor"]),
-            low_freq_factor=float(scaling["low_freq_factor"]),
-            high_freq_factor=float(scaling["high_freq_factor"]),
-            original_context_length=int(scaling["original_max_position_embeddings"]),
-        )
+        return float(theta), {
+            "factor": float(scaling["factor"]),
+            "low_freq_factor": float(scaling["low_freq_factor"]),
+            "high_freq_factor": float(scaling["high_freq_factor"]),
+            "original_context_length": int(scaling["original_max_position_embeddings"]),
+        }
     except KeyError as e:
         raise ConfigError(f"config.json llama3 rope scaling lacks {e.args[0]!r}") from e
 

@@ -41,9 +41,8 @@ def run_cmd(
     ] = None,
 ) -> None:
     """Run prefill then decode on IREE and print the generated text (or ids) with timings."""
-    from irforge.artifacts import TOKENIZER_JSON
-    from irforge.runtime import Sampling, Session, generate
-    from irforge.serve.text import TextCodec
+    from irforge.run import run
+    from irforge.runtime import Sampling
 
     from ._output import err
 
@@ -51,45 +50,41 @@ def run_cmd(
         raise typer.BadParameter("give exactly one of --prompt and --prompt-ids")
     if greedy and temperature:
         raise typer.BadParameter("--greedy and --temperature exclude each other")
-    session = Session(folder, device=device, device_ids=parse_device_ids(device_ids), vmfb=vmfb)
-    tokenizer = (
-        TextCodec(folder) if prompt is not None or (folder / TOKENIZER_JSON).is_file() else None
-    )
-    if prompt is not None:
-        ids = tokenizer.encode(prompt)  # type: ignore[union-attr]
-    else:
+    ids = None
+    if prompt_ids is not None:
         try:
-            ids = [int(x) for x in prompt_ids.split(",") if x.strip()]  # type: ignore[union-attr]
+            ids = [int(x) for x in prompt_ids.split(",") if x.strip()]
         except ValueError:
             raise typer.BadParameter(f"not a comma list of integers: {prompt_ids!r}") from None
-    sampling = Sampling(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
-    eos = () if ignore_eos else session.config.eos_token_ids
-    result = generate(
-        session,
-        [ids],
+    result = run(
+        folder,
+        prompt=prompt,
+        prompt_ids=ids,
         max_tokens=max_tokens,
-        sampling=sampling,
-        eos_ids=eos,
+        sampling=Sampling(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed),
+        ignore_eos=ignore_eos,
+        device=device,
+        device_ids=parse_device_ids(device_ids),
+        vmfb=vmfb,
         keep_logits=logits_out is not None,
     )
-    tokens = result.tokens[0]
-    text = tokenizer.decode(tokens) if tokenizer else None
     if logits_out is not None:
         import numpy as np
 
-        np.save(logits_out, result.logits[0])
-    timings = {
-        "prefill_s": round(result.prefill_s, 6),
-        "decode_s": round(result.decode_s, 6),
-        "decode_tokens_per_s": round(result.decode_tokens_per_s, 2),
-    }
+        np.save(logits_out, result.logits)
+    timings = result.timings()
     if as_json:
-        doc = {"prompt_ids": ids, "tokens": tokens, "text": text, "timings": timings}
+        doc = {
+            "prompt_ids": result.prompt_ids,
+            "tokens": result.tokens,
+            "text": result.text,
+            "timings": timings,
+        }
         typer.echo(json.dumps(doc))
         return
-    typer.echo(text if text is not None else ",".join(map(str, tokens)))
+    typer.echo(result.text if result.text is not None else ",".join(map(str, result.tokens)))
     err.print(
-        f"{len(ids)} prompt tokens, {len(tokens)} generated; prefill "
+        f"{len(result.prompt_ids)} prompt tokens, {len(result.tokens)} generated; prefill "
         f"{result.prefill_s * 1e3:.1f} ms, decode {timings['decode_tokens_per_s']} tokens/s",
         highlight=False,
     )

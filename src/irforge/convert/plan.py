@@ -18,7 +18,7 @@ from ..artifacts import tokenizer_files
 from ..config import ModelConfig
 from ..errors import ConfigError, InputError, UnsupportedModelError
 from ..formats.dtypes import BY_NAME, CONVERTIBLE
-from ..formats.gguf import dequantize, row_bytes
+from ..formats.ggml_quants import dequantize, row_bytes
 from ..formats.irpa import OutputEntry, tensor_metadata
 from ..formats.sources import Source, open_source, read_json_file
 from ..formats.tensor_ref import TensorRef, read_range

@@ -1,4 +1,4 @@
-"""Validating GGUF reader, and dequantization through the `gguf` package.
+"""Validating GGUF reader (dequantization is in ggml_quants.py).
 
 `gguf.GGUFReader` trusts its input (element counts wrap, reads past EOF pass silently), so
 this module parses the header itself with every length checked against the bytes left, the
@@ -17,7 +17,7 @@ from typing import Any
 import gguf
 import numpy as np
 
-from ..errors import InputError, UnsupportedModelError
+from ..errors import InputError
 from .tensor_ref import TensorRef
 
 GGUF_MAGIC = b"GGUF"
@@ -54,7 +54,6 @@ PLAIN_TYPES = {
     QT.I32: "i32",
     QT.I64: "i64",
 }
-QUANT_BY_NAME = {t.name.lower(): t for t in QT}
 
 
 @dataclass
@@ -228,32 +227,3 @@ def _parse(mm: mmap.mmap, size: int, path: Path) -> GGUFFile:
             TensorRef(name, dtype, tuple(reversed(ne)), path, data_offset + offset, nbytes)
         )
     return GGUFFile(path, version, metadata, tensors, alignment, data_offset)
-
-
-def dequantize(ref: TensorRef, raw: np.ndarray) -> np.ndarray:
-    """Dequantize the bytes of (part of) a quantized tensor to float32 with gguf's own code.
-
-    `raw` holds whole rows; the result has shape `[rows, ref.shape[-1]]` flattened to the
-    rows given, or `ref.shape` when all rows are given.
-    """
-    qtype = QUANT_BY_NAME.get(ref.dtype)
-    if qtype is None:
-        raise UnsupportedModelError(f"tensor {ref.name!r}: {ref.dtype} is not a GGML type")
-    cols = ref.shape[-1]
-    block, type_size = gguf.GGML_QUANT_SIZES[qtype]
-    row_bytes = cols // block * type_size
-    rows = raw.size // row_bytes
-    try:
-        out = gguf.quants.dequantize(np.asarray(raw).reshape(rows, row_bytes), qtype)
-    except NotImplementedError as e:
-        raise UnsupportedModelError(
-            f"tensor {ref.name!r}: the gguf package cannot dequantize {qtype.name}"
-        ) from e
-    out = out.astype(np.float32, copy=False).reshape(rows, cols)
-    return out.reshape(ref.shape) if raw.size == ref.nbytes else out
-
-
-def row_bytes(ref: TensorRef) -> int:
-    """Bytes of one innermost row of a quantized tensor (the unit dequantization works in)."""
-    block, type_size = gguf.GGML_QUANT_SIZES[QUANT_BY_NAME[ref.dtype]]
-    return ref.shape[-1] // block * type_size

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 
 from ..errors import InputError
 from .dtypes import BY_NAME, numpy_view_dtype
+from .ggml_quants import dequantize
 
 
 @dataclass(frozen=True)
@@ -68,8 +69,6 @@ def read_tensor(ref: TensorRef) -> torch.Tensor:
     import torch
 
     if ref.is_quantized:
-        from .gguf import dequantize
-
         return torch.from_numpy(dequantize(ref, read_bytes(ref)))
     d = BY_NAME[ref.dtype]
     raw = np.array(read_bytes(ref)).view(numpy_view_dtype(d))

@@ -14,8 +14,10 @@ from typing import Any
 from .. import __version__
 from ..errors import DownloadError
 from ..formats.atomic import AtomicFile
+from .hub_errors import hub_error, offline_error, transport_errors, unreachable_error
 from .registry import REGISTRY, TINY_ALIAS, lookup
 from .select import FORMATS, select_files
+from .target import HubTarget
 
 MANIFEST_NAME = "irforge-download.json"
 MANIFEST_FORMAT = "irforge-download"
@@ -46,23 +48,6 @@ class DownloadResult:
     @property
     def total_bytes(self) -> int:
         return sum(f.size for f in self.files)
-
-
-@dataclass(frozen=True)
-class _Target:
-    repo_id: str
-    revision: str | None
-    endpoint: str
-    cache_dir: Path
-    local_dir: Path | None
-
-    @property
-    def where(self) -> str:
-        return f"{self.repo_id}@{self.revision}" if self.revision else self.repo_id
-
-    @property
-    def repo_folder(self) -> Path:
-        return self.cache_dir / ("models--" + self.repo_id.replace("/", "--"))
 
 
 def resolve_model(model: str, format: str = "safetensors") -> str:
@@ -151,7 +136,7 @@ def download(
     repo_id = resolve_model(model, format)
     if quant is not None and format != "gguf":
         raise DownloadError("--quant picks a GGUF file: add --format gguf")
-    target = _Target(
+    target = HubTarget(
         repo_id=repo_id,
         revision=revision,
         endpoint=constants.ENDPOINT,
@@ -174,8 +159,6 @@ def download(
     except DownloadError:
         raise
     except Exception as e:
-        from .hub_errors import hub_error
-
         mapped = hub_error(e, target, token=token)
         if mapped is None:
             raise
@@ -183,7 +166,7 @@ def download(
 
 
 def _download(
-    target: _Target, *, token: str | None, tqdm_class: Any, select: dict[str, Any]
+    target: HubTarget, *, token: str | None, tqdm_class: Any, select: dict[str, Any]
 ) -> DownloadResult:
     from huggingface_hub import snapshot_download
 
@@ -217,14 +200,12 @@ def _download(
     return result
 
 
-def _locate(target: _Target, token: str | None) -> tuple[str, dict[str, int | None], bool]:
+def _locate(target: HubTarget, token: str | None) -> tuple[str, dict[str, int | None], bool]:
     """(commit, {file: size}, cache_only), from the Hub or, out of its reach, the cache."""
     from huggingface_hub import HfApi, constants
     from huggingface_hub.errors import HfHubHTTPError
 
-    from .hub_errors import offline_error, transport_errors, unreachable_error
-
-    unreachable: Exception | None = None
+    unreachable: BaseException | None = None
     if not constants.is_offline_mode():
         try:
             info = HfApi(token=token).model_info(
@@ -249,7 +230,7 @@ def _locate(target: _Target, token: str | None) -> tuple[str, dict[str, int | No
     return commit, sizes, True
 
 
-def _folder(target: _Target, commit: str) -> Path:
+def _folder(target: HubTarget, commit: str) -> Path:
     if target.local_dir is not None:
         return target.local_dir
     return target.repo_folder / "snapshots" / commit
@@ -264,7 +245,7 @@ def _recorded(folder: Path) -> dict[str, Any]:
     return doc if isinstance(doc, dict) else {}
 
 
-def _cached_commit(target: _Target) -> str | None:
+def _cached_commit(target: HubTarget) -> str | None:
     """The commit an earlier download resolved the requested revision to (HF cache refs/)."""
     revision = target.revision or "main"
     if _COMMIT.match(revision):
@@ -286,7 +267,7 @@ def _cached_commit(target: _Target) -> str | None:
     return None
 
 
-def _remember_ref(target: _Target, commit: str) -> None:
+def _remember_ref(target: HubTarget, commit: str) -> None:
     """Record revision -> commit in the cache's refs/ (the layout huggingface_hub documents).
 
     snapshot_download does this itself only when it resolves the revision; we resolve it
@@ -305,7 +286,7 @@ def _remember_ref(target: _Target, commit: str) -> None:
         pass
 
 
-def _files_on_disk(target: _Target, commit: str) -> dict[str, int | None]:
+def _files_on_disk(target: HubTarget, commit: str) -> dict[str, int | None]:
     found: dict[str, int | None] = {}
     folder = _folder(target, commit)
     if not folder.is_dir():

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING
 
 from ..errors import DownloadError
-
-if TYPE_CHECKING:
-    from .download import _Target
+from .target import HubTarget
 
 TOKEN_HINT = "pass a token with --token or HF_TOKEN (or run `hf auth login`)"
 
@@ -24,14 +21,14 @@ def transport_errors() -> tuple[type[BaseException], ...]:
     return tuple(classes)
 
 
-def offline_error(target: _Target) -> DownloadError:
+def offline_error(target: HubTarget) -> DownloadError:
     place = target.local_dir if target.local_dir is not None else "the local cache"
     return DownloadError(
         f"{target.where} is not in {place} and HF_HUB_OFFLINE=1 is set (unset it to download)"
     )
 
 
-def unreachable_error(target: _Target, error: BaseException) -> DownloadError:
+def unreachable_error(target: HubTarget, error: BaseException) -> DownloadError:
     response = getattr(error, "response", None)
     if response is not None:  # the Hub answered, with a server error
         return DownloadError(
@@ -66,7 +63,9 @@ def _cause(error: BaseException, classes: tuple[type[BaseException], ...]) -> Ba
     return None
 
 
-def hub_error(error: BaseException, target: _Target, *, token: str | None) -> DownloadError | None:
+def hub_error(
+    error: BaseException, target: HubTarget, *, token: str | None
+) -> DownloadError | None:
     """A DownloadError with an actionable message for `error`, or None if it is not a Hub error.
 
     Args:

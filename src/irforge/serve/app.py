@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 
 from .. import __version__
+from . import openai_api, shortfin_api
 from .engine import Engine
-from .errors import BadRequest, Overloaded, ServeError
-from .request import Request as EngineRequest
+from .errors import Overloaded, ServeError
 
 SHORTFIN_PATHS = ("/generate",)
 _SCALARS = (str, int, float, bool, type(None))
@@ -22,7 +21,6 @@ _SCALARS = (str, int, float, bool, type(None))
 
 def create_app(engine: Engine, *, model_name: str | None = None) -> FastAPI:
     """The FastAPI app: /health, /metrics, shortfin's /generate, OpenAI's /v1 routes."""
-    from . import openai_api, shortfin_api
 
     app = FastAPI(title="irforge serve", version=__version__)
     app.state.engine = engine
@@ -106,70 +104,3 @@ def _is_type(part: object) -> bool:
 
 def _path(loc: Sequence[Any]) -> list[str]:
     return [str(p) for p in loc[1:] if not _is_type(p)]
-
-
-async def wait_all(requests: list[EngineRequest], http: Request) -> bool:
-    """Wait until every request is done; False (after cancelling them) if the client left."""
-    waiter = asyncio.ensure_future(asyncio.gather(*(r.await_done() for r in requests)))
-    gone = asyncio.ensure_future(_disconnect(http))
-    try:
-        await asyncio.wait({waiter, gone}, return_when=asyncio.FIRST_COMPLETED)
-        if waiter.done():
-            waiter.result()
-            return True
-        return False
-    finally:
-        for task in (waiter, gone):
-            task.cancel()
-        if not waiter.done() or waiter.cancelled():
-            for r in requests:
-                r.cancel()
-
-
-async def _disconnect(http: Request) -> None:
-    # the body is already read: the server's next message is http.disconnect
-    while (await http.receive())["type"] != "http.disconnect":
-        pass
-
-
-def check_finished(requests: list[EngineRequest]) -> None:
-    for r in requests:
-        if r.finish_reason == "error":
-            raise ServeError(f"request {r.id} failed: {r.error}")
-        if r.finish_reason == "shutdown":
-            raise Overloaded("the server stopped before this request finished", 5)
-
-
-def submit_all(engine: Engine, jobs: Sequence[tuple[Any, dict[str, Any]]]) -> list[EngineRequest]:
-    """Submit every (prompt, options) job, or none: an error cancels those already queued."""
-    if not jobs:
-        raise BadRequest("no prompt given", "prompt")
-    submitted: list[EngineRequest] = []
-    try:
-        for prompt, options in jobs:
-            submitted.append(engine.submit(prompt, **options))
-    except ServeError:
-        for r in submitted:
-            r.cancel()
-        raise
-    return submitted
-
-
-class EventStream(StreamingResponse):
-    """Server-sent events whose requests are cancelled however the response ends."""
-
-    def __init__(self, events: AsyncIterator[str], requests: list[EngineRequest]) -> None:
-        headers = {"Cache-Control": "no-cache"}
-        super().__init__(events, media_type="text/event-stream", headers=headers)
-        self._requests = requests
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:  # a client that went away mid-stream frees its pages now
-            for r in self._requests:
-                r.cancel()
-
-
-def sse(payload: Any) -> str:
-    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"

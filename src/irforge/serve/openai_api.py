@@ -10,9 +10,9 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from .app import EventStream, check_finished, sse, submit_all, wait_all
 from .engine import Engine, check_sampling
 from .errors import BadRequest, ModelNotFound
+from .handlers import EventStream, check_finished, sse, submit_all, wait_all
 from .request import Request as EngineRequest
 from .schemas import ChatMessage, ChatRequest, CompletionRequest, OpenAISampling
 

@@ -8,9 +8,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from ..runtime.sampling import Sampling
-from .app import check_finished, submit_all, wait_all
 from .engine import Engine, check_sampling
 from .errors import BadRequest
+from .handlers import check_finished, submit_all, wait_all
 from .request import Request as EngineRequest
 from .schemas import GenerateRequest, SamplingParams
 

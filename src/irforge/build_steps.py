@@ -1,4 +1,4 @@
-"""build(): download -> convert/shard -> export -> compile, skipping steps that are up to date.
+"""Build steps: run or plan them in order, skipping those up to date, and record each one.
 
 Each step is recorded as soon as it completes in OUT/build.json (and, at the end, in
 OUT/manifest.json under "build"): its arguments, and the size and sha256 of its inputs and
