@@ -193,6 +193,7 @@ def prepare(args: argparse.Namespace) -> None:
     from irforge.compile import compile_folder, get_target
     from irforge.convert import convert
     from irforge.export import export
+    from irforge.manifest import ExportOptions
     from irforge.tiny import create_tiny
 
     target = get_target(args.target).name
@@ -201,7 +202,8 @@ def prepare(args: argparse.Namespace) -> None:
     tiny = work / "tiny"
     source = create_tiny(work / "tiny-source")
     archive = convert(source, out=work / "tiny-source" / "model.irpa").out
-    export(archive, out_dir=tiny, bs_prefill=(1,), bs_decode=(1,), block_seq_stride=16)
+    one = ExportOptions(prefill_batch_sizes=(1,), decode_batch_sizes=(1,), block_seq_stride=16)
+    export(archive, out_dir=tiny, options=one)
     compile_folder(tiny, target=target)
     _save_reference(source, tiny / "reference.npz")
     print(f"tiny: {tiny} ({time.perf_counter() - started:.0f} s)", flush=True)
@@ -213,9 +215,11 @@ def prepare(args: argparse.Namespace) -> None:
     export(
         model_config=shape.config(),
         out_dir=scale,
-        bs_prefill=args.prefill_batches,
-        bs_decode=args.decode_batches,
-        device_block_count=page_budget(args),
+        options=ExportOptions(
+            prefill_batch_sizes=tuple(args.prefill_batches),
+            decode_batch_sizes=tuple(args.decode_batches),
+            device_block_count=page_budget(args),
+        ),
     )
     print(f"{shape.name}: exported in {time.perf_counter() - t0:.0f} s", flush=True)
     t0 = time.perf_counter()

@@ -52,7 +52,10 @@ SIZES = {
     ),
 }
 EXPORT = dict(
-    block_seq_stride=16, bs_prefill=(1, 4, 8), bs_decode=(1, 4, 8, 16, 32), device_block_count=1024
+    block_seq_stride=16,
+    prefill_batch_sizes=(1, 4, 8),
+    decode_batch_sizes=(1, 4, 8, 16, 32),
+    device_block_count=1024,
 )
 
 
@@ -67,7 +70,9 @@ def build(data: Path, size: str) -> tuple[Path, Path]:
         if not (hf / "config.json").is_file():
             tiny.save_hf(hf, tiny.llama_config(**SIZES[size]))
         archive = convert(hf, out=data / size / "src" / "model.irpa").out
-        export(archive, out_dir=art, **EXPORT)
+        from irforge.manifest import ExportOptions
+
+        export(archive, out_dir=art, options=ExportOptions(**EXPORT))
         compile_folder(art, target="cpu")
     return hf, art
 

@@ -59,9 +59,11 @@ def _build(folder: Path, source: Path, **export_kwargs: object) -> Path:
     from irforge.compile import compile_folder
     from irforge.convert import convert
     from irforge.export import export
+    from irforge.manifest import ExportOptions
 
     archive = convert(source, out=folder / "src" / "model.irpa").out
-    export(archive, out_dir=folder / "art", block_seq_stride=STRIDE, **export_kwargs)
+    options = ExportOptions(block_seq_stride=STRIDE, **export_kwargs)
+    export(archive, out_dir=folder / "art", options=options)
     compile_folder(folder / "art", target="cpu")
     return folder / "art"
 
@@ -70,14 +72,20 @@ def _build(folder: Path, source: Path, **export_kwargs: object) -> Path:
 def llama_artifacts(tmp_path_factory: pytest.TempPathFactory, llama_dir: Path) -> Path:
     """The tiny Llama exported with batch sizes 1 and 4 and compiled for the CPU."""
     return _build(
-        tmp_path_factory.mktemp("llama-art"), llama_dir, bs_prefill=(1, 4), bs_decode=(1, 4)
+        tmp_path_factory.mktemp("llama-art"),
+        llama_dir,
+        prefill_batch_sizes=(1, 4),
+        decode_batch_sizes=(1, 4),
     )
 
 
 @pytest.fixture(scope="session")
 def mistral_artifacts(tmp_path_factory: pytest.TempPathFactory, mistral_dir: Path) -> Path:
     return _build(
-        tmp_path_factory.mktemp("mistral-art"), mistral_dir, bs_prefill=(4,), bs_decode=(4,)
+        tmp_path_factory.mktemp("mistral-art"),
+        mistral_dir,
+        prefill_batch_sizes=(4,),
+        decode_batch_sizes=(4,),
     )
 
 
@@ -87,7 +95,7 @@ def gguf_artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("gguf-art")
     gguf_path = folder / "tiny-llama-f32.gguf"
     tiny.write_gguf(gguf_path, tiny.build_model(tiny.llama_config()))
-    return _build(folder, gguf_path, bs_prefill=(1,), bs_decode=(1,))
+    return _build(folder, gguf_path, prefill_batch_sizes=(1,), decode_batch_sizes=(1,))
 
 
 @pytest.fixture(scope="session")

@@ -113,10 +113,11 @@ def test_bf16_kv_cache_runs_and_matches_transformers(
     from test_export_run import PROMPT, assert_close_rel, reference, run_cli
 
     from irforge.export import export
+    from irforge.manifest import ExportOptions
 
     archive = llama_artifacts.parent / "src" / "model.irpa"
     art = tmp_path / "art"
-    export(archive, out_dir=art, block_seq_stride=16, kv_cache_dtype="bf16")
+    export(archive, out_dir=art, options=ExportOptions(block_seq_stride=16, kv_cache_dtype="bf16"))
     compile_folder(art, target="cpu")
     want_tokens, want_logits = reference(llama_dir, PROMPT, 8)
     doc = run_cli(art, PROMPT, 8, tmp_path / "logits.npy")

@@ -16,6 +16,7 @@ from irforge.compile import compile_folder
 from irforge.convert import convert
 from irforge.export import export
 from irforge.formats.tensor_ref import read_bytes, read_tensor
+from irforge.manifest import ExportOptions
 from irforge.model import ModelOptions, PagedLlama
 from irforge.model.sharded import ShardedPagedLlama, load_sharded
 from irforge.model.weights import load_archive
@@ -129,7 +130,13 @@ def test_tp_program_on_cpu_devices_matches_transformers(
 
     sharded = shard(tp4_archive, tp=tp, out=tmp_path / "src" / "m.irpa").out
     art = tmp_path / "art"
-    export(sharded, out_dir=art, block_seq_stride=16, bs_prefill=(1,), bs_decode=(1,))
+    export(
+        sharded,
+        out_dir=art,
+        options=ExportOptions(
+            block_seq_stride=16, prefill_batch_sizes=(1,), decode_batch_sizes=(1,)
+        ),
+    )
     compile_folder(art, target="cpu")
     doc = run_cli(art, PROMPT, 9, tmp_path / "logits.npy")
     want_tokens, want_logits = reference(llama_tp4_dir, PROMPT, 9)  # prefill + 8 decode steps

@@ -111,7 +111,7 @@ def build(
             run_weights,
         )
     )
-    # The dtypes follow the archive, so the options here are the ones build chooses.
+    # The dtypes follow the archive: left None, export resolves them.
     chosen = ExportOptions(
         prefill_batch_sizes=tuple(sorted(bs)),
         decode_batch_sizes=tuple(sorted(bs)),
@@ -127,14 +127,7 @@ def build(
     def run_export() -> None:
         from .export import export
 
-        export(
-            archive,
-            out_dir=out_dir,
-            bs_prefill=chosen.prefill_batch_sizes,
-            bs_decode=chosen.decode_batch_sizes,
-            block_seq_stride=chosen.block_seq_stride,
-            device_block_count=chosen.device_block_count,
-        )
+        export(archive, out_dir=out_dir, options=chosen)
 
     command = ["irforge", "export", str(archive), "-o", str(out_dir)]
     steps.append(
@@ -143,7 +136,7 @@ def build(
             export_args,
             weights,
             [out_dir / MLIR_NAME, out_dir / SHORTFIN_CONFIG_NAME],
-            command + chosen.cli_args(dtypes=False),
+            command + chosen.cli_args(),
             run_export,
         )
     )

@@ -25,6 +25,10 @@ ATTENTION_KINDS = ("decomposed", "sdpa")
 MAX_BATCH = 4096
 
 
+def _ints(values: Any) -> bool:
+    return all(isinstance(v, int) and not isinstance(v, bool) for v in values)
+
+
 def _check_int(name: str, value: Any, low: int, high: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise ConfigError(f"{name} must be an integer from {low} to {high}, got {value!r}")
@@ -37,43 +41,46 @@ DEFAULT_ATTENTION = "decomposed"  # compiles for gfx942, where fused paged atten
 class ExportOptions:
     """How the program was exported (what shortfin's config.json describes, and more).
 
-    The one declaration of the export options and their defaults: the CLI, `build` and the
-    manifest take them from here, and `cli_args()` spells them as `irforge export` flags.
-    Values are checked when the options are made, so a manifest with absurd ones is refused
-    where it is read.
+    The one declaration of the export options and their defaults: the CLI and `build` make
+    one and hand it to export(), the manifest records it, `cli_args()` spells it as `irforge
+    export` flags, and ModelOptions takes its fields from it. Values are checked when the
+    options are made, so a manifest with absurd ones is refused where it is read. A None
+    dtype (or max_seq_len 0) follows the model; `resolve()` fills them in, and the manifest
+    always holds resolved options.
     """
 
     prefill_batch_sizes: tuple[int, ...] = (4,)
     decode_batch_sizes: tuple[int, ...] = (4,)
     block_seq_stride: int = 32
     device_block_count: int = 512
-    activation_dtype: str = "f32"
-    kv_cache_dtype: str = "f32"
-    attention_dtype: str = "f32"
+    activation_dtype: str | None = None  # default: the model's dtype
+    kv_cache_dtype: str | None = None  # default: the activations'
+    attention_dtype: str | None = None  # default: the activations'
     attention: str = DEFAULT_ATTENTION
     top_k: int | None = None
-    max_seq_len: int = 0
+    max_seq_len: int = 0  # 0: the model's context length
     tensor_parallelism_size: int = 1
 
     def __post_init__(self) -> None:
-        for what, sizes in (
-            ("prefill_batch_sizes", self.prefill_batch_sizes),
-            ("decode_batch_sizes", self.decode_batch_sizes),
-        ):
+        for name in ("prefill_batch_sizes", "decode_batch_sizes"):  # lists from JSON or a CLI
+            sizes = getattr(self, name)
             if (
-                not sizes
-                or not all(isinstance(b, int) and 1 <= b <= MAX_BATCH for b in sizes)
+                not isinstance(sizes, list | tuple)
+                or not sizes
+                or not _ints(sizes)
+                or not all(1 <= b <= MAX_BATCH for b in sizes)
                 or len(set(sizes)) != len(sizes)
             ):
                 raise ConfigError(
-                    f"{what} must be distinct integers from 1 to {MAX_BATCH}, got {list(sizes)}"
+                    f"{name} must be distinct integers from 1 to {MAX_BATCH}, got {sizes!r}"
                 )
+            object.__setattr__(self, name, tuple(sorted(sizes)))
         _check_int("block_seq_stride", self.block_seq_stride, 1, 4096)
         _check_int("device_block_count", self.device_block_count, 2, 2**24)
         _check_int("max_seq_len", self.max_seq_len, 0, 2**24)
         _check_int("tensor_parallelism_size", self.tensor_parallelism_size, 1, 64)
         for name in ("activation_dtype", "kv_cache_dtype", "attention_dtype"):
-            if getattr(self, name) not in FLOAT_DTYPES:
+            if getattr(self, name) not in (*FLOAT_DTYPES, None):
                 raise ConfigError(
                     f"{name} must be one of {', '.join(FLOAT_DTYPES)}, got {getattr(self, name)!r}"
                 )
@@ -87,11 +94,27 @@ class ExportOptions:
     def replace(self, **changes: Any) -> ExportOptions:
         return dataclasses.replace(self, **changes)
 
-    def cli_args(self, *, dtypes: bool = True) -> list[str]:
-        """These options as `irforge export` flags (what `build` shows as the equivalent).
+    def resolve(self, config: ModelConfig, tp: int = 1) -> ExportOptions:
+        """The options for `config` with every default filled in, checked against the model."""
+        activation = self.activation_dtype or config.dtype
+        resolved = self.replace(
+            activation_dtype=activation,
+            kv_cache_dtype=self.kv_cache_dtype or activation,
+            attention_dtype=self.attention_dtype or activation,
+            max_seq_len=self.max_seq_len or config.context_length,
+            tensor_parallelism_size=tp,
+        )
+        if self.top_k is not None and self.top_k > config.vocab_size:
+            raise ConfigError(f"--top-k must be between 1 and vocab size {config.vocab_size}")
+        if resolved.max_seq_len < self.block_seq_stride:
+            raise ConfigError(
+                f"max sequence length {resolved.max_seq_len} must be at least "
+                f"--block-seq-stride {self.block_seq_stride}"
+            )
+        return resolved
 
-        `dtypes=False` leaves the dtypes out, for a caller that lets them follow the archive.
-        """
+    def cli_args(self) -> list[str]:
+        """These options as `irforge export` flags (what `build` shows as the equivalent)."""
         args = [
             "--bs-prefill",
             ",".join(map(str, self.prefill_batch_sizes)),
@@ -102,9 +125,13 @@ class ExportOptions:
             "--device-block-count",
             str(self.device_block_count),
         ]
-        if dtypes:
-            args += ["--activation-dtype", self.activation_dtype, "--kv-cache-dtype"]
-            args += [self.kv_cache_dtype, "--attention-dtype", self.attention_dtype]
+        for flag, dtype in (
+            ("--activation-dtype", self.activation_dtype),
+            ("--kv-cache-dtype", self.kv_cache_dtype),
+            ("--attention-dtype", self.attention_dtype),
+        ):
+            if dtype is not None:
+                args += [flag, dtype]
         if self.attention != DEFAULT_ATTENTION:
             args += ["--attention", self.attention]
         if self.top_k is not None:

@@ -71,25 +71,29 @@ def export_cmd(
     `model.irpa` (a hard link) and its tokenizer files.
     """
     from irforge.export import export
+    from irforge.manifest import ExportOptions
 
     from ._output import err, steps
 
+    options = ExportOptions(
+        prefill_batch_sizes=tuple(batch_sizes(bs_prefill, "--bs-prefill")),
+        decode_batch_sizes=tuple(batch_sizes(bs_decode, "--bs-decode")),
+        block_seq_stride=block_seq_stride,
+        device_block_count=device_block_count,
+        activation_dtype=activation_dtype,
+        kv_cache_dtype=kv_cache_dtype,
+        attention_dtype=attention_dtype,
+        attention=attention.value,
+        top_k=top_k,
+        max_seq_len=max_seq_len or 0,
+    )
     with steps("export", quiet=quiet) as on_step:
         manifest = export(
             source,
             out_dir=out,
             preset=preset,
             config=config,
-            bs_prefill=batch_sizes(bs_prefill, "--bs-prefill"),
-            bs_decode=batch_sizes(bs_decode, "--bs-decode"),
-            block_seq_stride=block_seq_stride,
-            device_block_count=device_block_count,
-            activation_dtype=activation_dtype,
-            kv_cache_dtype=kv_cache_dtype,
-            attention_dtype=attention_dtype,
-            attention=attention.value,
-            top_k=top_k,
-            max_seq_len=max_seq_len,
+            options=options,
             tp=tp,
             on_step=on_step,
         )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -70,46 +70,6 @@ def _resolve_source(
     return archive.require_config(), archive
 
 
-def _options(
-    cfg: ModelConfig,
-    *,
-    bs_prefill: Sequence[int],
-    bs_decode: Sequence[int],
-    block_seq_stride: int,
-    device_block_count: int,
-    activation_dtype: str | None,
-    kv_cache_dtype: str | None,
-    attention_dtype: str | None,
-    attention: str,
-    top_k: int | None,
-    max_seq_len: int | None,
-) -> ExportOptions:
-    """ExportOptions for `cfg`: dtypes default to the model's; ExportOptions checks each value,
-    this the ones that depend on the model."""
-    activation = activation_dtype or cfg.dtype
-    kv = kv_cache_dtype or activation
-    attn = attention_dtype or activation
-    if top_k is not None and not 1 <= top_k <= cfg.vocab_size:
-        raise ConfigError(f"--top-k must be between 1 and vocab size {cfg.vocab_size}")
-    max_seq = max_seq_len or cfg.context_length
-    if max_seq < block_seq_stride:
-        raise ConfigError(
-            f"max sequence length {max_seq} must be at least --block-seq-stride {block_seq_stride}"
-        )
-    return ExportOptions(
-        prefill_batch_sizes=tuple(sorted(bs_prefill)),
-        decode_batch_sizes=tuple(sorted(bs_decode)),
-        block_seq_stride=block_seq_stride,
-        device_block_count=device_block_count,
-        activation_dtype=activation,
-        kv_cache_dtype=kv,
-        attention_dtype=attn,
-        attention=attention,
-        top_k=top_k,
-        max_seq_len=max_seq,
-    )
-
-
 def export(
     source: Path | None = None,
     *,
@@ -117,16 +77,7 @@ def export(
     preset: str | None = None,
     config: Path | None = None,
     model_config: ModelConfig | None = None,
-    bs_prefill: Sequence[int] = (4,),
-    bs_decode: Sequence[int] = (4,),
-    block_seq_stride: int = DEFAULTS.block_seq_stride,
-    device_block_count: int = DEFAULTS.device_block_count,
-    activation_dtype: str | None = None,
-    kv_cache_dtype: str | None = None,
-    attention_dtype: str | None = None,
-    attention: str = DEFAULTS.attention,
-    top_k: int | None = None,
-    max_seq_len: int | None = None,
+    options: ExportOptions = DEFAULTS,
     tp: int | None = None,
     on_step: Callable[[str], None] = lambda step: None,
 ) -> Manifest:
@@ -139,19 +90,17 @@ def export(
     Args:
         source: an irforge .irpa archive (or None with `preset` / `config` / `model_config`).
         model_config: a ModelConfig itself (benchmarks vary a preset's shape this way).
-        bs_prefill / bs_decode: batch sizes; one prefill_bs{N} / decode_bs{N} each.
-        activation_dtype / kv_cache_dtype / attention_dtype: "f32", "f16", "bf16"; default:
-            the model's dtype (the activations' for the other two).
-        attention: "decomposed" (compiles for gfx942) or "sdpa".
-        top_k: None for full logits; 1 for argmax in the program; k for top-k.
-        max_seq_len: default: the model's context length.
+        options: batch sizes (one prefill_bs{N} / decode_bs{N} each), page size and count,
+            dtypes (None: the model's; the activations' for cache and attention), attention
+            formulation, top_k (None: full logits; 1: argmax in the program), max_seq_len.
         tp: devices the program spans; default: the archive's (`irforge shard`), else 1.
 
     Raises:
         ConfigError, InputError, OutputError.
 
     Example:
-        >>> export(Path("llama8b.irpa"), out_dir=Path("out/llama8b"), bs_prefill=(1, 4))
+        >>> opts = ExportOptions(prefill_batch_sizes=(1, 4), decode_batch_sizes=(1, 4))
+        >>> export(Path("llama8b.irpa"), out_dir=Path("out/llama8b"), options=opts)
     """
     from .program import trace
 
@@ -164,19 +113,7 @@ def export(
         )
     tp = tp or archive_tp
     check_tp(cfg, tp)
-    options = _options(
-        cfg,
-        bs_prefill=bs_prefill,
-        bs_decode=bs_decode,
-        block_seq_stride=block_seq_stride,
-        device_block_count=device_block_count,
-        activation_dtype=activation_dtype,
-        kv_cache_dtype=kv_cache_dtype,
-        attention_dtype=attention_dtype,
-        attention=attention,
-        top_k=top_k,
-        max_seq_len=max_seq_len,
-    ).replace(tensor_parallelism_size=tp)
+    options = options.resolve(cfg, tp)
     out_dir = Path(out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)

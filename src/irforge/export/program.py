@@ -60,13 +60,7 @@ def build_meta_model(config: ModelConfig, options: ExportOptions) -> PagedLlama 
     """
     from iree.turbine.aot import DeviceTensorTrait, ExternalTensorTrait
 
-    model_options = ModelOptions(
-        block_seq_stride=options.block_seq_stride,
-        activation_dtype=options.activation_dtype,
-        kv_cache_dtype=options.kv_cache_dtype,
-        attention_dtype=options.attention_dtype,
-        attention=options.attention,
-    )
+    model_options = ModelOptions.of(options)
     tp = options.tensor_parallelism_size
     with torch.device("meta"):
         if tp == 1:

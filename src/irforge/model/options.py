@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 
 from ..config import FLOAT_DTYPES, ModelConfig
 from ..errors import ConfigError
-from ..manifest import ATTENTION_KINDS, DEFAULTS
+from ..manifest import ATTENTION_KINDS, DEFAULTS, ExportOptions
 
 KV_CACHE_DTYPES = FLOAT_DTYPES
 TORCH_DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
@@ -40,6 +41,11 @@ class ModelOptions:
                 raise ConfigError(f"{name} must be one of {FLOAT_DTYPES} or None, got {value!r}")
         if self.attention not in ATTENTION_KINDS:
             raise ConfigError(f"attention must be one of {ATTENTION_KINDS}, got {self.attention!r}")
+
+    @classmethod
+    def of(cls, options: ExportOptions) -> ModelOptions:
+        """The run-time part of an export's options (every field of this class is one there)."""
+        return cls(**{f.name: getattr(options, f.name) for f in dataclasses.fields(cls)})
 
     def activation_torch_dtype(self, config: ModelConfig) -> torch.dtype:
         return TORCH_DTYPES[self.activation_dtype or config.dtype]
