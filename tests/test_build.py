@@ -160,3 +160,19 @@ def test_every_equivalent_command_runs_on_its_own(tmp_path: Path) -> None:
         name = shlex.split(cmd)[1]
         help_run = runner.invoke(app, [name, "--help"])
         assert help_run.exit_code == 0, (cmd, help_run.output)
+
+
+def test_an_identical_reexport_keeps_its_programs_and_a_changed_one_drops_them(
+    built: Path,
+) -> None:
+    """Compiled programs stay listed only while they match the MLIR (no stale VMFB is run)."""
+    from irforge.export import export
+    from irforge.manifest import Manifest
+
+    build("tiny", out_dir=built, **ARGS)
+    before = Manifest.load(built)
+    assert [c.target for c in before.compiled] == ["cpu"] and before.compiled[0].mlir_sha256
+    export(built / "model.irpa", out_dir=built, options=before.options)
+    assert Manifest.load(built).compiled == before.compiled
+    export(built / "model.irpa", out_dir=built, options=before.options.replace(top_k=1))
+    assert Manifest.load(built).compiled == ()

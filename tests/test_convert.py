@@ -15,10 +15,10 @@ import torch
 import transformers
 
 import tiny
+from irforge import tensor_plan as convert_module
 from irforge.archive import open_archive
 from irforge.config import METADATA_KEY
 from irforge.convert import convert
-from irforge.convert import plan as convert_module
 from irforge.formats.tensor_ref import read_bytes, read_tensor
 
 Q = gguf.GGMLQuantizationType

@@ -58,7 +58,7 @@ def _letters(ids: list[int]) -> str:
 def test_stop_strings_are_cut_and_never_streamed() -> None:
     req = _request(stop=("cd",))
     for ch in "abcd":
-        req._add_token(ord(ch), _letters)
+        req.add_token(ord(ch), _letters)
     deltas = [d.text for d in req.stream(timeout=1)]
     assert deltas == ["a", "b", "", ""]  # "c" is held back: it may start "cd"
     assert req.text == "ab" and req.finish_reason == "stop" and req.status is Status.FINISHED
@@ -67,7 +67,7 @@ def test_stop_strings_are_cut_and_never_streamed() -> None:
 def test_held_back_text_is_released_when_it_is_not_a_stop() -> None:
     req = _request(stop=("xyz",), max_tokens=4)
     for ch in "axyw":
-        req._add_token(ord(ch), _letters)
+        req.add_token(ord(ch), _letters)
     assert "".join(d.text for d in req.stream(timeout=1)) == "axyw" == req.text
     assert req.finish_reason == "length"
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from .archive import rank_path
 from .artifacts import ARCHIVE_NAME, MLIR_NAME, SHORTFIN_CONFIG_NAME, TOKENIZER_JSON, vmfb_name
 from .build_steps import BuildResult, Step, run_steps
-from .compile import compile_folder, get_target, register_compiled
+from .compile import compile_folder, get_target
 from .errors import ConfigError
 from .manifest import DEFAULTS, ExportOptions
 
@@ -153,9 +153,4 @@ def build(
         )
     if not dry_run:
         out_dir.mkdir(parents=True, exist_ok=True)
-    result = run_steps(out_dir, steps, force=force, dry_run=dry_run, on_step=on_step)
-    if not dry_run:
-        # A re-run export rewrites the manifest; VMFBs still up to date are listed again.
-        for t in presets:
-            register_compiled(out_dir, t, tp, vmfb_name(t.name))
-    return result
+    return run_steps(out_dir, steps, force=force, dry_run=dry_run, on_step=on_step)

@@ -11,7 +11,6 @@ re-runs too.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shlex
@@ -22,11 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .formats.atomic import AtomicFile
+from .formats.atomic import AtomicFile, sha256_file
 from .manifest import Manifest
 
 RECORD_NAME = "build.json"
-HASH_CHUNK = 16 * 1024 * 1024
 
 
 @dataclass
@@ -79,11 +77,7 @@ def _fingerprint(paths: Sequence[Path], known: dict[str, Any], root: Path) -> di
         if old and old["size"] == st.st_size and old["mtime_ns"] == st.st_mtime_ns:
             out[key] = old
             continue
-        digest = hashlib.sha256()
-        with open(p, "rb") as f:
-            while chunk := f.read(HASH_CHUNK):
-                digest.update(chunk)
-        out[key] = {"size": st.st_size, "sha256": digest.hexdigest(), "mtime_ns": st.st_mtime_ns}
+        out[key] = {"size": st.st_size, "sha256": sha256_file(p), "mtime_ns": st.st_mtime_ns}
     return out
 
 

@@ -152,6 +152,7 @@ class Compiled:
     devices: int
     flags: tuple[str, ...]
     compiler: str
+    mlir_sha256: str = ""  # the program it was compiled from: a re-export keeps it if unchanged
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..artifacts import vmfb_name
 from ..errors import ManifestError
+from ..formats.atomic import sha256_file
 from ..manifest import Compiled, Manifest
 from .driver import CompileResult, run_iree_compile
 from .targets import Target, compiler_version, get_target
@@ -49,6 +50,7 @@ def compile_folder(
     if not mlir.is_file():
         raise ManifestError(f"{folder}: {manifest.mlir} is missing; re-run `irforge export`")
     out = Path(out) if out else folder / vmfb_name(preset.name)
+    source_digest = sha256_file(mlir)
     result = run_iree_compile(
         mlir,
         out=out,
@@ -58,16 +60,16 @@ def compile_folder(
         log=folder / f"compile.{preset.name}.log",
     )
     if out.parent.resolve() == folder.resolve():
-        register_compiled(folder, preset, devices, out.name, manifest)
+        register_compiled(folder, preset, devices, out.name, source_digest)
     return result
 
 
 def register_compiled(
-    folder: Path, target: Target, devices: int, vmfb: str, manifest: Manifest | None = None
+    folder: Path, target: Target, devices: int, vmfb: str, mlir_sha256: str
 ) -> None:
     """Record a VMFB in the folder's manifest (run and serve look it up by device)."""
-    manifest = manifest or Manifest.load(folder)
+    manifest = Manifest.load(folder)
     version = ".".join(map(str, compiler_version()))
     flags = tuple(target.flags(devices, compiler_version()))
-    entry = Compiled(vmfb, target.name, target.driver, devices, flags, version)
+    entry = Compiled(vmfb, target.name, target.driver, devices, flags, version, mlir_sha256)
     manifest.with_compiled(entry).save(folder)

@@ -7,12 +7,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..archive import ArchiveMetadata
-from ..artifacts import copy_tokenizer_files
 from ..config import ModelConfig
 from ..errors import ConfigError
 from ..formats.irpa import write_irpa
-from ..formats.sources import Source
-from .plan import plan
+from ..tensor_plan import copy_tokenizer, plan, source_record
 
 
 @dataclass
@@ -77,12 +75,3 @@ def convert(
         tokenizer_files=copy_tokenizer(src, out),
         notes=p.notes,
     )
-
-
-def source_record(src: Source) -> dict[str, str]:
-    return {"path": str(src.path.resolve()), "kind": src.kind}
-
-
-def copy_tokenizer(src: Source, out: Path) -> list[Path]:
-    """Copy the source's tokenizer files beside `out`."""
-    return copy_tokenizer_files(src.tokenizer_files, out.parent)

@@ -18,10 +18,10 @@ from ..artifacts import (
     tokenizer_files,
 )
 from ..config import ModelConfig
-from ..errors import ConfigError, OutputError
-from ..formats.atomic import AtomicFile
+from ..errors import ConfigError, ManifestError, OutputError
+from ..formats.atomic import AtomicFile, sha256_file
 from ..formats.sources import read_json_file
-from ..manifest import DEFAULTS, ExportOptions, Manifest
+from ..manifest import DEFAULTS, Compiled, ExportOptions, Manifest
 from ..sharding.spec import check_tp
 from .service_config import shortfin_config
 
@@ -49,6 +49,18 @@ def _link_into(src: Path, folder: Path, name: str) -> str:
         os.symlink(src.resolve(), tmp)
     os.replace(tmp, dst)
     return name
+
+
+def _still_compiled(folder: Path, mlir_sha256: str) -> tuple[Compiled, ...]:
+    """The VMFBs of a previous export that compiled this very program (a re-export that
+    changed nothing keeps them; any other change drops them, so none is stale)."""
+    try:
+        previous = Manifest.load(folder)
+    except ManifestError:
+        return ()
+    return tuple(
+        c for c in previous.compiled if c.mlir_sha256 == mlir_sha256 and (folder / c.vmfb).is_file()
+    )
 
 
 def _resolve_source(
@@ -137,6 +149,7 @@ def export(
         options=options,
         parameters=tuple(parameters),
         tokenizer=tuple(tokenizer),
+        compiled=_still_compiled(out_dir, sha256_file(out_dir / MLIR_NAME)),
         versions=_versions(),
         source=str(archive.path if archive else preset or config or cfg.source),
     )

@@ -7,6 +7,7 @@ never a half-written one.
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import shutil
 import tempfile
@@ -127,3 +128,12 @@ def copy_file(src: Path, dst: Path) -> None:
     """Copy a small file atomically (tokenizer files beside an archive)."""
     with AtomicFile(dst) as f, open(src, "rb") as s:
         shutil.copyfileobj(s, f)
+
+
+def sha256_file(path: Path, chunk: int = 16 * 1024 * 1024) -> str:
+    """The file's sha256, read a chunk at a time (memory does not grow with the file)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

@@ -143,7 +143,7 @@ class Engine:
             prompt_text=text,
             detokenize=detokenize or any(stop),
         )
-        req._on_cancel = self._wake
+        req.on_cancel = self._wake
         with self._cond:
             if not self._admitting:
                 self.metrics.inc("requests_rejected_total", reason="shutting_down")
@@ -266,7 +266,7 @@ class Engine:
         if req in self._running:
             self._running.remove(req)
         if not req.done:
-            req._set_status(status, reason, error)
+            req.set_status(status, reason, error)
         self.metrics.inc("requests_finished_total", reason=req.finish_reason or reason)
 
     def _emit(self, req: Request, scores: Any, ids: Any) -> None:
@@ -274,7 +274,7 @@ class Engine:
         token = int(ids[choice]) if ids is not None else choice
         first = req.first_token_at is None
         last = req.last_token_at
-        req._add_token(token, self._detokenize)
+        req.add_token(token, self._detokenize)
         self.metrics.inc("generation_tokens_total")
         if first:
             self.metrics.observe(
@@ -305,7 +305,7 @@ class Engine:
             self.metrics.inc("prefill_calls_total", bs=str(bs))
             for row, r in enumerate(live):
                 self.metrics.inc("prompt_tokens_total", len(r.prompt))
-                r._set_status(Status.PREFILLED)
+                r.set_status(Status.PREFILLED)
                 self._running.append(r)
                 self._emit(r, *row_logits(out, row, len(r.prompt) - 1))
 
@@ -325,7 +325,7 @@ class Engine:
             self.metrics.inc("decode_calls_total", bs=str(bs))
             for row, r in enumerate(group):
                 if r.status is Status.PREFILLED:
-                    r._set_status(Status.GENERATING)
+                    r.set_status(Status.GENERATING)
                 self._emit(r, *row_logits(out, row, 0))
 
 

@@ -64,7 +64,7 @@ class Request:
         self._cond = threading.Condition()
         # (loop, event, every delta?): astream wakes per delta, await_done only at the end
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event, bool]] = []
-        self._on_cancel: Callable[[Request], None] = lambda r: None
+        self.on_cancel: Callable[[Request], None] = lambda r: None
 
     @property
     def done(self) -> bool:
@@ -74,7 +74,7 @@ class Request:
         """Stop generating; the engine frees the pages before its next step."""
         if not self.done:
             self.cancelled = True
-            self._on_cancel(self)
+            self.on_cancel(self)
 
     # -- readers ----------------------------------------------------------------------------
 
@@ -140,7 +140,7 @@ class Request:
                 self._waiters.remove(entry)
         return self
 
-    # -- the scheduler thread ---------------------------------------------------------------
+    # -- the engine's side: the scheduler thread calls these, clients never do -------------
 
     def _notify(self) -> None:
         # called with self._cond held
@@ -153,7 +153,8 @@ class Request:
             except RuntimeError:  # that loop is closed; its reader is gone
                 pass
 
-    def _add_token(self, token: int, detokenize: Callable[[list[int]], str]) -> None:
+    def add_token(self, token: int, detokenize: Callable[[list[int]], str]) -> None:
+        """Append a generated token: stream its text, finish on a stop string, eos or length."""
         now = time.perf_counter()
         self.first_token_at = self.first_token_at or now
         self.last_token_at = now
@@ -181,9 +182,10 @@ class Request:
                 self.status, self.finish_reason = Status.FINISHED, reason
             self._notify()
 
-    def _set_status(
+    def set_status(
         self, status: Status, reason: str | None = None, error: str | None = None
     ) -> None:
+        """Move the request on (prefilled, generating, finished or interrupted) and wake readers."""
         with self._cond:
             self.status = status
             if reason:

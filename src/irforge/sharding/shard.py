@@ -10,10 +10,17 @@ from pathlib import Path
 import numpy as np
 
 from ..archive import ArchiveMetadata, open_archive, rank_entry, rank_path
-from ..convert.converter import copy_tokenizer, source_record
-from ..convert.plan import CHUNK_ELEMENTS, Plan, PlannedTensor, plan, plan_archive
 from ..errors import ConfigError, InputError, ShardingError
 from ..formats.irpa import OutputEntry, tensor_metadata, write_irpa
+from ..tensor_plan import (
+    CHUNK_ELEMENTS,
+    Plan,
+    PlannedTensor,
+    copy_tokenizer,
+    plan,
+    plan_archive,
+    source_record,
+)
 from .spec import check_tp, shard_name, split_dim
 
 

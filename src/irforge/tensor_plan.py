@@ -1,4 +1,5 @@
-"""What convert and shard write: each source tensor's canonical name, output dtype, and reader.
+"""The read plan of a weights source, shared by convert and shard: each tensor's canonical name,
+output dtype and reader.
 
 A PlannedTensor reads any range of its rows in the output dtype (copying, casting or
 dequantizing as needed), so whole tensors, row shards and column shards all stream in
@@ -14,15 +15,15 @@ from pathlib import Path
 
 import numpy as np
 
-from ..artifacts import tokenizer_files
-from ..config import ModelConfig
-from ..errors import ConfigError, InputError, UnsupportedModelError
-from ..formats.dtypes import BY_NAME, CONVERTIBLE
-from ..formats.ggml_quants import dequantize, row_bytes
-from ..formats.irpa import OutputEntry, tensor_metadata
-from ..formats.sources import Source, open_source, read_json_file
-from ..formats.tensor_ref import TensorRef, read_range
-from .names import HF_IGNORED, check_tensors, hf_to_canonical
+from .artifacts import copy_tokenizer_files, tokenizer_files
+from .config import ModelConfig
+from .errors import ConfigError, InputError, UnsupportedModelError
+from .formats.dtypes import BY_NAME, CONVERTIBLE
+from .formats.ggml_quants import dequantize, row_bytes
+from .formats.irpa import OutputEntry, tensor_metadata
+from .formats.sources import Source, open_source, read_json_file
+from .formats.tensor_ref import TensorRef, read_range
+from .tensor_names import HF_IGNORED, check_tensors, hf_to_canonical
 
 # Elements converted per step: bounds peak memory whatever the tensor size.
 CHUNK_ELEMENTS = 8 * 1024 * 1024
@@ -222,7 +223,7 @@ def plan_archive(path: Path, *, dtype: str | None = None) -> Plan:
     Raises:
         InputError: the archive is malformed or already sharded.
     """
-    from ..archive import open_archive
+    from .archive import open_archive
 
     archive = open_archive(Path(path))
     if archive.rank_paths:
@@ -239,3 +240,12 @@ def plan_archive(path: Path, *, dtype: str | None = None) -> Plan:
     tensors = [_plan_tensor(ref, name, dtype) for name, ref in archive.tensors.items()]
     cfg = archive.config
     return Plan(src, tensors, cfg.replace(dtype=_dominant_float(tensors)) if cfg else None)
+
+
+def source_record(src: Source) -> dict[str, str]:
+    return {"path": str(src.path.resolve()), "kind": src.kind}
+
+
+def copy_tokenizer(src: Source, out: Path) -> list[Path]:
+    """Copy the source's tokenizer files beside `out`."""
+    return copy_tokenizer_files(src.tokenizer_files, out.parent)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
-from ..errors import InputError
-from ..tensor_kinds import KINDS, expected_shapes
+from .errors import InputError
+from .tensor_kinds import KINDS, expected_shapes
 
 if TYPE_CHECKING:
-    from ..config import ModelConfig
+    from .config import ModelConfig
 
 # HF name pattern -> canonical name; `{i}` is the block index (from the one tensor table).
 HF_TO_CANONICAL: dict[str, str] = {k.hf: k.canonical for k in KINDS}
