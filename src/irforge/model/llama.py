@@ -189,16 +189,9 @@ class PagedLlama(nn.Module):
 
         tokens [N, S] with S = block_seq_stride·B, padded past seq_lens [N]; seq_block_ids [N, B].
         """
-        stride = self.options.block_seq_stride
-        if tokens.shape[1] != seq_block_ids.shape[1] * stride:
-            raise ConfigError(
-                f"prefill tokens have {tokens.shape[1]} positions, expected "
-                f"block_seq_stride {stride} x {seq_block_ids.shape[1]} pages"
-            )
-        n, s = tokens.shape
-        positions = torch.arange(s, device=tokens.device).unsqueeze(0).expand(n, s)  # [N, S]
+        positions, allowed = prefill_inputs(tokens, seq_lens, seq_block_ids, self.options)
         kv = PrefillKV(self.kv_cache, _single_slab(cache), seq_block_ids)
-        return self._forward(tokens, positions, prefill_mask(seq_lens, s), kv)
+        return self._forward(tokens, positions, allowed, kv)
 
     def decode(
         self,
@@ -212,11 +205,10 @@ class PagedLlama(nn.Module):
 
         seq_lens [N] = start_positions + 1; seq_block_ids [N, B] must cover start_positions.
         """
-        key_count = seq_block_ids.shape[1] * self.options.block_seq_stride
-        allowed = decode_mask(seq_lens, key_count)  # [N, 1, B·stride]
+        positions, allowed = decode_inputs(seq_lens, start_positions, seq_block_ids, self.options)
         slab = _single_slab(cache)
         kv = DecodeKV(self.kv_cache, slab, seq_block_ids, start_positions, allowed[:, 0])
-        return self._forward(tokens, start_positions.unsqueeze(1), allowed, kv)
+        return self._forward(tokens, positions, allowed, kv)
 
     def _forward(
         self, tokens: torch.Tensor, positions: torch.Tensor, allowed: torch.Tensor, kv: KVAccess
@@ -228,6 +220,32 @@ class PagedLlama(nn.Module):
         for block in self.blk:
             h = block(h, cos, sin, allowed, kv)
         return self.output(self.output_norm(h))  # [N, S, vocab]
+
+
+def prefill_inputs(
+    tokens: torch.Tensor, seq_lens: torch.Tensor, seq_block_ids: torch.Tensor, options: ModelOptions
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(positions [N, S], allowed keys [N, S, S]) of a prefill; checks S = stride x pages."""
+    stride = options.block_seq_stride
+    if tokens.shape[1] != seq_block_ids.shape[1] * stride:
+        raise ConfigError(
+            f"prefill tokens have {tokens.shape[1]} positions, expected "
+            f"block_seq_stride {stride} x {seq_block_ids.shape[1]} pages"
+        )
+    n, s = tokens.shape
+    positions = torch.arange(s, device=seq_block_ids.device).unsqueeze(0).expand(n, s)
+    return positions, prefill_mask(seq_lens, s)
+
+
+def decode_inputs(
+    seq_lens: torch.Tensor,
+    start_positions: torch.Tensor,
+    seq_block_ids: torch.Tensor,
+    options: ModelOptions,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(positions [N, 1], allowed keys [N, 1, B·stride]) of a decode step."""
+    key_count = seq_block_ids.shape[1] * options.block_seq_stride
+    return start_positions.unsqueeze(1), decode_mask(seq_lens, key_count)
 
 
 def _single_slab(cache: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:

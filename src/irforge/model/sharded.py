@@ -17,9 +17,8 @@ from torch import nn
 from ..config import ModelConfig
 from ..errors import ConfigError
 from ..sharding.spec import check_tp, shard_name, split_dim
-from .attention import decode_mask, prefill_mask
 from .kv_cache import DecodeKV, PagedKVCache, PrefillKV
-from .llama import Block, RMSNorm
+from .llama import Block, RMSNorm, decode_inputs, prefill_inputs
 from .options import ModelOptions
 from .rope import inv_freq_tensor, inv_frequencies, rope_tables
 from .weights import canonical_name
@@ -103,12 +102,14 @@ class ShardedPagedLlama(nn.Module):
     ) -> torch.Tensor:
         """As PagedLlama.prefill, with one cache slab per device; logits on device 0."""
         caches = self._caches(caches)
-        n, s = tokens.shape
-        ids = self._each(seq_block_ids)
+        ids, tokens_at = self._each(seq_block_ids), self._each(tokens)
         kvs = [PrefillKV(r.kv_cache, c, i) for r, c, i in zip(self.ranks, caches, ids, strict=True)]
-        positions = [torch.arange(s, device=t.device).unsqueeze(0).expand(n, s) for t in ids]
-        allowed = [prefill_mask(x, s) for x in self._each(seq_lens)]
-        return self._forward(self._each(tokens), positions, allowed, kvs)
+        inputs = [
+            prefill_inputs(t, n, i, self.options)
+            for t, n, i in zip(tokens_at, self._each(seq_lens), ids, strict=True)
+        ]
+        positions, allowed = [p for p, _ in inputs], [a for _, a in inputs]
+        return self._forward(tokens_at, positions, allowed, kvs)
 
     def decode(
         self,
@@ -120,14 +121,17 @@ class ShardedPagedLlama(nn.Module):
     ) -> torch.Tensor:
         """As PagedLlama.decode, with one cache slab per device; logits on device 0."""
         caches = self._caches(caches)
-        keys = seq_block_ids.shape[1] * self.options.block_seq_stride
         ids, starts = self._each(seq_block_ids), self._each(start_positions)
-        allowed = [decode_mask(x, keys) for x in self._each(seq_lens)]  # [N, 1, Sk] each
+        inputs = [
+            decode_inputs(n, p, i, self.options)
+            for n, p, i in zip(self._each(seq_lens), starts, ids, strict=True)
+        ]
+        positions, allowed = [p for p, _ in inputs], [a for _, a in inputs]
         kvs = [
             DecodeKV(r.kv_cache, c, i, p, a[:, 0])
             for r, c, i, p, a in zip(self.ranks, caches, ids, starts, allowed, strict=True)
         ]
-        return self._forward(self._each(tokens), [p.unsqueeze(1) for p in starts], allowed, kvs)
+        return self._forward(self._each(tokens), positions, allowed, kvs)
 
     def _forward(
         self,
