@@ -38,6 +38,7 @@ test-all: setup
 lint: setup
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/mypy
 
 fmt: setup
 	$(VENV)/bin/ruff format src tests bench

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -93,7 +94,9 @@ def build(
         from .sharding import shard
 
         cmd = ["irforge", "shard", str(local), "--tp", str(tp), "-o", str(archive)]
-        run_weights = lambda: shard(local, tp=tp, out=archive, dtype=dtype)  # noqa: E731
+        run_weights: Callable[[], object] = lambda: shard(  # noqa: E731
+            local, tp=tp, out=archive, dtype=dtype
+        )
     else:
         from .convert import convert
 
@@ -148,7 +151,7 @@ def build(
                 [out_dir / MLIR_NAME],
                 [out_dir / vmfb_name(t.name)],
                 ["irforge", "compile", str(out_dir), "--target", t.name],
-                lambda t=t: compile_folder(out_dir, target=t.name),
+                functools.partial(compile_folder, out_dir, target=t.name),
             )
         )
     if not dry_run:

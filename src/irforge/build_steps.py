@@ -34,7 +34,7 @@ class Step:
     inputs: list[Path]
     outputs: list[Path]
     command: list[str]  # the equivalent individual irforge command
-    run: Callable[[], None]
+    run: Callable[[], object]  # its result is not used
 
 
 @dataclass

@@ -12,7 +12,8 @@ from irforge.manifest import ATTENTION_KINDS, DEFAULTS
 
 from ._options import DTypeOpt, QuietOpt, batch_sizes
 
-Attention = StrEnum("Attention", {k: k for k in ATTENTION_KINDS})
+# Built from the one declaration of the attention kinds, so mypy cannot list its members.
+Attention = StrEnum("Attention", {k: k for k in ATTENTION_KINDS})  # type: ignore[misc]
 DEFAULT_ATTENTION = Attention(DEFAULTS.attention)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -28,7 +29,7 @@ EXAMPLE_BLOCKS = 4
 class _Sampled(torch.nn.Module):
     """The model with optional in-program top-k: (values, indices) instead of full logits."""
 
-    def __init__(self, model: PagedLlama, top_k: int | None) -> None:
+    def __init__(self, model: PagedLlama | ShardedPagedLlama, top_k: int | None) -> None:
         super().__init__()
         self.model, self.top_k = model, top_k
 
@@ -39,17 +40,18 @@ class _Sampled(torch.nn.Module):
             return torch.max(logits, dim=-1, keepdim=True)  # [N, S, 1] values and indices
         return torch.topk(logits, self.top_k, dim=-1)
 
-    def prefill(self, *args: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    def prefill(self, *args: Any) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         return self._select(self.model.prefill(*args))
 
-    def decode(self, *args: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    def decode(self, *args: Any) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         return self._select(self.model.decode(*args))
 
 
 def _transfer(t: torch.Tensor, device: int) -> torch.Tensor:
     from iree.turbine.ops.iree import transfer_to_logical_device
 
-    return transfer_to_logical_device(f"{device}", t)
+    # a turbine CustomOp: called like a function, typed as the class that defines it
+    return transfer_to_logical_device(f"{device}", t)  # type: ignore[call-arg, arg-type, return-value]
 
 
 def build_meta_model(config: ModelConfig, options: ExportOptions) -> PagedLlama | ShardedPagedLlama:
@@ -80,7 +82,9 @@ def build_meta_model(config: ModelConfig, options: ExportOptions) -> PagedLlama 
 
 def _cache_slabs(model: PagedLlama | ShardedPagedLlama) -> list[torch.Tensor]:
     caches = (
-        [model.kv_cache] if isinstance(model, PagedLlama) else [r.kv_cache for r in model.ranks]
+        [model.kv_cache]
+        if isinstance(model, PagedLlama)
+        else [r.kv_cache for r in model.rank_list()]
     )
     return [
         torch.empty(EXAMPLE_PAGES, c.page_elements, dtype=c.dtype, device="meta") for c in caches
@@ -123,7 +127,12 @@ def trace(
         warnings.simplefilter("ignore", FutureWarning)
         for bs in options.prefill_batch_sizes:
             on_step(f"tracing prefill_bs{bs}")
-            args = (ints(bs, EXAMPLE_BLOCKS * stride), ints(bs), ints(bs, EXAMPLE_BLOCKS), caches)
+            args: tuple[Any, ...] = (
+                ints(bs, EXAMPLE_BLOCKS * stride),
+                ints(bs),
+                ints(bs, EXAMPLE_BLOCKS),
+                caches,
+            )
             dims = {
                 "tokens": {1: block * stride},
                 "seq_lens": {},
@@ -143,13 +152,14 @@ def trace(
             }
             _program(fxb, f"decode_bs{bs}", "decode", args, dims, devices(4))
         on_step("importing to MLIR")
-        output = export(fxb, import_symbolic_shape_expressions=True)
+        output = export(fxb, import_symbolic_shape_expressions=True)  # type: ignore[call-overload]
     on_step("writing MLIR")
     output.save_mlir(str(out))
 
 
 def _program(fxb, name, method, args, dims, arg_device) -> None:  # noqa: ANN001
     """Register one entry point; the free function's parameter names key `dims`."""
+    fn: Callable[..., Any]
     if method == "prefill":
 
         def prefill(module, tokens, seq_lens, seq_block_ids, cache):  # noqa: ANN001, ANN202

@@ -33,7 +33,13 @@ def shortfin_config(config: ModelConfig, options: ExportOptions) -> dict[str, An
             "attention_head_count_kv": config.attention_head_count_kv,
             "block_seq_stride": options.block_seq_stride,
             "device_block_count": options.device_block_count,
-            "kv_cache_dtype": SHORTFIN_DTYPES[options.kv_cache_dtype],
+            "kv_cache_dtype": SHORTFIN_DTYPES[_resolved(options.kv_cache_dtype)],
             "paged_kv_block_size_elements_per_device": [page] * tp,
         },
     }
+
+
+def _resolved(dtype: str | None) -> str:
+    if dtype is None:
+        raise ValueError("shortfin's config needs resolved export options (ExportOptions.resolve)")
+    return dtype

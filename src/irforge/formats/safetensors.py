@@ -194,7 +194,8 @@ def read_index(index_path: Path) -> SafetensorsSet:
     missing = sorted(set(weight_map) - set(seen))
     if missing:
         raise InputError(f"{index_path}: tensors listed but not found in any shard: {missing[:5]}")
-    meta = index.get("metadata") if isinstance(index.get("metadata"), dict) else {}
+    raw_meta = index.get("metadata")
+    meta: dict[str, Any] = raw_meta if isinstance(raw_meta, dict) else {}
     return SafetensorsSet(files=files, index_path=index_path, index_metadata=meta)
 
 

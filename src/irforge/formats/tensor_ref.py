@@ -58,7 +58,7 @@ def read_range(ref: TensorRef, start: int, length: int) -> np.ndarray:
     out = np.empty(length, dtype=np.uint8)
     with open(ref.path, "rb", buffering=0) as f:
         f.seek(ref.offset + start)
-        got = f.readinto(memoryview(out))
+        got = f.readinto(out.data)
     if got != length:
         raise InputError(f"{ref.path}: ended early reading {ref.name!r} (was it truncated?)")
     return out

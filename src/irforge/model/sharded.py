@@ -10,6 +10,7 @@ Eagerly, `transfer` is the identity; export passes IREE's transfer_to_logical_de
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from typing import cast
 
 import torch
 from torch import nn
@@ -54,6 +55,9 @@ class Rank(nn.Module):
             self.output = nn.Linear(dim // tp, config.vocab_size, bias=False, dtype=dtype)
         self.kv_cache = PagedKVCache.for_model(local, options)
 
+    def block(self, layer: int) -> Block:
+        return cast(Block, self.blk[layer])
+
     def partial_logits(self, h: torch.Tensor) -> torch.Tensor:
         x = self.output_norm(h)[..., self.columns]  # [N, S, dim/tp]
         if self.tied:
@@ -79,6 +83,9 @@ class ShardedPagedLlama(nn.Module):
         self.transfer = transfer
         self.inv_freq_values = tuple(inv_frequencies(config).tolist())
 
+    def rank_list(self) -> list[Rank]:
+        return [cast(Rank, r) for r in self.ranks]
+
     def _each(self, t: torch.Tensor) -> list[torch.Tensor]:
         return [self.transfer(t, i) for i in range(self.tp)]
 
@@ -103,7 +110,10 @@ class ShardedPagedLlama(nn.Module):
         """As PagedLlama.prefill, with one cache slab per device; logits on device 0."""
         caches = self._caches(caches)
         ids, tokens_at = self._each(seq_block_ids), self._each(tokens)
-        kvs = [PrefillKV(r.kv_cache, c, i) for r, c, i in zip(self.ranks, caches, ids, strict=True)]
+        kvs = [
+            PrefillKV(r.kv_cache, c, i)
+            for r, c, i in zip(self.rank_list(), caches, ids, strict=True)
+        ]
         inputs = [
             prefill_inputs(t, n, i, self.options)
             for t, n, i in zip(tokens_at, self._each(seq_lens), ids, strict=True)
@@ -129,7 +139,7 @@ class ShardedPagedLlama(nn.Module):
         positions, allowed = [p for p, _ in inputs], [a for _, a in inputs]
         kvs = [
             DecodeKV(r.kv_cache, c, i, p, a[:, 0])
-            for r, c, i, p, a in zip(self.ranks, caches, ids, starts, allowed, strict=True)
+            for r, c, i, p, a in zip(self.rank_list(), caches, ids, starts, allowed, strict=True)
         ]
         return self._forward(self._each(tokens), positions, allowed, kvs)
 
@@ -138,14 +148,14 @@ class ShardedPagedLlama(nn.Module):
         tokens: list[torch.Tensor],
         positions: list[torch.Tensor],
         allowed: list[torch.Tensor],
-        kvs: list[PrefillKV | DecodeKV],
+        kvs: Sequence[PrefillKV | DecodeKV],
     ) -> torch.Tensor:
-        h = [r.token_embd(t) for r, t in zip(self.ranks, tokens, strict=True)]  # [N, S, dim]
+        h = [r.token_embd(t) for r, t in zip(self.rank_list(), tokens, strict=True)]  # [N, S, dim]
         tables = [
             rope_tables(p, inv_freq_tensor(self.inv_freq_values, p.device)) for p in positions
         ]
         for layer in range(self.config.block_count):
-            blocks = [r.blk[layer] for r in self.ranks]
+            blocks = [r.block(layer) for r in self.rank_list()]
             parts = [
                 b.attn(b.attn_norm(x), cos, sin, a, kv)
                 for b, x, (cos, sin), a, kv in zip(blocks, h, tables, allowed, kvs, strict=True)
@@ -153,7 +163,7 @@ class ShardedPagedLlama(nn.Module):
             h = [x + y for x, y in zip(h, self._all_reduce(parts), strict=True)]
             parts = [b.ffn(b.ffn_norm(x)) for b, x in zip(blocks, h, strict=True)]
             h = [x + y for x, y in zip(h, self._all_reduce(parts), strict=True)]
-        partial = [r.partial_logits(x) for r, x in zip(self.ranks, h, strict=True)]
+        partial = [r.partial_logits(x) for r, x in zip(self.rank_list(), h, strict=True)]
         logits = partial[0]
         for i in range(1, self.tp):
             logits = logits + self.transfer(partial[i], 0)

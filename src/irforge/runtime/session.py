@@ -95,9 +95,9 @@ class Session:
         self.pages = PageAllocator(self.page_count)
         # One slab per device, each holding that device's share of the kv heads.
         page_elements = self.config.page_elements(self.options.block_seq_stride, self.tp)
+        cache_dtype = self.options.kv_cache_dtype or self.config.dtype  # manifests hold it resolved
         self.caches = [
-            allocate_cache(d, self.page_count, page_elements, self.options.kv_cache_dtype)
-            for d in self.devices
+            allocate_cache(d, self.page_count, page_elements, cache_dtype) for d in self.devices
         ]
 
     def _function(self, name: str) -> Any:

@@ -73,7 +73,9 @@ def describe_validation(errors: Sequence[Any]) -> tuple[int, str, str | None]:
 
     Unparseable JSON is a 400; a body that parses but does not fit the schema is a 422.
     """
-    first = errors[0] if errors else {"type": "", "loc": (), "msg": "invalid request"}
+    first: dict[str, Any] = (
+        dict(errors[0]) if errors else {"type": "", "loc": (), "msg": "invalid request"}
+    )
     if first["type"] == "json_invalid":
         reason = (first.get("ctx") or {}).get("error", "decode error")
         where = first["loc"][-1] if first["loc"] else "?"

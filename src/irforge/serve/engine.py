@@ -276,12 +276,11 @@ class Engine:
         last = req.last_token_at
         req.add_token(token, self._detokenize)
         self.metrics.inc("generation_tokens_total")
-        if first:
-            self.metrics.observe(
-                "time_to_first_token_seconds", req.first_token_at - req.submitted_at
-            )
+        now = req.last_token_at or time.perf_counter()  # add_token just set it
+        if first or last is None:
+            self.metrics.observe("time_to_first_token_seconds", now - req.submitted_at)
         else:
-            self.metrics.observe("time_per_output_token_seconds", req.last_token_at - last)
+            self.metrics.observe("time_per_output_token_seconds", now - last)
         if req.done:
             self._finish(req, req.status, req.finish_reason or "stop")
 

@@ -18,8 +18,10 @@ from .request import Request as EngineRequest
 
 async def wait_all(requests: list[EngineRequest], http: Request) -> bool:
     """Wait until every request is done; False (after cancelling them) if the client left."""
-    waiter = asyncio.ensure_future(asyncio.gather(*(r.await_done() for r in requests)))
-    gone = asyncio.ensure_future(_disconnect(http))
+    waiter: asyncio.Future[Any] = asyncio.ensure_future(
+        asyncio.gather(*(r.await_done() for r in requests))
+    )
+    gone: asyncio.Future[Any] = asyncio.ensure_future(_disconnect(http))
     try:
         await asyncio.wait({waiter, gone}, return_when=asyncio.FIRST_COMPLETED)
         if waiter.done():

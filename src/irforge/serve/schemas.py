@@ -91,12 +91,16 @@ class SamplingParams(_Body):
     ignore_eos: bool = False
 
 
+def _one_sampling() -> SamplingParams | list[SamplingParams]:
+    return SamplingParams()
+
+
 class GenerateRequest(_Body):
     """shortfin's GenerateReqInput: `text` or `input_ids`, one prompt or a list."""
 
     text: str | list[str] | None = None
     input_ids: list[int] | list[list[int]] | None = None
-    sampling_params: SamplingParams | list[SamplingParams] = Field(default_factory=SamplingParams)
+    sampling_params: SamplingParams | list[SamplingParams] = Field(default_factory=_one_sampling)
     rid: str | list[str] | None = None
     return_input_ids: bool = False
     return_logprob: bool = False

@@ -150,10 +150,11 @@ def unshard(source: Path, *, out: Path) -> Path:
             continue
         entries.append(PlannedTensor(name, ref, ref.dtype, "copy").entry())
     for base in bases:
-        refs = [archive.tensors.get(shard_name(base, i)) for i in range(tp)]
-        if any(r is None for r in refs):
+        found = [archive.tensors.get(shard_name(base, i)) for i in range(tp)]
+        refs = [r for r in found if r is not None]
+        if len(refs) != tp:
             raise InputError(f"{source}: {base} lacks a shard (expected {tp})")
-        shards = [PlannedTensor(base, r, r.dtype, "copy") for r in refs]  # type: ignore[arg-type]
+        shards = [PlannedTensor(base, r, r.dtype, "copy") for r in refs]
         dim = split_dim(base)
         first = shards[0].shape
         shape = (first[0] * tp, *first[1:]) if dim == 0 else (first[0], first[1] * tp)
