@@ -300,6 +300,7 @@ BAD = [
     ("/v1/completions", {"prompt": [5] * 300}, 400, "at most 255"),
     ("/v1/completions", {"prompt": [999]}, 400, "outside the vocabulary"),
     ("/v1/completions", {"prompt": "x", "n": 2}, 400, "n > 1"),
+    ("/v1/completions", {"prompt": "x", "seed": -1}, 400, "seed must be between 0"),
     ("/v1/completions", {}, 422, "prompt: Field required"),
     ("/v1/chat/completions", {"messages": []}, 422, "messages"),
     ("/v1/chat/completions", {"messages": [{"role": "bot", "content": "x"}]}, 422, "role"),
@@ -319,6 +320,13 @@ def test_bad_requests_say_what_is_wrong(
     assert got == status
     text = doc["error"] if path == "/generate" else doc["error"]["message"]  # type: ignore[index]
     assert message in text
+
+
+def test_a_vanishing_temperature_is_greedy_not_nan(client: openai.OpenAI) -> None:
+    """temperature 1e-320 made the sampler divide into inf/NaN; below 1e-5 it is greedy."""
+    tiny_t = client.completions.create(model="tiny", prompt=TEXT, max_tokens=8, temperature=1e-320)
+    greedy = client.completions.create(model="tiny", prompt=TEXT, max_tokens=8, temperature=0)
+    assert tiny_t.choices[0].text == greedy.choices[0].text
 
 
 def test_openai_client_sees_the_error(client: openai.OpenAI) -> None:

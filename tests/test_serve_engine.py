@@ -205,6 +205,23 @@ def test_seeded_sampling_is_reproducible(engine: Engine) -> None:
     assert run(1) != run(2)
 
 
+def test_a_failing_sampler_fails_its_request_alone(llama_artifacts: Path) -> None:
+    """One request whose sampling raises ends with an error; the batch beside it goes on."""
+
+    def broken(logits: object) -> int:
+        raise ValueError("probabilities contain NaN")
+
+    with Engine(llama_artifacts, start=False) as engine:
+        bad = engine.submit(BASE, max_tokens=8, ignore_eos=True)
+        bad.sampler = broken  # type: ignore[assignment]  # before the engine sees it
+        good = engine.submit(BASE[:5], max_tokens=8, ignore_eos=True)
+        engine.start()
+        assert good.wait(60).finish_reason == "length" and len(good.tokens) == 8
+        assert bad.wait(60).finish_reason == "error" and "sampling failed" in (bad.error or "")
+        later = engine.submit(BASE, max_tokens=4, ignore_eos=True).wait(60)
+        assert later.finish_reason == "length"  # the engine's loop is still serving
+
+
 @pytest.mark.iree
 @pytest.mark.parametrize(
     ("prompt", "options", "message"),

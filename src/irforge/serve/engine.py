@@ -270,8 +270,14 @@ class Engine:
         self.metrics.inc("requests_finished_total", reason=req.finish_reason or reason)
 
     def _emit(self, req: Request, scores: Any, ids: Any) -> None:
-        choice = req.sampler(scores)
-        token = int(ids[choice]) if ids is not None else choice
+        try:
+            choice = req.sampler(scores)
+            token = int(ids[choice]) if ids is not None else choice
+        except (ValueError, FloatingPointError, IndexError) as e:
+            # one request's sampling (NaN logits, say) fails that request, not the batch
+            log.warning("request %s: sampling failed: %s", req.id, e)
+            self._finish(req, Status.INTERRUPTED, "error", f"sampling failed: {e}")
+            return
         first = req.first_token_at is None
         last = req.last_token_at
         req.add_token(token, self._detokenize)
