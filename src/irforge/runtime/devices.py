@@ -5,11 +5,12 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from ..compile.targets import TARGETS
 from ..errors import ConfigError
 
-# The drivers a compiled target runs on (compile/targets.py names them per target), and the
-# spellings users reach for.
-DRIVERS = ("local-task", "cuda", "hip")
+# The drivers the compile targets run on (each target names its own), and the spellings users
+# reach for.
+DRIVERS = tuple(dict.fromkeys(t.driver for t in TARGETS.values()))
 DRIVER_ALIASES = {"cpu": "local-task", "rocm": "hip", "amdgpu": "hip", "nvidia": "cuda"}
 # Element types of a KV cache, by irforge's dtype name.
 _CACHE_ELEMENT = {"f32": "FLOAT_32", "f16": "FLOAT_16", "bf16": "BFLOAT_16"}

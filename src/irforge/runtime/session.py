@@ -15,8 +15,6 @@ from ..manifest import Compiled, Manifest
 from .devices import allocate_cache, iree_reason, normalize_driver, open_devices
 from .pages import PageAllocator
 
-_EXAMPLE_TARGET = {"local-task": "cpu", "hip": "gfx942", "cuda": "sm_90"}
-
 
 def _pick_compiled(manifest: Manifest, folder: Path, driver: str, vmfb: Path | None) -> Path:
     if vmfb is not None:
@@ -26,7 +24,7 @@ def _pick_compiled(manifest: Manifest, folder: Path, driver: str, vmfb: Path | N
         built = ", ".join(f"{c.vmfb} ({c.driver})" for c in manifest.compiled) or "none"
         raise ManifestError(
             f"{folder}: no program compiled for device {driver!r} (compiled: {built}); "
-            f"run `irforge compile {folder} --target {_EXAMPLE_TARGET[driver]}` first"
+            f"run `irforge compile {folder} --target {_target_for(driver)}` first"
         )
     return folder / matches[-1].vmfb
 
@@ -123,6 +121,13 @@ class Session:
         fn = self._function(f"decode_bs{tokens.shape[0]}")
         args = [a.astype(np.int64) for a in (tokens, seq_lens, starts, block_ids)]
         return _host(fn(*args, *self.caches))
+
+
+def _target_for(driver: str) -> str:
+    """A compile target whose programs run on `driver` (the table's first), for the hint."""
+    from ..compile.targets import TARGETS
+
+    return next((t.name for t in TARGETS.values() if t.driver == driver), "cpu")
 
 
 def _load_module(rt: Any, instance: Any, vmfb: Path) -> Any:
