@@ -421,6 +421,7 @@ def _median_ms(repeat: int, fn: Any, *args: Any) -> float:
 def time_scale(args: argparse.Namespace, deadline: float, bandwidth: float) -> dict[str, Any]:
     import numpy as np
 
+    from irforge.formats.dtypes import BY_NAME
     from irforge.runtime import Session
 
     folder = args.work / args.shape
@@ -437,13 +438,11 @@ def time_scale(args: argparse.Namespace, deadline: float, bandwidth: float) -> d
         * 2
         * cfg.attention_head_count_kv
         * cfg.head_dim
-        * {"f32": 4, "f16": 2, "bf16": 2}[opt.kv_cache_dtype]
+        * BY_NAME[opt.kv_cache_dtype].itemsize
     )
     # Weights read per decode step: all but the embedding table, which is gathered (a tied
     # table is read whole by the output projection, so it counts).
-    embed = next(
-        np.prod(s) * (4 if d == "f32" else 2) for n, s, d in params if n == "token_embd.weight"
-    )
+    embed = next(np.prod(s) * BY_NAME[d].itemsize for n, s, d in params if n == "token_embd.weight")
     step_weights = weight_bytes - (0 if cfg.tie_word_embeddings else int(embed))
     results: dict[str, Any] = {
         "shape": SHAPES[args.shape].about,

@@ -7,6 +7,7 @@ from typing import Any
 
 from ..compile.targets import TARGETS
 from ..errors import ConfigError
+from ..formats.dtypes import BY_NAME
 
 # The drivers the compile targets run on (each target names its own), and the spellings users
 # reach for.
@@ -14,7 +15,6 @@ DRIVERS = tuple(dict.fromkeys(t.driver for t in TARGETS.values()))
 DRIVER_ALIASES = {"cpu": "local-task", "rocm": "hip", "amdgpu": "hip", "nvidia": "cuda"}
 # Element types of a KV cache, by irforge's dtype name.
 _CACHE_ELEMENT = {"f32": "FLOAT_32", "f16": "FLOAT_16", "bf16": "BFLOAT_16"}
-_CACHE_BYTES = {"f32": 4, "f16": 2, "bf16": 2}
 
 
 def normalize_driver(name: str) -> str:
@@ -87,9 +87,12 @@ def open_devices(driver: str, device_ids: list[int] | None, count: int) -> list[
 
 
 def cache_bytes(dtype: str) -> int:
-    if dtype not in _CACHE_BYTES:
-        raise ConfigError(f"unsupported KV-cache dtype {dtype!r}; known: {', '.join(_CACHE_BYTES)}")
-    return _CACHE_BYTES[dtype]
+    """Bytes per element of a KV-cache dtype (the dtype table's itemsize)."""
+    if dtype not in _CACHE_ELEMENT:
+        raise ConfigError(
+            f"unsupported KV-cache dtype {dtype!r}; known: {', '.join(_CACHE_ELEMENT)}"
+        )
+    return BY_NAME[dtype].itemsize
 
 
 def allocate_cache(device: Any, pages: int, page_elements: int, dtype: str) -> Any:
