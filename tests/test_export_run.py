@@ -173,17 +173,23 @@ def test_mistral_head_dim_reaches_shortfin_config(mistral_artifacts: Path) -> No
 
 
 def test_shortfin_serves_the_same_greedy_tokens(llama_artifacts: Path) -> None:
-    """AMD's own server (shortfin) runs what irforge built and agrees with `irforge run`."""
+    """AMD's own server (shortfin 3.9) runs the folder's `--for-shortfin` program (IREE 3.9's
+    compiler) and agrees with `irforge run` (the newest IREE); the runtime of each release
+    refuses the other's VMFB, so this is the artifact the README tells shortfin users to build."""
     pytest.importorskip("shortfin_apps")
     from shortfin_server import generate as shortfin_generate
     from shortfin_server import shortfin_server
+
+    from irforge.compile import compile_folder
+    from irforge.compile.shortfin import SHORTFIN_IREE_VERSION, shortfin_compiler
 
     prompts = [PROMPT, PROMPT[:3]]
     ours = [
         run_cli(llama_artifacts, p, 12, llama_artifacts.parent / f"l{len(p)}.npy")["tokens"]
         for p in prompts
     ]
-    vmfb = llama_artifacts / "model.cpu.vmfb"
+    vmfb = compile_folder(llama_artifacts, target="cpu", compiler=shortfin_compiler()).vmfb
+    assert vmfb.name == f"model.cpu.iree{SHORTFIN_IREE_VERSION.rsplit('.', 1)[0]}.vmfb"
     with shortfin_server(
         llama_artifacts, vmfb=vmfb, parameters=[llama_artifacts / "model.irpa"]
     ) as url:

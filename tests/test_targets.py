@@ -3,8 +3,10 @@ family; run on a device this machine lacks fails in one line; the cache lives on
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import shutil
+from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
@@ -123,3 +125,33 @@ def test_bf16_kv_cache_runs_and_matches_transformers(
     doc = run_cli(art, PROMPT, 8, tmp_path / "logits.npy")
     assert_close_rel(np.load(tmp_path / "logits.npy"), want_logits, rel=2e-2)
     assert sum(a == b for a, b in zip(doc["tokens"], want_tokens, strict=True)) >= 6
+
+
+def test_run_refuses_a_vmfb_of_another_iree_release(llama_artifacts: Path, tmp_path: Path) -> None:
+    """Each IREE runtime loads only its own release's VMFBs: run says which it needs, in a line."""
+    from irforge.manifest import Manifest
+
+    art = tmp_path / "art"
+    art.mkdir()
+    for f in llama_artifacts.iterdir():
+        if f.is_file() and f.name != "manifest.json":
+            (art / f.name).symlink_to(f)
+    manifest = Manifest.load(llama_artifacts)
+    old = tuple(dataclasses.replace(c, compiler="3.9") for c in manifest.compiled)
+    manifest.replace(compiled=old).save(art)
+    result = runner.invoke(app, ["run", str(art), "--prompt-ids", "1,2"])
+    ours = ".".join(version("iree-base-runtime").split(".")[:2])
+    assert result.exit_code == 2 and f"by IREE {ours}, the runtime installed" in result.stderr
+    assert "IREE 3.9)" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_iree_compile_option_checks_the_binary(llama_artifacts: Path, tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-iree-compile"
+    result = runner.invoke(app, ["compile", str(llama_artifacts), "--iree-compile", str(missing)])
+    assert result.exit_code == 2 and "not an executable file" in result.stderr
+    fake = tmp_path / "fake-compile"
+    fake.write_text("#!/bin/sh\necho hello\n")
+    fake.chmod(0o755)
+    result = runner.invoke(app, ["compile", str(llama_artifacts), "--iree-compile", str(fake)])
+    assert result.exit_code == 2 and "does not print an IREE compiler version" in result.stderr
+    assert not list(llama_artifacts.glob("*.iree*.vmfb.tmp*"))

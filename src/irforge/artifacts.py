@@ -24,9 +24,13 @@ TOKENIZER_FILES = (
 )
 
 
-def vmfb_name(target: str) -> str:
-    """model.<target>.vmfb: one program per compile target, side by side."""
-    return f"model.{target}.vmfb"
+def vmfb_name(target: str, compiler: str | None = None) -> str:
+    """model.<target>.vmfb: one program per compile target, side by side.
+
+    A program from another IREE release than the installed one (for shortfin 3.9, say) is
+    model.<target>.iree<version>.vmfb: each runtime loads only its own release's VMFBs.
+    """
+    return f"model.{target}.vmfb" if compiler is None else f"model.{target}.iree{compiler}.vmfb"
 
 
 def tokenizer_files(folder: Path) -> list[Path]:

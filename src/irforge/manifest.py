@@ -172,7 +172,10 @@ class Manifest:
         return dataclasses.replace(self, **changes)
 
     def with_compiled(self, c: Compiled) -> Manifest:
-        others = tuple(x for x in self.compiled if x.target != c.target or x.devices != c.devices)
+        def same(x: Compiled) -> bool:
+            return (x.target, x.devices, x.compiler) == (c.target, c.devices, c.compiler)
+
+        others = tuple(x for x in self.compiled if not same(x))
         return self.replace(compiled=(*others, c))
 
     def to_dict(self) -> dict[str, Any]:

@@ -32,6 +32,21 @@ def compile_cmd(
         list[str] | None,
         typer.Option("--iree-flag", help="Extra iree-compile flag, repeatable."),
     ] = None,
+    iree_compile: Annotated[
+        Path | None,
+        typer.Option(
+            "--iree-compile",
+            help="Another iree-compile binary to use instead of the installed one.",
+        ),
+    ] = None,
+    for_shortfin: Annotated[
+        bool,
+        typer.Option(
+            "--for-shortfin",
+            help="Compile with IREE 3.9 (fetched from PyPI into ~/.cache/irforge once), the "
+            "release AMD's shortfin server runs: writes model.TARGET.iree3.9.vmfb.",
+        ),
+    ] = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Compile FOLDER/model.mlir with iree-compile; errors point at the full log."""
@@ -39,10 +54,22 @@ def compile_cmd(
 
     from ._output import err, steps
 
+    if for_shortfin and iree_compile is not None:
+        raise typer.BadParameter("give --for-shortfin or --iree-compile, not both")
     with steps("compile", quiet=quiet) as on_step:
+        if for_shortfin:
+            from irforge.compile.shortfin import SHORTFIN_IREE_VERSION, shortfin_compiler
+
+            on_step(f"fetching iree-base-compiler {SHORTFIN_IREE_VERSION} (once)")
+            iree_compile = shortfin_compiler()
         on_step(f"iree-compile for {target}")
         result = compile_folder(
-            folder, target=target, devices=devices, out=out, extra_flags=iree_flag or []
+            folder,
+            target=target,
+            devices=devices,
+            out=out,
+            extra_flags=iree_flag or [],
+            compiler=iree_compile,
         )
     if not quiet:
         size = result.vmfb.stat().st_size / 2**20

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import shutil
 import subprocess
@@ -24,17 +25,23 @@ class CompileResult:
     seconds: float
     command: list[str]
     log: Path
+    compiler_version: tuple[int, int]
 
 
-def find_iree_compile() -> str:
-    """iree-compile from this Python's environment first, then PATH."""
+def find_iree_compile(binary: str | Path | None = None) -> str:
+    """`binary` when given, else iree-compile from this Python's environment first, then PATH."""
+    if binary is not None:
+        path = Path(binary).expanduser()
+        if not (path.is_file() and os.access(path, os.X_OK)):
+            raise ToolNotFoundError(f"--iree-compile {binary}: not an executable file")
+        return str(path)
     beside = Path(sys.executable).parent / "iree-compile"
     if beside.exists():
         return str(beside)
     found = shutil.which("iree-compile")
     if found is None:
         raise ToolNotFoundError(
-            "iree-compile not found; install it with `pip install iree-base-compiler==3.9.0`"
+            "iree-compile not found; install it with `pip install iree-base-compiler`"
         )
     return found
 
@@ -53,19 +60,24 @@ def run_iree_compile(
     devices: int = 1,
     extra_flags: Sequence[str] = (),
     log: Path | None = None,
+    compiler: str | Path | None = None,
 ) -> CompileResult:
     """Compile `mlir` for `target` into `out` (atomically); iree-compile's output goes to `log`.
+
+    `compiler` is another iree-compile than the installed one (flags are spelled for its version).
 
     Raises:
         ToolNotFoundError: iree-compile is not installed.
         CompileError: with the first error lines, the command and the log path.
     """
     log = log or out.with_suffix(".compile.log")
-    flags = target.flags(devices, compiler_version()) + list(extra_flags)
+    binary = find_iree_compile(compiler)
+    version = compiler_version(binary if compiler is not None else None)
+    flags = target.flags(devices, version) + list(extra_flags)
     started = time.perf_counter()
     target_file = AtomicFile(out)
     with target_file:
-        cmd = [find_iree_compile(), str(mlir), *flags, "-o", target_file.tmp_path]
+        cmd = [binary, str(mlir), *flags, "-o", target_file.tmp_path]
         shown = shlex.join([*cmd[:-1], str(out)])
         with open(log, "w") as log_file:
             log_file.write(f"$ {shown}\n")  # the log says how to reproduce the failure
@@ -78,4 +90,5 @@ def run_iree_compile(
                 f"{first} (full log and command: {log})"
             )
     cmd[-1] = str(out)
-    return CompileResult(out, target, devices, time.perf_counter() - started, cmd, log)
+    seconds = time.perf_counter() - started
+    return CompileResult(out, target, devices, seconds, cmd, log, version)

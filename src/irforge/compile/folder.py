@@ -9,8 +9,8 @@ from ..artifacts import vmfb_name
 from ..errors import ManifestError
 from ..formats.atomic import sha256_file
 from ..manifest import Compiled, Manifest
-from .driver import CompileResult, run_iree_compile
-from .targets import Target, compiler_version, get_target
+from .driver import CompileResult, find_iree_compile, run_iree_compile
+from .targets import Target, compiler_version, get_target, version_text
 
 
 def compile_folder(
@@ -20,6 +20,7 @@ def compile_folder(
     devices: int | None = None,
     out: Path | None = None,
     extra_flags: Sequence[str] = (),
+    compiler: str | Path | None = None,
 ) -> CompileResult:
     """Compile `folder/model.mlir` (from `irforge export`) for one target.
 
@@ -27,8 +28,10 @@ def compile_folder(
         folder: the export folder (its manifest says the MLIR file and device count).
         target: a preset name or alias: cpu, gfx942/mi300x, gfx90a, gfx1100, sm_80, sm_90.
         devices: devices the program spans; default: the export's tensor parallelism.
-        out: where to write the VMFB; default `folder/model.<target>.vmfb`.
+        out: where to write the VMFB; default `folder/model.<target>.vmfb`
+            (`model.<target>.iree<version>.vmfb` from another release's `compiler`).
         extra_flags: passed through to iree-compile.
+        compiler: another iree-compile than the installed one, e.g. IREE 3.9's for shortfin.
 
     Raises:
         ManifestError, ConfigError, ToolNotFoundError, CompileError.
@@ -49,7 +52,9 @@ def compile_folder(
     mlir = folder / manifest.mlir
     if not mlir.is_file():
         raise ManifestError(f"{folder}: {manifest.mlir} is missing; re-run `irforge export`")
-    out = Path(out) if out else folder / vmfb_name(preset.name)
+    version = compiler_version(find_iree_compile(compiler) if compiler is not None else None)
+    other_release = None if version == compiler_version() else version_text(version)
+    out = Path(out) if out else folder / vmfb_name(preset.name, other_release)
     source_digest = sha256_file(mlir)
     result = run_iree_compile(
         mlir,
@@ -58,18 +63,26 @@ def compile_folder(
         devices=devices,
         extra_flags=extra_flags,
         log=folder / f"compile.{preset.name}.log",
+        compiler=compiler,
     )
     if out.parent.resolve() == folder.resolve():
-        register_compiled(folder, preset, devices, out.name, source_digest)
+        register_compiled(folder, preset, devices, out.name, source_digest, result.compiler_version)
     return result
 
 
 def register_compiled(
-    folder: Path, target: Target, devices: int, vmfb: str, mlir_sha256: str
+    folder: Path,
+    target: Target,
+    devices: int,
+    vmfb: str,
+    mlir_sha256: str,
+    version: tuple[int, int] | None = None,
 ) -> None:
     """Record a VMFB in the folder's manifest (run and serve look it up by device)."""
     manifest = Manifest.load(folder)
-    version = ".".join(map(str, compiler_version()))
-    flags = tuple(target.flags(devices, compiler_version()))
-    entry = Compiled(vmfb, target.name, target.driver, devices, flags, version, mlir_sha256)
+    version = version or compiler_version()
+    flags = tuple(target.flags(devices, version))
+    entry = Compiled(
+        vmfb, target.name, target.driver, devices, flags, version_text(version), mlir_sha256
+    )
     manifest.with_compiled(entry).save(folder)

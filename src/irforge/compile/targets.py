@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
 from dataclasses import dataclass
 
-from ..errors import ConfigError
+from ..errors import ConfigError, ToolNotFoundError
 
 
 @dataclass(frozen=True)
@@ -96,12 +98,44 @@ def get_target(name: str) -> Target:
     return TARGETS[key]
 
 
-def compiler_version() -> tuple[int, int]:
-    """(major, minor) of the installed iree-base-compiler."""
+def compiler_version(binary: str | None = None) -> tuple[int, int]:
+    """(major, minor) of the installed iree-base-compiler, or of the iree-compile at `binary`.
+
+    Raises:
+        ToolNotFoundError: `binary` does not run or does not say an IREE compiler version.
+    """
+    if binary is not None:
+        return _binary_version(binary)
+    return _package_version("iree-base-compiler")
+
+
+def runtime_version() -> tuple[int, int]:
+    """(major, minor) of the installed iree-base-runtime: it loads only VMFBs of its own release."""
+    return _package_version("iree-base-runtime")
+
+
+def version_text(version: tuple[int, int]) -> str:
+    return ".".join(map(str, version))
+
+
+def _package_version(package: str) -> tuple[int, int]:
     from importlib.metadata import PackageNotFoundError, version
 
     try:
-        parts = version("iree-base-compiler").split(".")
+        parts = version(package).split(".")
         return int(parts[0]), int(parts[1])
     except (PackageNotFoundError, ValueError, IndexError):
-        return (3, 9)
+        return (0, 0)
+
+
+def _binary_version(binary: str) -> tuple[int, int]:
+    try:
+        done = subprocess.run(
+            [binary, "--version"], capture_output=True, text=True, timeout=60, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise ToolNotFoundError(f"cannot run {binary}: {e}") from None
+    found = re.search(r"IREE compiler version (\d+)\.(\d+)", done.stdout + done.stderr)
+    if found is None:
+        raise ToolNotFoundError(f"{binary} does not print an IREE compiler version")
+    return int(found[1]), int(found[2])

@@ -20,6 +20,7 @@ from ..manifest import ExportOptions
 from ..model import ModelOptions, PagedLlama
 from ..model.sharded import ShardedPagedLlama, sharded_name
 from ..model.weights import canonical_name
+from .mlir_compat import restore_isinstance
 
 # Pages in the example cache handed to torch.export; the page count stays symbolic.
 EXAMPLE_PAGES = 16
@@ -47,6 +48,14 @@ class _Sampled(torch.nn.Module):
         return self._select(self.model.decode(*args))
 
 
+def _turbine_aot() -> Any:
+    """iree.turbine.aot, made to work with the installed compiler's MLIR bindings first."""
+    restore_isinstance()
+    from iree.turbine import aot
+
+    return aot
+
+
 def _transfer(t: torch.Tensor, device: int) -> torch.Tensor:
     from iree.turbine.ops.iree import transfer_to_logical_device
 
@@ -60,8 +69,7 @@ def build_meta_model(config: ModelConfig, options: ExportOptions) -> PagedLlama 
     With tensor parallelism, parameter i of a rank also carries that rank's device, and a
     replicated weight is one archive entry referenced from every device.
     """
-    from iree.turbine.aot import DeviceTensorTrait, ExternalTensorTrait
-
+    aot = _turbine_aot()
     model_options = ModelOptions.of(options)
     tp = options.tensor_parallelism_size
     with torch.device("meta"):
@@ -75,8 +83,8 @@ def build_meta_model(config: ModelConfig, options: ExportOptions) -> PagedLlama 
             name = canonical_name(module_name)
         else:
             rank, name = sharded_name(module_name)
-            DeviceTensorTrait(rank).set(param)
-        ExternalTensorTrait(external_scope=PARAMETER_SCOPE, external_name=name).set(param)
+            aot.DeviceTensorTrait(rank).set(param)
+        aot.ExternalTensorTrait(external_scope=PARAMETER_SCOPE, external_name=name).set(param)
     return model
 
 
@@ -99,10 +107,9 @@ def trace(
     on_step: Callable[[str], None] = lambda step: None,
 ) -> None:
     """Export the prefill/decode programs of `config` to MLIR at `out` (overwritten)."""
-    from iree.turbine.aot import DeviceAffinity, FxProgramsBuilder, export
-
+    aot = _turbine_aot()
     model = build_meta_model(config, options)
-    fxb = FxProgramsBuilder(_Sampled(model, options.top_k))
+    fxb = aot.FxProgramsBuilder(_Sampled(model, options.top_k))
     stride, tp = options.block_seq_stride, options.tensor_parallelism_size
     block = torch.export.Dim("block_seq", min=1, max=-(-options.max_seq_len // stride))
     page = torch.export.Dim("page")
@@ -114,13 +121,13 @@ def trace(
     def ints(*shape: int) -> torch.Tensor:
         return torch.empty(*shape, dtype=torch.int64, device="meta")
 
-    def devices(n_args: int) -> dict[int, DeviceAffinity] | None:
+    def devices(n_args: int) -> dict[int, Any] | None:
         # Inputs live on device 0 and each cache slab on its own device.
         if tp == 1:
             return None
         return {
-            **{i: DeviceAffinity(0) for i in range(n_args)},
-            **{n_args + i: DeviceAffinity(i) for i in range(tp)},
+            **{i: aot.DeviceAffinity(0) for i in range(n_args)},
+            **{n_args + i: aot.DeviceAffinity(i) for i in range(tp)},
         }
 
     with warnings.catch_warnings():  # torch's pytree deprecation noise
@@ -152,7 +159,7 @@ def trace(
             }
             _program(fxb, f"decode_bs{bs}", "decode", args, dims, devices(4))
         on_step("importing to MLIR")
-        output = export(fxb, import_symbolic_shape_expressions=True)  # type: ignore[call-overload]
+        output = aot.export(fxb, import_symbolic_shape_expressions=True)
     on_step("writing MLIR")
     output.save_mlir(str(out))
 

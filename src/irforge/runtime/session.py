@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from ..artifacts import PARAMETER_SCOPE
+from ..compile.targets import runtime_version, version_text
 from ..errors import InputError, ManifestError
 from ..formats.irpa import read_irpa
 from ..manifest import Compiled, Manifest
@@ -19,11 +20,14 @@ from .pages import PageAllocator
 def _pick_compiled(manifest: Manifest, folder: Path, driver: str, vmfb: Path | None) -> Path:
     if vmfb is not None:
         return Path(vmfb)
-    matches: list[Compiled] = [c for c in manifest.compiled if c.driver == driver]
+    ours = version_text(runtime_version())
+    for_device: list[Compiled] = [c for c in manifest.compiled if c.driver == driver]
+    matches = [c for c in for_device if c.compiler == ours]
     if not matches:
-        built = ", ".join(f"{c.vmfb} ({c.driver})" for c in manifest.compiled) or "none"
+        built = ", ".join(f"{c.vmfb} ({c.driver}, IREE {c.compiler})" for c in manifest.compiled)
         raise ManifestError(
-            f"{folder}: no program compiled for device {driver!r} (compiled: {built}); "
+            f"{folder}: no program compiled for device {driver!r} by IREE {ours}, the runtime "
+            f"installed (compiled: {built or 'none'}); "
             f"run `irforge compile {folder} --target {_target_for(driver)}` first"
         )
     return folder / matches[-1].vmfb
@@ -150,6 +154,8 @@ def _context_error(error: Exception, vmfb: Path, device: str) -> InputError:
 
 
 def _host(result: Any) -> Any:
+    # A copy: on the CPU, IREE 3.13's to_host() maps the result's buffer, which the runtime
+    # reuses for the next call's result (earlier logits would silently change).
     if isinstance(result, tuple | list):
-        return tuple(r.to_host() for r in result)
-    return result.to_host()
+        return tuple(np.array(r.to_host(), copy=True) for r in result)
+    return np.array(result.to_host(), copy=True)
