@@ -96,3 +96,12 @@ def test_python_dash_m_and_version() -> None:
         [sys.executable, "-m", "irforge", "--version"], capture_output=True, text=True, check=True
     )
     assert done.stdout.startswith("irforge ")
+
+
+def test_serve_takes_one_cache_size(tmp_path: Path) -> None:
+    result = runner.invoke(
+        app, ["serve", str(tmp_path), "--kv-cache-pages", "64", "--kv-cache-gib", "1"]
+    )
+    assert result.exit_code == 2 and "not both" in result.stderr
+    result = runner.invoke(app, ["serve", str(tmp_path), "--kv-cache-pages", "1"])
+    assert result.exit_code == 2 and "kv-cache-pages" in result.stderr

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from irforge.errors import InputError
 from irforge.runtime import Sampling, Session, generate
 from irforge.runtime.batching import decode_arrays, prefill_arrays, split
 from irforge.runtime.pages import SCRATCH_PAGE
@@ -47,18 +48,26 @@ def test_padding_rows_and_blocks_point_at_the_scratch_page() -> None:
     assert tokens[:, 0].tolist() == [5, 6, 0, 0]
 
 
+class _Letters:
+    """A streaming decoder whose token i is the character chr(i)."""
+
+    def step(self, token: int) -> str:
+        return chr(token)
+
+    def flush(self) -> str:
+        return ""
+
+
 def _request(stop: tuple[str, ...] = (), max_tokens: int = 50) -> Request:
-    return Request(id="r", prompt=[1], sampling=Sampling(), max_tokens=max_tokens, stop=stop)
-
-
-def _letters(ids: list[int]) -> str:
-    return "".join(chr(i) for i in ids)
+    req = Request(id="r", prompt=[1], sampling=Sampling(), max_tokens=max_tokens, stop=stop)
+    req.decoder = _Letters()  # type: ignore[assignment]
+    return req
 
 
 def test_stop_strings_are_cut_and_never_streamed() -> None:
     req = _request(stop=("cd",))
     for ch in "abcd":
-        req.add_token(ord(ch), _letters)
+        req.add_token(ord(ch))
     deltas = [d.text for d in req.stream(timeout=1)]
     assert deltas == ["a", "b", "", ""]  # "c" is held back: it may start "cd"
     assert req.text == "ab" and req.finish_reason == "stop" and req.status is Status.FINISHED
@@ -67,7 +76,7 @@ def test_stop_strings_are_cut_and_never_streamed() -> None:
 def test_held_back_text_is_released_when_it_is_not_a_stop() -> None:
     req = _request(stop=("xyz",), max_tokens=4)
     for ch in "axyw":
-        req.add_token(ord(ch), _letters)
+        req.add_token(ord(ch))
     assert "".join(d.text for d in req.stream(timeout=1)) == "axyw" == req.text
     assert req.finish_reason == "length"
 
@@ -272,3 +281,65 @@ def test_pages_too_few_for_everyone_make_requests_wait(llama_artifacts: Path) ->
         assert all(r.wait(60).tokens == want for r in reqs)
         assert _all_free(engine)
     assert np.isclose(engine.metrics.counter("generation_tokens_total"), 5 * 28)
+
+
+@pytest.mark.iree
+def test_an_oversubscribed_cache_preempts_and_everyone_gets_solo_tokens(
+    llama_artifacts: Path,
+) -> None:
+    """8 usable pages; 5 requests that each grow to 5 pages. Pages are taken as they grow, so
+    four start at once; when they run out the newest is preempted and later recomputed."""
+    want = _solo(llama_artifacts, BASE, 60, eos=False)
+    with Engine(llama_artifacts, page_count=9) as engine:
+        reqs = [engine.submit(BASE, max_tokens=60, ignore_eos=True) for _ in range(5)]
+        assert all(r.wait(120).tokens == want for r in reqs)
+        assert all(r.finish_reason == "length" for r in reqs)
+        assert _all_free(engine)
+    assert engine.metrics.counter("preemptions_total") > 0
+    assert "irforge_preemptions_total" in engine.metrics.render(engine.gauges())  # /metrics
+    assert np.isclose(engine.metrics.counter("generation_tokens_total"), 5 * 60)
+    assert engine.metrics.counter("decode_calls_total", bs="4") > 0  # four ran side by side
+
+
+@pytest.mark.iree
+def test_no_max_tokens_means_up_to_the_context_or_the_cache(
+    engine: Engine, llama_artifacts: Path
+) -> None:
+    """OpenAI's default: generate until eos or the context is full; a small cache caps it."""
+    context = engine.max_seq_len
+    req = engine.submit(BASE, ignore_eos=True)
+    assert len(req.wait(120).tokens) == context - len(BASE) and req.finish_reason == "length"
+    with Engine(llama_artifacts, page_count=9) as small:
+        req = small.submit(BASE, ignore_eos=True)
+        assert len(req.wait(120).tokens) == 8 * small.stride - len(BASE)
+        with pytest.raises(BadRequest, match="even alone, the cache has 8"):
+            small.submit(BASE, max_tokens=200)
+        with pytest.raises(BadRequest, match="the KV cache holds 128"):
+            small.submit([1] * 130, max_tokens=1)
+
+
+@pytest.mark.iree
+def test_cache_size_in_gib(llama_artifacts: Path) -> None:
+    from irforge.formats.dtypes import BY_NAME
+
+    session = Session(llama_artifacts, cache_gib=0.001)
+    c, o = session.config, session.options
+    page_bytes = c.page_elements(o.block_seq_stride, 1) * BY_NAME[o.kv_cache_dtype].itemsize
+    assert session.page_count == 2**30 // 1000 // page_bytes
+    with pytest.raises(InputError, match="at least 2 are needed"):
+        Session(llama_artifacts, cache_gib=1e-9)
+
+
+def test_streaming_detokenizer_equals_decoding_everything(llama_dir: Path) -> None:
+    """tokenizers' DecodeStream, one id at a time, against decoding the whole list at once."""
+    codec = TextCodec(llama_dir)
+    text = "héllo wörld — naïve café, 日本語 and 🙂 emoji; tabs\tand\nnewlines  twice"
+    ids = codec.encode(text, special=False)
+    stream = codec.stream()
+    pieces = [stream.step(i) for i in ids]
+    assert "".join(pieces) + stream.flush() == codec.decode(ids) and len(ids) > 20
+    assert sum(p == "" for p in pieces) > 0  # bytes of a character wait for the rest
+    cut = codec.stream()  # ending inside a character: the rest comes out as U+FFFD
+    first = next(i for i in range(1, len(ids)) if codec.decode(ids[:i]).endswith("\ufffd"))
+    text = "".join(cut.step(t) for t in ids[:first]) + cut.flush()
+    assert text == codec.decode(ids[:first])

@@ -19,6 +19,17 @@ def serve_cmd(
     max_queue: Annotated[
         int, typer.Option(help="Requests waiting for cache pages before 503.", min=1)
     ] = 256,
+    kv_cache_pages: Annotated[
+        int | None,
+        typer.Option(
+            help="KV-cache pages per device (default: the export's --device-block-count).",
+            min=2,
+        ),
+    ] = None,
+    kv_cache_gib: Annotated[
+        float | None,
+        typer.Option(help="Instead of --kv-cache-pages: as many pages as fit in G GiB.", min=0),
+    ] = None,
     model_name: Annotated[
         str | None, typer.Option(help="Model id for /v1/models (default: the folder name).")
     ] = None,
@@ -33,6 +44,8 @@ def serve_cmd(
     """
     from irforge.serve.server import serve
 
+    if kv_cache_pages is not None and kv_cache_gib is not None:
+        raise typer.BadParameter("give --kv-cache-pages or --kv-cache-gib, not both")
     serve(
         folder,
         host=host,
@@ -40,6 +53,8 @@ def serve_cmd(
         device=device,
         device_ids=parse_device_ids(device_ids),
         max_queue=max_queue,
+        page_count=kv_cache_pages,
+        cache_gib=kv_cache_gib,
         model_name=model_name,
         drain_timeout=drain_timeout,
     )

@@ -2,10 +2,17 @@
 
 A slab is one tensor `[pages, page_elements]` per device (the exported ABI, DESIGN.md). Its
 logical view is `[pages, layers, 2 (K, V), kv_heads, block_seq_stride, head_dim]`: a page holds
-`block_seq_stride` consecutive positions of one sequence for every layer. Writes go through
-`index_put_` on that view, so they stay in place on the caller's tensor; reads gather a
-sequence's pages. This form exports with iree-turbine, compiles for llvm-cpu and gfx942, and
+`block_seq_stride` consecutive positions of one sequence for every layer. Reads gather a
+sequence's pages; writes go through `index_put_` on that view, so they stay in place on the
+caller's tensor. This form exports with iree-turbine, compiles for llvm-cpu and gfx942, and
 the CPU module updates the caller's slab in place with eager PyTorch's values.
+
+A call writes the slab once, after every layer has read it (`flush`): one scatter of all
+layers' new K/V. Written per layer, each layer's scatter follows the previous layer's reads of
+the same slab, and IREE keeps both versions: it copied the whole cache once per layer, so a
+decode step cost more the larger the cache (1B-shaped, 16 layers: +600 ms a step at 1 GiB).
+Decode attends to the pages as they were before the call plus this step's own K/V, put in at
+its position.
 
 Every listed page is written, padding positions included: entries of `seq_block_ids` that a
 sequence does not own must name a scratch page no live sequence uses (the runtime reserves one).
@@ -64,39 +71,36 @@ class PagedKVCache:
     def write_pages(
         self,
         slab: torch.Tensor,
-        layer: int,
-        k: torch.Tensor,
-        v: torch.Tensor,
+        k: list[torch.Tensor],
+        v: list[torch.Tensor],
         seq_block_ids: torch.Tensor,
     ) -> None:
-        """Store k, v [N, B·stride, kv_heads, D] of one layer into pages seq_block_ids [N, B]."""
-        kv = torch.stack((k, v), dim=2)  # [N, S, 2, KV, D]
-        kv = kv.unflatten(1, (-1, self.block_seq_stride))  # [N, B, stride, 2, KV, D]
-        kv = kv.permute(0, 1, 3, 4, 2, 5).flatten(0, 1)  # [N·B, 2, KV, stride, D]
-        ids = seq_block_ids.flatten()  # [N·B]
-        # Index every leading dim with a tensor (not a select view) so functionalization
-        # produces one scatter into the slab rather than a copy of a layer's slice.
-        self.pages(slab).index_put_((ids, torch.full_like(ids, layer)), kv.to(self.dtype))
+        """Store every layer's k, v [N, B·stride, kv_heads, D] into pages seq_block_ids [N, B]."""
+        kv = torch.stack([torch.stack(p, dim=2) for p in zip(k, v, strict=True)], dim=2)
+        kv = kv.unflatten(1, (-1, self.block_seq_stride))  # [N, B, stride, L, 2, KV, D]
+        kv = kv.permute(0, 1, 3, 4, 5, 2, 6).flatten(0, 1)  # [N·B, L, 2, KV, stride, D]
+        # whole pages: one index over the leading dim, one scatter into the slab
+        self.pages(slab).index_put_((seq_block_ids.flatten(),), kv.to(self.dtype))
 
     def write_token(
         self,
         slab: torch.Tensor,
-        layer: int,
-        k: torch.Tensor,
-        v: torch.Tensor,
+        k: list[torch.Tensor],
+        v: list[torch.Tensor],
         seq_block_ids: torch.Tensor,
         positions: torch.Tensor,
     ) -> None:
-        """Store one position per sequence: k, v [N, kv_heads, D] at positions [N]."""
-        n = positions.shape[0]
+        """Store one position per sequence for every layer: k, v [N, kv_heads, D] at [N]."""
+        n, dev = positions.shape[0], positions.device
         block = torch.div(positions, self.block_seq_stride, rounding_mode="floor")  # [N]
-        page = seq_block_ids.gather(1, block.unsqueeze(1)).view(n, 1, 1)  # [N, 1, 1]
-        offset = torch.remainder(positions, self.block_seq_stride).view(n, 1, 1)  # [N, 1, 1]
-        part = torch.arange(2, device=positions.device).view(1, 2, 1)  # K, V
-        head = torch.arange(self.kv_heads, device=positions.device).view(1, 1, -1)
-        index = (page, torch.full_like(page, layer), part, head, offset)  # -> [N, 2, KV]
-        kv = torch.stack((k, v), dim=1)  # [N, 2, KV, D]
-        self.pages(slab).index_put_(index, kv.to(self.dtype))
+        page = seq_block_ids.gather(1, block.unsqueeze(1)).view(n, 1, 1, 1)
+        offset = torch.remainder(positions, self.block_seq_stride).view(n, 1, 1, 1)
+        layer = torch.arange(self.layers, device=dev).view(1, -1, 1, 1)
+        part = torch.arange(2, device=dev).view(1, 1, 2, 1)  # K, V
+        head = torch.arange(self.kv_heads, device=dev).view(1, 1, 1, -1)
+        kv = torch.stack([torch.stack(p, dim=1) for p in zip(k, v, strict=True)], dim=1)
+        # indices broadcast to [N, L, 2, KV]; kv is [N, L, 2, KV, D]
+        self.pages(slab).index_put_((page, layer, part, head, offset), kv.to(self.dtype))
 
     def gather(
         self, slab: torch.Tensor, layer: int, seq_block_ids: torch.Tensor, dtype: torch.dtype
@@ -112,21 +116,29 @@ class PagedKVCache:
 
 
 class PrefillKV:
-    """Prefill's cache access: store the prompt's K/V in its pages and attend to them directly."""
+    """Prefill's cache access: attend to the prompt's own K/V; store them in its pages at flush."""
 
     def __init__(self, cache: PagedKVCache, slab: torch.Tensor, seq_block_ids: torch.Tensor):
         self.cache, self.slab, self.seq_block_ids = cache, slab, seq_block_ids
+        self.k: list[torch.Tensor] = []
+        self.v: list[torch.Tensor] = []
 
     def __call__(
         self, layer: int, k: torch.Tensor, v: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """k, v [N, S, KV, D] -> keys, values [N, KV, S, D]."""
-        self.cache.write_pages(self.slab, layer, k, v, self.seq_block_ids)
+        self.k.append(k)
+        self.v.append(v)
         return k.transpose(1, 2), v.transpose(1, 2)
+
+    def flush(self) -> None:
+        """Write every layer's K/V (call once, after the last layer)."""
+        self.cache.write_pages(self.slab, self.k, self.v, self.seq_block_ids)
 
 
 class DecodeKV:
-    """Decode's cache access: store the new token's K/V, then read the sequence's pages."""
+    """Decode's cache access: read the sequence's pages with the new token's K/V put in at its
+    position; store that K/V at flush."""
 
     def __init__(
         self,
@@ -138,15 +150,26 @@ class DecodeKV:
     ):
         self.cache, self.slab, self.seq_block_ids = cache, slab, seq_block_ids
         self.positions = positions  # [N]
-        self.key_valid = key_valid.view(key_valid.shape[0], 1, -1, 1)  # [N, 1, Sk, 1]
+        n, sk = key_valid.shape[0], seq_block_ids.shape[1] * cache.block_seq_stride
+        self.key_valid = key_valid.view(n, 1, -1, 1)  # [N, 1, Sk, 1]
+        slots = torch.arange(sk, device=positions.device).view(1, -1)
+        self.is_new = (slots == positions.view(n, 1)).view(n, 1, sk, 1)  # [N, 1, Sk, 1]
+        self.k: list[torch.Tensor] = []
+        self.v: list[torch.Tensor] = []
 
     def __call__(
         self, layer: int, k: torch.Tensor, v: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """k, v [N, 1, KV, D] -> keys, values [N, KV, B·stride, D] (the new token included)."""
-        ids = self.seq_block_ids
-        self.cache.write_token(self.slab, layer, k[:, 0], v[:, 0], ids, self.positions)
-        keys, values = self.cache.gather(self.slab, layer, ids, k.dtype)
-        # Slots past the sequence were never written and may hold NaN (uninitialized memory);
-        # masking the scores is not enough, as softmax's exact 0 times NaN is still NaN.
+        self.k.append(k[:, 0])
+        self.v.append(v[:, 0])
+        keys, values = self.cache.gather(self.slab, layer, self.seq_block_ids, k.dtype)
+        keys = torch.where(self.is_new, k.transpose(1, 2), keys)
+        values = torch.where(self.is_new, v.transpose(1, 2), values)
+        # Slots past the sequence may hold stale or garbage values; masking the scores is not
+        # enough, as softmax's exact 0 times NaN is still NaN.
         return torch.where(self.key_valid, keys, 0), torch.where(self.key_valid, values, 0)
+
+    def flush(self) -> None:
+        """Write the new token's K/V of every layer (call once, after the last layer)."""
+        self.cache.write_token(self.slab, self.k, self.v, self.seq_block_ids, self.positions)

@@ -184,14 +184,19 @@ class PagedLlama(nn.Module):
         seq_lens: torch.Tensor,
         seq_block_ids: torch.Tensor,
         cache: torch.Tensor | Sequence[torch.Tensor],
+        *,
+        all_positions: bool = False,
     ) -> torch.Tensor:
-        """Write the prompts' K/V into their pages; logits [N, S, vocab].
+        """Write the prompts' K/V into their pages; logits [N, 1, vocab] of each row's last
+        position (seq_lens - 1), the only ones sampled; [N, S, vocab] with `all_positions`.
 
         tokens [N, S] with S = block_seq_stride·B, padded past seq_lens [N]; seq_block_ids [N, B].
+        The output projection runs on N rows, not N·S: at a 128k vocabulary it is most of a
+        short prompt's work, and N·S·vocab logits would be gigabytes to return.
         """
         positions, allowed = prefill_inputs(tokens, seq_lens, seq_block_ids, self.options)
         kv = PrefillKV(self.kv_cache, _single_slab(cache), seq_block_ids)
-        return self._forward(tokens, positions, allowed, kv)
+        return self._forward(tokens, positions, allowed, kv, None if all_positions else seq_lens)
 
     def decode(
         self,
@@ -211,7 +216,12 @@ class PagedLlama(nn.Module):
         return self._forward(tokens, positions, allowed, kv)
 
     def _forward(
-        self, tokens: torch.Tensor, positions: torch.Tensor, allowed: torch.Tensor, kv: KVAccess
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        allowed: torch.Tensor,
+        kv: KVAccess,
+        keep: torch.Tensor | None = None,
     ) -> torch.Tensor:
         h = self.token_embd(tokens)  # [N, S, dim]
         cos, sin = rope_tables(
@@ -219,7 +229,16 @@ class PagedLlama(nn.Module):
         )  # [N, S, 1, D/2]
         for block in self.blk:
             h = block(h, cos, sin, allowed, kv)
-        return self.output(self.output_norm(h))  # [N, S, vocab]
+        kv.flush()  # every layer has read the cache: now write this call's K/V, once
+        if keep is not None:
+            h = last_positions(h, keep)
+        return self.output(self.output_norm(h))  # [N, S or 1, vocab]
+
+
+def last_positions(h: torch.Tensor, seq_lens: torch.Tensor) -> torch.Tensor:
+    """h [N, S, D] at each row's last valid position seq_lens - 1: [N, 1, D]."""
+    index = (seq_lens - 1).clamp(min=0).view(-1, 1, 1).expand(-1, 1, h.shape[-1])
+    return torch.gather(h, 1, index)
 
 
 def prefill_inputs(

@@ -19,7 +19,7 @@ from ..config import ModelConfig
 from ..errors import ConfigError
 from ..sharding.spec import check_tp, shard_name, split_dim
 from .kv_cache import DecodeKV, PagedKVCache, PrefillKV
-from .llama import Block, RMSNorm, decode_inputs, prefill_inputs
+from .llama import Block, RMSNorm, decode_inputs, last_positions, prefill_inputs
 from .options import ModelOptions
 from .rope import inv_freq_tensor, inv_frequencies, rope_tables
 from .weights import canonical_name
@@ -106,6 +106,8 @@ class ShardedPagedLlama(nn.Module):
         seq_lens: torch.Tensor,
         seq_block_ids: torch.Tensor,
         caches: Sequence[torch.Tensor],
+        *,
+        all_positions: bool = False,
     ) -> torch.Tensor:
         """As PagedLlama.prefill, with one cache slab per device; logits on device 0."""
         caches = self._caches(caches)
@@ -119,7 +121,8 @@ class ShardedPagedLlama(nn.Module):
             for t, n, i in zip(tokens_at, self._each(seq_lens), ids, strict=True)
         ]
         positions, allowed = [p for p, _ in inputs], [a for _, a in inputs]
-        return self._forward(tokens_at, positions, allowed, kvs)
+        keep = None if all_positions else self._each(seq_lens)
+        return self._forward(tokens_at, positions, allowed, kvs, keep)
 
     def decode(
         self,
@@ -149,6 +152,7 @@ class ShardedPagedLlama(nn.Module):
         positions: list[torch.Tensor],
         allowed: list[torch.Tensor],
         kvs: Sequence[PrefillKV | DecodeKV],
+        keep: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         h = [r.token_embd(t) for r, t in zip(self.rank_list(), tokens, strict=True)]  # [N, S, dim]
         tables = [
@@ -163,11 +167,15 @@ class ShardedPagedLlama(nn.Module):
             h = [x + y for x, y in zip(h, self._all_reduce(parts), strict=True)]
             parts = [b.ffn(b.ffn_norm(x)) for b, x in zip(blocks, h, strict=True)]
             h = [x + y for x, y in zip(h, self._all_reduce(parts), strict=True)]
+        for kv in kvs:
+            kv.flush()
+        if keep is not None:  # each row's last position only, as PagedLlama.prefill
+            h = [last_positions(x, n) for x, n in zip(h, keep, strict=True)]
         partial = [r.partial_logits(x) for r, x in zip(self.rank_list(), h, strict=True)]
         logits = partial[0]
         for i in range(1, self.tp):
             logits = logits + self.transfer(partial[i], 0)
-        return logits  # [N, S, vocab] on device 0
+        return logits  # [N, S or 1, vocab] on device 0
 
 
 def sharded_name(module: str) -> tuple[int, str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -78,8 +79,13 @@ def row_logits(out: object, row: int, position: int) -> tuple[np.ndarray, np.nda
     """(scores, token ids or None) of one row at one position of a call's output.
 
     A program exported with top_k returns (values, indices) [N, S, k]: the scores are the k
-    values and the ids map a chosen index back to the vocabulary.
+    values and the ids map a chosen index back to the vocabulary. A prefill that returns only
+    each row's last position ([N, 1, ...], as irforge exports it and as shortfin reads it) has
+    that position at 0.
     """
+    first: Any = out[0] if isinstance(out, tuple) else out
+    if first.shape[1] == 1:
+        position = 0
     if isinstance(out, tuple):
         return np.asarray(out[0][row, position], np.float32), np.asarray(out[1][row, position])
     return np.asarray(out[row, position], np.float32), None  # type: ignore[index]

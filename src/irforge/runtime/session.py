@@ -13,7 +13,7 @@ from ..compile.targets import runtime_version, version_text
 from ..errors import InputError, ManifestError
 from ..formats.irpa import read_irpa
 from ..manifest import Compiled, Manifest
-from .devices import allocate_cache, iree_reason, normalize_driver, open_devices
+from .devices import allocate_cache, cache_bytes, iree_reason, normalize_driver, open_devices
 from .pages import PageAllocator
 
 
@@ -42,6 +42,7 @@ class Session:
         device_ids: which devices of that driver (default: the first N).
         vmfb: a VMFB to use instead of the manifest's match for the device.
         page_count: cache pages to allocate (default: the export's device_block_count).
+        cache_gib: instead of page_count, as many pages as fit in this many GiB per device.
         parameters: a ready iree.runtime.ParameterIndex to use instead of the folder's archives
             (benchmarks fill one with random weights in memory).
 
@@ -58,6 +59,7 @@ class Session:
         vmfb: Path | None = None,
         page_count: int | None = None,
         parameters: Any = None,
+        cache_gib: float | None = None,
     ) -> None:
         import iree.runtime as rt
 
@@ -93,11 +95,19 @@ class Session:
         except (ValueError, RuntimeError) as e:
             raise _context_error(e, vmfb_path, device) from None
         self._functions: dict[str, Any] = {}
-        self.page_count = page_count or self.options.device_block_count
-        self.pages = PageAllocator(self.page_count)
         # One slab per device, each holding that device's share of the kv heads.
         page_elements = self.config.page_elements(self.options.block_seq_stride, self.tp)
         cache_dtype = self.options.kv_cache_dtype or self.config.dtype  # manifests hold it resolved
+        self.page_count = page_count or self.options.device_block_count
+        if cache_gib is not None:
+            self.page_count = int(cache_gib * 2**30 // (page_elements * cache_bytes(cache_dtype)))
+        if self.page_count < 2:
+            raise InputError(
+                f"a KV cache of {self.page_count} pages holds nothing: page 0 is scratch, so "
+                "at least 2 are needed (a page is "
+                f"{page_elements * cache_bytes(cache_dtype) / 2**20:.1f} MiB per device)"
+            )
+        self.pages = PageAllocator(self.page_count)
         self.caches = [
             allocate_cache(d, self.page_count, page_elements, cache_dtype) for d in self.devices
         ]

@@ -29,15 +29,18 @@ class Engine:
     """An artifact folder served to many callers: `submit()` from any thread, one device thread.
 
     Every IREE call happens on the engine's scheduler thread. Each iteration it drops
-    cancelled requests, admits queued ones whose pages fit (each reserves the pages of
-    prompt + max_tokens up front, so a running request never waits for pages), prefills them
-    in batches, then runs one decode step for every running request.
+    cancelled requests, admits queued ones in order while their prompt's pages fit, prefills
+    them in batches, then runs one decode step for every running request. Pages are taken as
+    sequences grow: when a running request needs a page and none is free, the most recently
+    admitted request is preempted (its pages freed, itself requeued first in line, its
+    prompt and tokens so far prefilled again when pages free up), as vLLM's recompute does.
 
     Args:
         folder: an artifact folder (`irforge export` + `irforge compile`).
         device, device_ids: the IREE driver and devices (see `Session`).
         max_queue: requests waiting for admission before `submit` raises `Overloaded`.
         page_count: cache pages (default: the export's device_block_count).
+        cache_gib: instead of page_count, the pages that fit in this many GiB per device.
         start: start the scheduler thread now (tests hold it to fill the queue).
     """
 
@@ -49,11 +52,16 @@ class Engine:
         device_ids: list[int] | None = None,
         max_queue: int = 256,
         page_count: int | None = None,
+        cache_gib: float | None = None,
         start: bool = True,
     ) -> None:
         self.folder = Path(folder)
         self.session = Session(
-            self.folder, device=device, device_ids=device_ids, page_count=page_count
+            self.folder,
+            device=device,
+            device_ids=device_ids,
+            page_count=page_count,
+            cache_gib=cache_gib,
         )
         options = self.session.options
         self.stride, self.max_seq_len = options.block_seq_stride, options.max_seq_len
@@ -110,8 +118,15 @@ class Engine:
                 f"so a prompt may have at most {self.max_seq_len - 1}",
                 "prompt",
             )
-        if max_tokens is None:
-            max_tokens = room
+        cache_tokens = (self.pages.page_count - 1) * self.stride  # page 0 is scratch
+        if len(ids) >= cache_tokens:
+            raise BadRequest(
+                f"the prompt has {len(ids)} tokens; the KV cache holds {cache_tokens} "
+                "(serve --kv-cache-pages / --kv-cache-gib)",
+                "prompt",
+            )
+        if max_tokens is None:  # OpenAI's: up to the context, here as far as the cache holds
+            max_tokens = min(room, cache_tokens - len(ids))
         if max_tokens < 1:
             raise BadRequest(f"max_tokens must be at least 1, got {max_tokens}", "max_tokens")
         if max_tokens > room:
@@ -120,11 +135,10 @@ class Engine:
                 f"prompt's {len(ids)} in the context of {self.max_seq_len}",
                 "max_tokens",
             )
-        need = blocks(len(ids) + max_tokens, self.stride)
-        if need > self.pages.page_count - 1:
+        if len(ids) + max_tokens > cache_tokens:
             raise BadRequest(
-                f"the request needs {need} cache pages, the cache has "
-                f"{self.pages.page_count - 1}; lower max_tokens",
+                f"the request needs {blocks(len(ids) + max_tokens, self.stride)} cache pages "
+                f"even alone, the cache has {self.pages.page_count - 1}; lower max_tokens",
                 "max_tokens",
             )
         sampling = sampling or Sampling()
@@ -143,6 +157,8 @@ class Engine:
             prompt_text=text,
             detokenize=detokenize or any(stop),
         )
+        if self.text is not None and req.detokenize:
+            req.decoder = self.text.stream()
         req.on_cancel = self._wake
         with self._cond:
             if not self._admitting:
@@ -246,16 +262,40 @@ class Engine:
         self._running = []
 
     def _admit(self) -> list[Request]:
-        """Queued requests, in order, while the next one's pages fit."""
+        """Queued requests, in order, while the next one's context fits in the free pages."""
         admitted = []
         while self._queue:
             req = self._queue[0]
-            need = blocks(len(req.prompt) + req.max_tokens, self.stride)
+            need = blocks(len(req.context()), self.stride)
             if need > self.pages.free_count:
                 break
             req.pages = self.pages.allocate(need)
             admitted.append(self._queue.popleft())
         return admitted
+
+    def _preempt(self, victim: Request) -> None:
+        """Give the victim's pages back and requeue it first: it resumes by recomputing."""
+        self.pages.free(victim.pages)
+        victim.pages = []
+        self._running.remove(victim)
+        victim.set_status(Status.QUEUED)
+        with self._cond:
+            self._queue.appendleft(victim)
+        self.metrics.inc("preemptions_total")
+        log.info("preempted %s at %d tokens", victim.id, len(victim.context()))
+
+    def _grow(self) -> None:
+        """A page for every running request whose next token starts one, preempting for it."""
+        for r in list(self._running):  # admission order: the oldest are served first
+            if r not in self._running:
+                continue  # preempted for an older request in this pass
+            while len(r.pages) < blocks(len(r.context()) + 1, self.stride):
+                if self.pages.free_count == 0:
+                    self._preempt(self._running[-1])  # the newest; maybe r itself
+                    if r not in self._running:
+                        break
+                    continue
+                r.pages += self.pages.allocate(1)
 
     def _finish(self, req: Request, status: Status, reason: str, error: str | None = None) -> None:
         if req.done and not req.pages and req not in self._running:
@@ -280,7 +320,7 @@ class Engine:
             return
         first = req.first_token_at is None
         last = req.last_token_at
-        req.add_token(token, self._detokenize)
+        req.add_token(token)
         self.metrics.inc("generation_tokens_total")
         now = req.last_token_at or time.perf_counter()  # add_token just set it
         if first or last is None:
@@ -290,12 +330,9 @@ class Engine:
         if req.done:
             self._finish(req, req.status, req.finish_reason or "stop")
 
-    def _detokenize(self, ids: list[int]) -> str:
-        return self.text.decode(ids) if self.text else ""
-
     def _prefill(self, admitted: list[Request]) -> None:
         # similar lengths together: less padding up to the longest prompt of a call
-        pending = sorted(admitted, key=lambda r: len(r.prompt))
+        pending = sorted(admitted, key=lambda r: len(r.context()))
         for bs in split(self.prefill_sizes, len(pending)):
             group, pending = pending[:bs], pending[bs:]
             live = [r for r in group if not r.cancelled]
@@ -304,19 +341,24 @@ class Engine:
                     self._finish(r, Status.INTERRUPTED, "cancelled")
             if not live:
                 continue
+            contexts = [r.context() for r in live]
             out = self.session.prefill(
-                *prefill_arrays([r.prompt for r in live], [r.pages for r in live], bs, self.stride)
+                *prefill_arrays(contexts, [r.pages for r in live], bs, self.stride)
             )
             self.metrics.inc("prefill_calls_total", bs=str(bs))
             for row, r in enumerate(live):
-                self.metrics.inc("prompt_tokens_total", len(r.prompt))
-                r.set_status(Status.PREFILLED)
+                self.metrics.inc("prompt_tokens_total", len(contexts[row]))
                 self._running.append(r)
+                if r.tokens:  # resumed after preemption: its next token is already known
+                    r.set_status(Status.GENERATING)
+                    continue
+                r.set_status(Status.PREFILLED)
                 self._emit(r, *row_logits(out, row, len(r.prompt) - 1))
 
     def _decode(self) -> None:
         for r in [r for r in self._running if r.cancelled]:
             self._finish(r, Status.INTERRUPTED, "cancelled")
+        self._grow()
         pending = list(self._running)
         for bs in split(self.decode_sizes, len(pending)):
             group, pending = pending[:bs], pending[bs:]

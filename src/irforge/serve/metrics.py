@@ -33,6 +33,11 @@ SERIES: dict[str, tuple[str, str, tuple]] = {
     "requests_finished_total": ("counter", "Requests done, by finish reason.", ("reason",)),
     "prompt_tokens_total": ("counter", "Prompt tokens prefilled.", ()),
     "generation_tokens_total": ("counter", "Tokens generated.", ()),
+    "preemptions_total": (
+        "counter",
+        "Running requests whose pages were taken back (recomputed when readmitted).",
+        (),
+    ),
     "prefill_calls_total": ("counter", "prefill_bs{N} calls, by batch size.", ("bs",)),
     "decode_calls_total": ("counter", "decode_bs{N} calls, by batch size.", ("bs",)),
     "queue_depth": ("gauge", "Requests waiting for pages or prefill.", ()),

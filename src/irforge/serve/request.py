@@ -10,10 +10,11 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 
 from ..runtime.sampling import Sampler, Sampling
+from .text import TextStream
 
 
 class Status(enum.StrEnum):
-    QUEUED = "queued"  # waiting for pages and a prefill slot
+    QUEUED = "queued"  # waiting for pages and a prefill slot (again, once preempted)
     PREFILLED = "prefilled"  # prompt in the cache, first token out
     GENERATING = "generating"  # decoding one token per engine step
     FINISHED = "finished"  # eos, stop string or max tokens
@@ -49,10 +50,10 @@ class Request:
     detokenize: bool = True  # False: token ids only (no text, so no stop strings either)
     status: Status = Status.QUEUED
     tokens: list[int] = field(default_factory=list)
-    text: str = ""  # visible text: stop strings cut, partial stop prefixes held back
     finish_reason: str | None = None  # stop, length, cancelled, error, shutdown
     error: str | None = None
     pages: list[int] = field(default_factory=list)
+    decoder: TextStream | None = field(default=None, repr=False)  # streaming detokenizer
     submitted_at: float = field(default_factory=time.perf_counter)
     first_token_at: float | None = None
     last_token_at: float | None = None
@@ -61,10 +62,17 @@ class Request:
         self.sampler = Sampler(self.sampling)  # one per request, so seeds reproduce
         self.cancelled = False
         self._deltas: list[Delta] = []
+        self._chunks: list[str] = []  # the visible text, joined when read
+        self._held = ""  # text that may still begin a stop string, streamed once it cannot
         self._cond = threading.Condition()
         # (loop, event, every delta?): astream wakes per delta, await_done only at the end
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event, bool]] = []
         self.on_cancel: Callable[[Request], None] = lambda r: None
+
+    def context(self) -> list[int]:
+        """The ids whose keys and values must be in the cache before the next decode step:
+        the prompt, and for a preempted request all but the last generated token too."""
+        return self.prompt + self.tokens[:-1]
 
     @property
     def done(self) -> bool:
@@ -153,34 +161,45 @@ class Request:
             except RuntimeError:  # that loop is closed; its reader is gone
                 pass
 
-    def add_token(self, token: int, detokenize: Callable[[list[int]], str]) -> None:
-        """Append a generated token: stream its text, finish on a stop string, eos or length."""
+    def add_token(self, token: int) -> None:
+        """Append a generated token: stream its text, finish on a stop string, eos or length.
+
+        `decoder` (a streaming detokenizer, id -> new text) makes each token O(1). Only the
+        held-back tail and the new piece are searched for stop strings: a stop string cannot
+        start in text already streamed, since any tail that could begin one is held back.
+        """
         now = time.perf_counter()
         self.first_token_at = self.first_token_at or now
         self.last_token_at = now
         self.tokens.append(token)
-        full = detokenize(self.tokens) if self.detokenize else ""
+        decoder = self.decoder if self.detokenize else None
+        tail = self._held + (decoder.step(token) if decoder else "")
         reason = None
-        cut = _first_stop(full, self.stop)
+        cut = _first_stop(tail, self.stop)
         if cut >= 0:
-            full, reason = full[:cut], "stop"
+            tail, reason = tail[:cut], "stop"
         elif token in self.eos_ids:
             reason = "stop"
         elif len(self.tokens) >= self.max_tokens:
             reason = "length"
-        visible = full if reason else full[: len(full) - _held_back(full, self.stop)]
-        # detokenizing one more token normally only appends; should it rewrite what was already
-        # streamed, stream nothing more, but still finish with the full text
-        delta = ""
-        if visible.startswith(self.text):
-            delta, self.text = visible[len(self.text) :], visible
-        elif reason:
-            self.text = visible
+        if reason and cut < 0 and decoder:  # the end: bytes of an unfinished character
+            tail += decoder.flush()
+        hold = 0 if reason else _held_back(tail, self.stop)
+        delta, self._held = tail[: len(tail) - hold], tail[len(tail) - hold :]
+        if delta:
+            self._chunks.append(delta)
         with self._cond:
             self._deltas.append(Delta(token, delta))
             if reason:
                 self.status, self.finish_reason = Status.FINISHED, reason
             self._notify()
+
+    @property
+    def text(self) -> str:
+        """The visible text so far: stop strings cut, a possible stop string's start held back."""
+        if len(self._chunks) > 1:
+            self._chunks[:] = ["".join(self._chunks)]
+        return self._chunks[0] if self._chunks else ""
 
     def set_status(
         self, status: Status, reason: str | None = None, error: str | None = None
@@ -201,13 +220,8 @@ def _first_stop(text: str, stops: tuple[str, ...]) -> int:
 
 
 def _held_back(text: str, stops: tuple[str, ...]) -> int:
-    """How many trailing characters may still become a stop string or a multi-byte character."""
-    hold = 0
-    if text.endswith("\ufffd"):  # a byte-level token that completes a character comes next
-        hold = len(text) - len(text.rstrip("\ufffd"))
-    for s in stops:
-        for n in range(min(len(s) - 1, len(text)), hold, -1):
-            if text.endswith(s[:n]):
-                hold = n
-                break
-    return hold
+    """How many trailing characters may still become a stop string."""
+    for n in range(min(max(map(len, stops), default=1) - 1, len(text)), 0, -1):
+        if any(s.startswith(text[len(text) - n :]) for s in stops):
+            return n
+    return 0

@@ -40,6 +40,8 @@ def serve(
     device: str = "local-task",
     device_ids: list[int] | None = None,
     max_queue: int = 256,
+    page_count: int | None = None,
+    cache_gib: float | None = None,
     model_name: str | None = None,
     drain_timeout: float = 120.0,
 ) -> None:
@@ -50,7 +52,14 @@ def serve(
     """
     sock = _listen(host, port)  # first: clients that connect early wait in the backlog
     try:
-        engine = Engine(folder, device=device, device_ids=device_ids, max_queue=max_queue)
+        engine = Engine(
+            folder,
+            device=device,
+            device_ids=device_ids,
+            max_queue=max_queue,
+            page_count=page_count,
+            cache_gib=cache_gib,
+        )
     except BaseException:
         sock.close()
         raise

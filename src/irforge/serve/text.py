@@ -26,6 +26,35 @@ def _token_text(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
+class TextStream:
+    """One generation's text, a token at a time: `step(id)` returns the text it completes.
+
+    tokenizers' DecodeStream keeps a few ids of state, so each token costs O(1), not a
+    re-decode of everything generated so far. A token that ends inside a UTF-8 character
+    yields "" until the one that completes it; `flush()` at the end gives what is left (as
+    U+FFFD, the way decoding the whole list would).
+    """
+
+    def __init__(self, tokenizer: Any) -> None:
+        from tokenizers.decoders import DecodeStream
+
+        self._tok, self._stream = tokenizer, DecodeStream(skip_special_tokens=True)
+        self._pending: list[int] = []  # ids since the last text, still inside a character
+
+    def step(self, token: int) -> str:
+        text = self._stream.step(self._tok, token)
+        if text is None:
+            self._pending.append(token)
+            return ""
+        self._pending.clear()
+        return text
+
+    def flush(self) -> str:
+        rest = self._tok.decode(self._pending, skip_special_tokens=True)
+        self._pending.clear()
+        return rest
+
+
 class TextCodec:
     """Encode prompts, decode generated ids, and render chat messages into a prompt."""
 
@@ -65,6 +94,10 @@ class TextCodec:
 
     def decode(self, ids: list[int]) -> str:
         return self._tok.decode(ids, skip_special_tokens=True)
+
+    def stream(self) -> TextStream:
+        """A streaming decoder for one generation (see TextStream)."""
+        return TextStream(self._tok)
 
     def chat_prompt(self, messages: list[dict[str, Any]]) -> str:
         """The prompt text for `messages` ([{role, content}]), ending with the assistant's turn."""
