@@ -35,6 +35,7 @@ def _check_int(name: str, value: Any, low: int, high: int) -> None:
 
 
 DEFAULT_ATTENTION = "decomposed"  # compiles for gfx942, where fused paged attention does not
+DEFAULT_ATTENTION_DTYPE = "f32"  # see ExportOptions.attention_dtype
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,11 @@ class ExportOptions:
     device_block_count: int = 512
     activation_dtype: str | None = None  # default: the model's dtype
     kv_cache_dtype: str | None = None  # default: the activations'
-    attention_dtype: str | None = None  # default: the activations'
+    # default: f32 (DEFAULT_ATTENTION_DTYPE). Half-precision attention (softmax in f32, then
+    # cast for P.V) fuses into a CPU dispatch whose stack buffer grows with the longest
+    # sequence: 8 MB at 131072 positions, over llvm-cpu's 32 KB limit. f32 attention reads the
+    # half-precision cache and weights as they are and compiles for cpu and gfx942 alike.
+    attention_dtype: str | None = None
     attention: str = DEFAULT_ATTENTION
     top_k: int | None = None
     max_seq_len: int = 0  # 0: the model's context length
@@ -100,7 +105,7 @@ class ExportOptions:
         resolved = self.replace(
             activation_dtype=activation,
             kv_cache_dtype=self.kv_cache_dtype or activation,
-            attention_dtype=self.attention_dtype or activation,
+            attention_dtype=self.attention_dtype or DEFAULT_ATTENTION_DTYPE,
             max_seq_len=self.max_seq_len or config.context_length,
             tensor_parallelism_size=tp,
         )

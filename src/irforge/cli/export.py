@@ -48,7 +48,11 @@ def export_cmd(
         str | None, typer.Option(help="KV-cache dtype: f32, f16 or bf16 (default: activations).")
     ] = None,
     attention_dtype: Annotated[
-        str | None, typer.Option(help="Attention dtype: f32, f16 or bf16 (default: activations).")
+        str | None,
+        typer.Option(
+            help="Attention dtype: f32 (default; half precision does not compile for the "
+            "CPU at long contexts), f16 or bf16."
+        ),
     ] = None,
     attention: Annotated[
         Attention, typer.Option(help="decomposed (compiles for gfx942) or sdpa.")
