@@ -55,7 +55,11 @@ def export_cmd(
         ),
     ] = None,
     attention: Annotated[
-        Attention, typer.Option(help="decomposed (compiles for gfx942) or sdpa.")
+        Attention,
+        typer.Option(
+            help="Decode's attention: decomposed (reads each cached K/V once) or sdpa. "
+            "Prefill always uses one fused causal attention."
+        ),
     ] = DEFAULT_ATTENTION,
     top_k: Annotated[
         int | None, typer.Option(help="Sample in the program: 1 = argmax; default: full logits.")

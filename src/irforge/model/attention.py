@@ -12,15 +12,6 @@ import torch.nn.functional as F
 MASKED_SCORE = torch.finfo(torch.float32).min
 
 
-def prefill_mask(seq_lens: torch.Tensor, seq_len: int) -> torch.Tensor:
-    """allowed [N, S, S]: query j sees key i iff i <= j and i < seq_lens[n]."""
-    pos = torch.arange(seq_len, device=seq_lens.device)  # [S]
-    causal = pos.unsqueeze(0) <= pos.unsqueeze(1)  # [S (query), S (key)]
-    in_sequence = pos.unsqueeze(0) < seq_lens.unsqueeze(1)  # [N, S (key)]
-    # logical_and, not `&`: IREE's torch frontend does not legalize aten.__and__ on bool.
-    return torch.logical_and(causal.unsqueeze(0), in_sequence.unsqueeze(1))  # [N, S, S]
-
-
 def decode_mask(seq_lens: torch.Tensor, key_count: int) -> torch.Tensor:
     """allowed [N, 1, Sk]: the new token sees every cached position < seq_lens[n]."""
     pos = torch.arange(key_count, device=seq_lens.device)  # [Sk]
@@ -28,12 +19,15 @@ def decode_mask(seq_lens: torch.Tensor, key_count: int) -> torch.Tensor:
 
 
 def attend(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor, *, kind: str
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor | None, *, kind: str
 ) -> torch.Tensor:
     """q [N, H, Sq, D], k/v [N, KV, Sk, D], allowed [N, Sq, Sk] -> [N, H, Sq, D].
 
-    Query head h reads kv head h // (H / KV), as in HF's `repeat_kv`.
+    Query head h reads kv head h // (H / KV), as in HF's `repeat_kv`. `allowed=None` is a
+    prefill's causal attention over its own keys (whatever `kind`): see `_causal`.
     """
+    if allowed is None:
+        return _causal(q, k, v)
     if kind == "sdpa":
         return _sdpa(q, k, v, allowed)
     return _decomposed(q, k, v, allowed)
@@ -60,12 +54,26 @@ def _decomposed(
     return out.flatten(1, 2)  # [N, H, Sq, D]
 
 
+def _per_head(k: torch.Tensor, heads: int) -> torch.Tensor:
+    """k [N, KV, Sk, D] repeated for each of its query heads: [N, H, Sk, D]."""
+    n, kv_heads, sk, d = k.shape
+    return k.unsqueeze(2).expand(n, kv_heads, heads // kv_heads, sk, d).reshape(n, heads, sk, d)
+
+
+def _causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Prefill attention as one fused causal kernel (IREE's online-softmax attention): memory
+    O(S), where the decomposed form holds [N, KV, rep·S, S] f32 scores (8.6 GB per layer for
+    32 heads at 8k positions). No padding mask is needed: a query sees only keys at or before
+    it, so a real position never sees a padding one, and padding rows' outputs are dropped."""
+    heads = q.shape[1]
+    return F.scaled_dot_product_attention(
+        q, _per_head(k, heads), _per_head(v, heads), is_causal=True
+    )
+
+
 def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-    n, heads, _, d = q.shape
-    kv_heads, sk = k.shape[1], k.shape[2]
-    rep = heads // kv_heads
-    k = k.unsqueeze(2).expand(n, kv_heads, rep, sk, d).reshape(n, heads, sk, d)  # [N, H, Sk, D]
-    v = v.unsqueeze(2).expand(n, kv_heads, rep, sk, d).reshape(n, heads, sk, d)  # [N, H, Sk, D]
+    heads = q.shape[1]
+    k, v = _per_head(k, heads), _per_head(v, heads)  # [N, H, Sk, D]
     # An additive bias rather than a boolean mask: SDPA turns a fully masked boolean row
     # into NaN. Half of the dtype's minimum leaves room to add a score without overflow.
     bias = torch.where(allowed, 0.0, torch.finfo(q.dtype).min / 2).to(q.dtype)

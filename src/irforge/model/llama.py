@@ -17,7 +17,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..errors import ConfigError
-from .attention import attend, decode_mask, prefill_mask
+from .attention import attend, decode_mask
 from .kv_cache import DecodeKV, PagedKVCache, PrefillKV
 from .options import ModelOptions
 from .rope import apply_rope, inv_freq_tensor, inv_frequencies, rope_tables
@@ -77,7 +77,7 @@ class Attention(nn.Module):
         x: torch.Tensor,
         cos: torch.Tensor,
         sin: torch.Tensor,
-        allowed: torch.Tensor,
+        allowed: torch.Tensor | None,
         kv: KVAccess,
     ) -> torch.Tensor:
         n, s, _ = x.shape
@@ -107,7 +107,7 @@ class Block(nn.Module):
         x: torch.Tensor,
         cos: torch.Tensor,
         sin: torch.Tensor,
-        allowed: torch.Tensor,
+        allowed: torch.Tensor | None,
         kv: KVAccess,
     ) -> torch.Tensor:
         h = x + self.attn(self.attn_norm(x), cos, sin, allowed, kv)
@@ -219,7 +219,7 @@ class PagedLlama(nn.Module):
         self,
         tokens: torch.Tensor,
         positions: torch.Tensor,
-        allowed: torch.Tensor,
+        allowed: torch.Tensor | None,
         kv: KVAccess,
         keep: torch.Tensor | None = None,
     ) -> torch.Tensor:
@@ -243,8 +243,9 @@ def last_positions(h: torch.Tensor, seq_lens: torch.Tensor) -> torch.Tensor:
 
 def prefill_inputs(
     tokens: torch.Tensor, seq_lens: torch.Tensor, seq_block_ids: torch.Tensor, options: ModelOptions
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(positions [N, S], allowed keys [N, S, S]) of a prefill; checks S = stride x pages."""
+) -> tuple[torch.Tensor, None]:
+    """(positions [N, S], None: causal attention, see attention._causal) of a prefill; checks
+    S = stride x pages."""
     stride = options.block_seq_stride
     if tokens.shape[1] != seq_block_ids.shape[1] * stride:
         raise ConfigError(
@@ -253,7 +254,7 @@ def prefill_inputs(
         )
     n, s = tokens.shape
     positions = torch.arange(s, device=seq_block_ids.device).unsqueeze(0).expand(n, s)
-    return positions, prefill_mask(seq_lens, s)
+    return positions, None
 
 
 def decode_inputs(

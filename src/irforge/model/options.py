@@ -19,9 +19,10 @@ TORCH_DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat
 class ModelOptions:
     """Run-time choices for PagedLlama; None dtypes follow the config / the activations.
 
-    `attention="decomposed"` writes QK^T, softmax and V as separate ops; it is the default
-    because it compiles for gfx942, where IREE's fused paged attention does not (DESIGN.md).
-    `"sdpa"` uses torch's scaled_dot_product_attention and lets export pick a fused kernel.
+    `attention` is decode's: `"decomposed"` writes QK^T, softmax and V as separate ops, with
+    each kv head's query heads folded into rows so every cached K/V is read once (the default;
+    it was also the only form IREE 3.9 compiled for gfx942). `"sdpa"` uses torch's
+    scaled_dot_product_attention. Prefill always uses a fused causal SDPA (O(S) memory).
     """
 
     block_seq_stride: int = DEFAULTS.block_seq_stride

@@ -150,7 +150,7 @@ class ShardedPagedLlama(nn.Module):
         self,
         tokens: list[torch.Tensor],
         positions: list[torch.Tensor],
-        allowed: list[torch.Tensor],
+        allowed: list[torch.Tensor] | list[None],
         kvs: Sequence[PrefillKV | DecodeKV],
         keep: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
