@@ -49,3 +49,36 @@ def copy_tokenizer_files(files: list[Path], dest: Path) -> list[Path]:
             copy_file(f, target)
         copied.append(target)
     return copied
+
+
+def folder_file(folder: Path, name: str) -> Path:
+    """`folder/name` for a file a manifest names, refused unless it stays inside `folder`.
+
+    Artifact folders travel (CI artifacts, shared disks, downloads), so a manifest is
+    untrusted input: a name must be a bare file name, and the file it is must resolve inside
+    the folder, symlinks followed (a link to /etc/passwd named model.cpu.vmfb is refused).
+
+    Raises:
+        ManifestError: naming the entry.
+    """
+    from .errors import ManifestError
+
+    if not is_bare_name(name):
+        raise ManifestError(f"{folder}: manifest names {name!r}, which is not a file in the folder")
+    path = Path(folder) / name
+    if path.exists() and path.resolve().parent != Path(folder).resolve():
+        raise ManifestError(
+            f"{path}: resolves to {path.resolve()}, outside the folder; refusing to open it"
+        )
+    return path
+
+
+def is_bare_name(name: object) -> bool:
+    """A file name with no folder part: not absolute, no separator, not . or .."""
+    return (
+        isinstance(name, str)
+        and name not in ("", ".", "..")
+        and "/" not in name
+        and "\\" not in name
+        and "\0" not in name
+    )

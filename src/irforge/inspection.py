@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .archive import open_archive
+from .artifacts import folder_file
 from .errors import InputError
 from .formats.sources import open_source
 from .formats.tensor_ref import TensorRef
@@ -97,7 +98,7 @@ def _inspect_artifacts(folder: Path) -> Inspection:
             f"{folder}: an artifact folder exported without weights (from a preset or a config); "
             "it has no tensors to list"
         )
-    inner = inspect_path(folder / manifest.parameters[0])
+    inner = inspect_path(folder_file(folder, manifest.parameters[0]))
     inner.metadata["artifacts"] = {
         "options": dataclasses.asdict(manifest.options),
         "compiled": [f"{c.vmfb} ({c.target}, {c.driver})" for c in manifest.compiled],

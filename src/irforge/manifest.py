@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .artifacts import MLIR_NAME
+from .artifacts import MLIR_NAME, is_bare_name
 from .config import FLOAT_DTYPES, ModelConfig
 from .errors import ConfigError, ManifestError
 from .formats.atomic import AtomicFile
@@ -212,11 +212,22 @@ class Manifest:
             )
         try:
             d = json.loads(path.read_text())
+            if not isinstance(d, dict):
+                raise ManifestError(f"{path}: not a JSON object")
             if d.get("schema_version") != SCHEMA_VERSION:
                 raise ManifestError(
                     f"{path}: schema_version {d.get('schema_version')} is not supported "
                     f"(this irforge reads {SCHEMA_VERSION}); re-run `irforge export`"
                 )
+            names = [
+                d["mlir"],
+                *d["parameters"],
+                *d["tokenizer"],
+                *(c["vmfb"] for c in d["compiled"]),
+            ]
+            bad = next((n for n in names if not is_bare_name(n)), None)
+            if bad is not None:  # an untrusted folder must not point outside itself
+                raise ManifestError(f"{path}: {bad!r} is not a file name inside the folder")
             return cls(
                 config=ModelConfig.from_dict(d["config"]),
                 options=_tuples(ExportOptions, d["options"]),
@@ -232,7 +243,7 @@ class Manifest:
             raise
         except ConfigError as e:
             raise ManifestError(f"{path}: {e}") from e
-        except (ValueError, KeyError, TypeError) as e:
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise ManifestError(f"{path}: malformed manifest ({type(e).__name__}: {e})") from e
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..artifacts import vmfb_name
+from ..artifacts import folder_file, vmfb_name
 from ..errors import ManifestError
 from ..formats.atomic import sha256_file
 from ..manifest import Compiled, Manifest
@@ -49,7 +49,7 @@ def compile_folder(
             f"{folder}: the program was exported for {tp} device(s), not {devices}; "
             "re-export with a matching --tp"
         )
-    mlir = folder / manifest.mlir
+    mlir = folder_file(folder, manifest.mlir)
     if not mlir.is_file():
         raise ManifestError(f"{folder}: {manifest.mlir} is missing; re-run `irforge export`")
     version = compiler_version(find_iree_compile(compiler) if compiler is not None else None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -37,16 +38,20 @@ def _versions() -> dict[str, str]:
 
 
 def _link_into(src: Path, folder: Path, name: str) -> str:
-    """Make `folder/name` refer to `src` without copying: a hard link, else a symlink."""
+    """Make `folder/name` hold `src`: a hard link, else (another file system) a copy.
+
+    Not a symlink: a folder must hold its own files, since readers refuse any that resolves
+    outside it (an untrusted folder could otherwise point them anywhere).
+    """
     dst = folder / name
-    if dst.exists() and os.path.samefile(src, dst):
+    if dst.exists() and not dst.is_symlink() and os.path.samefile(src, dst):
         return name
     tmp = folder / f".{name}.link"
     tmp.unlink(missing_ok=True)
     try:
         os.link(src, tmp)
     except OSError:
-        os.symlink(src.resolve(), tmp)
+        shutil.copyfile(src, tmp)  # streams in chunks: memory stays flat
     os.replace(tmp, dst)
     return name
 

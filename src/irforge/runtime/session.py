@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ..artifacts import PARAMETER_SCOPE
+from ..artifacts import PARAMETER_SCOPE, folder_file
 from ..compile.targets import runtime_version, version_text
 from ..errors import InputError, ManifestError
 from ..formats.irpa import read_irpa
@@ -30,7 +30,7 @@ def _pick_compiled(manifest: Manifest, folder: Path, driver: str, vmfb: Path | N
             f"installed (compiled: {built or 'none'}); "
             f"run `irforge compile {folder} --target {_target_for(driver)}` first"
         )
-    return folder / matches[-1].vmfb
+    return folder_file(folder, matches[-1].vmfb)
 
 
 class Session:
@@ -83,8 +83,9 @@ class Session:
         if index is None:
             index = rt.ParameterIndex()
             for name in self.manifest.parameters:
-                read_irpa(self.folder / name)  # IREE's parser has only happy-path errors
-                index.load(str(self.folder / name))
+                path = folder_file(self.folder, name)
+                read_irpa(path)  # IREE's parser has only happy-path errors
+                index.load(str(path))
         params = rt.create_io_parameters_module(
             self.instance, index.create_provider(scope=PARAMETER_SCOPE)
         )
@@ -145,8 +146,13 @@ def _target_for(driver: str) -> str:
 
 
 def _load_module(rt: Any, instance: Any, vmfb: Path) -> Any:
+    # Read-only: VmModule.mmap opens the file for writing too, and the file may not be ours.
     try:
-        return rt.VmModule.mmap(instance, str(vmfb))
+        data = Path(vmfb).read_bytes()
+    except OSError as e:
+        raise InputError(f"{vmfb}: cannot read it ({e.strerror})") from None
+    try:
+        return rt.VmModule.copy_buffer(instance, data)
     except (ValueError, RuntimeError) as e:
         raise InputError(f"{vmfb}: not a program IREE can load ({iree_reason(e)})") from None
 
