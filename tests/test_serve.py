@@ -308,6 +308,18 @@ BAD = [
     ("/generate", {"text": "x", "sampling_params": {"num_beams": 2}}, 400, "beam"),
     ("/generate", {"text": "x", "sampling_params": {"temperature": "a"}}, 422, "temperature"),
     ("/generate", b"[1, 2", 400, "not valid JSON"),
+    # bounds (issue 14, items 5-6): each would otherwise slow every other request
+    ("/v1/completions", {"prompt": "x", "stop": ["s"] * 17}, 422, "stop"),
+    ("/v1/completions", {"prompt": "x", "stop": "s" * 257}, 422, "stop"),
+    ("/v1/completions", {"prompt": ["x"] * 257}, 422, "prompt"),
+    ("/v1/completions", {"prompt": "x" * 17000}, 400, "17000 characters"),
+    (
+        "/v1/chat/completions",
+        {"messages": [{"role": "user", "content": "x"}] * 4097},
+        422,
+        "messages",
+    ),
+    ("/generate", {"input_ids": [[1]] * 257}, 422, "input_ids"),
 ]
 
 
@@ -320,6 +332,19 @@ def test_bad_requests_say_what_is_wrong(
     assert got == status
     text = doc["error"] if path == "/generate" else doc["error"]["message"]  # type: ignore[index]
     assert message in text
+
+
+@pytest.mark.parametrize("path", ["/v1/completions", "/generate"])
+def test_a_body_over_the_limit_is_413_before_parsing(server: str, path: str) -> None:
+    from irforge.serve.limits import MAX_BODY_BYTES
+
+    raw = b'{"prompt": "' + b"x" * MAX_BODY_BYTES + b'"}'
+    got, _, doc = post(f"{server}{path}", None, raw=raw)
+    assert got == 413
+    text = doc["error"] if path == "/generate" else doc["error"]["message"]  # type: ignore[index]
+    assert "over the limit" in text
+    with urllib.request.urlopen(f"{server}/health", timeout=10) as r:
+        assert r.status == 200
 
 
 def test_a_vanishing_temperature_is_greedy_not_nan(client: openai.OpenAI) -> None:

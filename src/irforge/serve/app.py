@@ -14,6 +14,7 @@ from .. import __version__
 from . import openai_api, shortfin_api
 from .engine import Engine
 from .errors import Overloaded, ServeError
+from .limits import BodyLimit
 
 SHORTFIN_PATHS = ("/generate",)
 _SCALARS = (str, int, float, bool, type(None))
@@ -23,6 +24,7 @@ def create_app(engine: Engine, *, model_name: str | None = None) -> FastAPI:
     """The FastAPI app: /health, /metrics, shortfin's /generate, OpenAI's /v1 routes."""
 
     app = FastAPI(title="irforge serve", version=__version__)
+    app.add_middleware(BodyLimit)
     app.state.engine = engine
     app.state.model_name = model_name or engine.folder.name
 

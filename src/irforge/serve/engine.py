@@ -17,6 +17,7 @@ from ..runtime.batching import blocks, decode_arrays, prefill_arrays, row_logits
 from ..runtime.sampling import Sampling
 from ..runtime.session import Session
 from .errors import BadRequest, Overloaded, ShuttingDown
+from .limits import MAX_CHARS_PER_TOKEN
 from .metrics import Metrics
 from .request import Request, Status
 from .text import TextCodec
@@ -209,10 +210,22 @@ class Engine:
                 raise BadRequest("the prompt is empty", "prompt")
             if self.text is None:
                 raise BadRequest(f"{self.folder} has no tokenizer.json: send token ids", "prompt")
+            if len(prompt) > self.max_seq_len * MAX_CHARS_PER_TOKEN:  # refused untokenized
+                raise BadRequest(
+                    f"the prompt has {len(prompt)} characters; no {self.max_seq_len}-token "
+                    "context holds that many",
+                    "prompt",
+                )
             ids = self.text.encode(prompt)
             if not ids:
                 raise BadRequest("the prompt encodes to no tokens", "prompt")
             return ids, prompt
+        if len(prompt) >= self.max_seq_len:
+            raise BadRequest(
+                f"the prompt has {len(prompt)} tokens; the context is {self.max_seq_len} tokens, "
+                f"so a prompt may have at most {self.max_seq_len - 1}",
+                "prompt",
+            )
         ids = [int(t) for t in prompt]
         if not ids:
             raise BadRequest("the prompt is empty", "prompt")

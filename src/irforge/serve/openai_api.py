@@ -9,6 +9,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
 
 from .engine import Engine, check_sampling
 from .errors import BadRequest, ModelNotFound
@@ -77,7 +78,8 @@ async def completions(body: CompletionRequest, http: Request) -> Response | dict
     _check_model(http, body.model)
     if body.echo or body.suffix or (body.best_of or 1) > 1:
         raise BadRequest("echo, suffix and best_of are not supported", "echo")
-    reqs = _submit(http, body, body.prompts(), body.max_tokens)
+    # tokenizing may take a while: off the event loop, so /health and streams keep going
+    reqs = await run_in_threadpool(_submit, http, body, body.prompts(), body.max_tokens)
     head = {
         "id": f"cmpl-{uuid.uuid4().hex}",
         "object": "text_completion",
@@ -144,8 +146,9 @@ async def chat_completions(body: ChatRequest, http: Request) -> Response | dict[
         raise BadRequest("tools are not supported", "tools")
     if engine.text is None:
         raise BadRequest(f"{engine.folder} has no tokenizer.json: chat needs one", "messages")
-    ids = engine.text.chat_ids([_message_dict(m) for m in body.messages])
-    reqs = _submit(http, body, [ids], body.max_completion_tokens or body.max_tokens)
+    ids = await run_in_threadpool(engine.text.chat_ids, [_message_dict(m) for m in body.messages])
+    max_tokens = body.max_completion_tokens or body.max_tokens
+    reqs = await run_in_threadpool(_submit, http, body, [ids], max_tokens)
     head = {
         "id": f"chatcmpl-{uuid.uuid4().hex}",
         "object": "chat.completion",

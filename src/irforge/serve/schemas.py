@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-Stop = str | list[str] | None
+from .limits import MAX_MESSAGES, MAX_PROMPTS, MAX_STOP, MAX_STOP_CHARS
+
+StopString = Annotated[str, StringConstraints(max_length=MAX_STOP_CHARS)]
+Stop = StopString | Annotated[list[StopString], Field(max_length=MAX_STOP)] | None
 
 
 class _Body(BaseModel):
@@ -44,7 +47,12 @@ class OpenAISampling(_Body):
 
 
 class CompletionRequest(OpenAISampling):
-    prompt: str | list[int] | list[str] | list[list[int]]
+    prompt: (
+        str
+        | list[int]
+        | Annotated[list[str], Field(max_length=MAX_PROMPTS)]
+        | Annotated[list[list[int]], Field(max_length=MAX_PROMPTS)]
+    )
     max_tokens: int | None = Field(16, ge=1)
     echo: bool = False
     logprobs: int | None = None
@@ -70,7 +78,7 @@ class ChatMessage(_Body):
 
 
 class ChatRequest(OpenAISampling):
-    messages: list[ChatMessage] = Field(min_length=1)
+    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool = False
@@ -98,9 +106,11 @@ def _one_sampling() -> SamplingParams | list[SamplingParams]:
 class GenerateRequest(_Body):
     """shortfin's GenerateReqInput: `text` or `input_ids`, one prompt or a list."""
 
-    text: str | list[str] | None = None
-    input_ids: list[int] | list[list[int]] | None = None
-    sampling_params: SamplingParams | list[SamplingParams] = Field(default_factory=_one_sampling)
+    text: str | Annotated[list[str], Field(max_length=MAX_PROMPTS)] | None = None
+    input_ids: list[int] | Annotated[list[list[int]], Field(max_length=MAX_PROMPTS)] | None = None
+    sampling_params: (
+        SamplingParams | Annotated[list[SamplingParams], Field(max_length=MAX_PROMPTS)]
+    ) = Field(default_factory=_one_sampling)
     rid: str | list[str] | None = None
     return_input_ids: bool = False
     return_logprob: bool = False

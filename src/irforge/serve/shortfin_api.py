@@ -6,6 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
 
 from ..runtime.sampling import Sampling
 from .engine import Engine, check_sampling
@@ -68,7 +69,7 @@ async def generate(body: GenerateRequest, http: Request) -> Response:
         )
         for prompt, p, rid in zip(prompts, params, rids, strict=False)
     ]
-    reqs = submit_all(engine, jobs)
+    reqs = await run_in_threadpool(submit_all, engine, jobs)  # tokenizing: off the event loop
     if not await wait_all(reqs, http):
         return Response(status_code=499)
     check_finished(reqs)
