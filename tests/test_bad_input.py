@@ -256,3 +256,28 @@ def test_failure_mid_write_leaves_no_output(
     result = runner.invoke(app, ["convert", str(llama_dir), "-o", str(out_dir / "m.irpa"), "-q"])
     assert result.exit_code == 130
     assert list(out_dir.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "field"),
+    [
+        ("num_hidden_layers", 10**12, "block_count"),
+        ("vocab_size", 10**12, "vocab_size"),
+        ("max_position_embeddings", 10**15, "context_length"),
+        ("hidden_size", "x", "hidden_size must be an integer"),
+        ("num_attention_heads", 0, "attention_head_count"),
+        ("num_hidden_layers", True, "num_hidden_layers must be an integer"),
+    ],
+)
+def test_absurd_hyperparameters_are_refused_in_one_line(
+    key: str, value: object, field: str, llama_dir: Path, tmp_path: Path
+) -> None:
+    """An untrusted config.json cannot ask for an export of 10^12 layers (issue 14, item 12)."""
+    config = json.loads((llama_dir / "config.json").read_text())
+    config[key] = value
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    result = runner.invoke(app, ["export", "--config", str(path), "-o", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    assert field in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out" / "model.mlir").exists()

@@ -35,6 +35,21 @@ class RopeScaling:
     rope_type: str = "llama3"
 
 
+# Upper bounds well past any published model (Llama-3.1-405B: hidden 16384, 126 layers,
+# vocab 128256, context 131072), so that a config from an untrusted file cannot ask for an
+# export that runs for hours or a shard that allocates petabytes.
+_SIZE_LIMITS = {
+    "vocab_size": 2**22,
+    "context_length": 2**24,
+    "embedding_length": 2**17,
+    "block_count": 1024,
+    "feed_forward_length": 2**20,
+    "attention_head_count": 1024,
+    "attention_head_count_kv": 1024,
+    "head_dim": 2048,
+}
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Hyperparameters of a Llama-family decoder (Llama 3.x, Mistral, Mistral-Nemo).
@@ -85,20 +100,10 @@ class ModelConfig:
         return dataclasses.replace(self, **changes)
 
     def validate(self) -> None:
-        positive = (
-            "vocab_size",
-            "context_length",
-            "embedding_length",
-            "block_count",
-            "feed_forward_length",
-            "attention_head_count",
-            "attention_head_count_kv",
-            "head_dim",
-        )
-        for name in positive:
+        for name, most in _SIZE_LIMITS.items():
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= most:
+                raise ConfigError(f"{name} must be an integer from 1 to {most}, got {value!r}")
         if self.attention_head_count % self.attention_head_count_kv:
             raise ConfigError(
                 f"attention_head_count={self.attention_head_count} is not a multiple of "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,6 +17,17 @@ def _require(d: Mapping[str, Any], key: str, where: str) -> Any:
     if value is None:
         raise ConfigError(f"{where} lacks required hyperparameter {key!r}")
     return value
+
+
+def _int(value: Any, key: str, where: str) -> int:
+    """An integer hyperparameter as written: not a string, a bool or a fraction."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ConfigError(f"{where}: {key} must be an integer, got {value!r}")
+    return int(value)
+
+
+def _require_int(d: Mapping[str, Any], key: str, where: str) -> int:
+    return _int(_require(d, key, where), key, where)
 
 
 def _hf_rope(hf: Mapping[str, Any]) -> tuple[float, Any]:
@@ -50,9 +62,9 @@ def hf_to_kwargs(hf: Mapping[str, Any]) -> dict[str, Any]:
             f"{where} model_type {model_type!r} is not supported "
             f"(supported: {', '.join(HF_MODEL_TYPES)})"
         )
-    hidden = int(_require(hf, "hidden_size", where))
-    heads = int(_require(hf, "num_attention_heads", where))
-    context = int(_require(hf, "max_position_embeddings", where))
+    hidden = _require_int(hf, "hidden_size", where)
+    heads = _require_int(hf, "num_attention_heads", where)
+    context = _require_int(hf, "max_position_embeddings", where)
     window = hf.get("sliding_window")
     if window is not None and int(window) < context:
         raise UnsupportedModelError(
@@ -65,14 +77,16 @@ def hf_to_kwargs(hf: Mapping[str, Any]) -> dict[str, Any]:
     dtype = HF_DTYPES.get(str(hf.get("torch_dtype") or hf.get("dtype") or "float32"), "f32")
     return dict(
         architecture=HF_MODEL_TYPES[model_type],
-        vocab_size=int(_require(hf, "vocab_size", where)),
+        vocab_size=_require_int(hf, "vocab_size", where),
         context_length=context,
         embedding_length=hidden,
-        block_count=int(_require(hf, "num_hidden_layers", where)),
-        feed_forward_length=int(_require(hf, "intermediate_size", where)),
+        block_count=_require_int(hf, "num_hidden_layers", where),
+        feed_forward_length=_require_int(hf, "intermediate_size", where),
         attention_head_count=heads,
-        attention_head_count_kv=int(hf.get("num_key_value_heads") or heads),
-        head_dim=int(hf.get("head_dim") or hidden // heads),
+        attention_head_count_kv=_int(
+            hf.get("num_key_value_heads") or heads, "num_key_value_heads", where
+        ),
+        head_dim=_int(hf.get("head_dim") or hidden // max(heads, 1), "head_dim", where),
         rms_norm_eps=float(_require(hf, "rms_norm_eps", where)),
         rope_freq_base=theta,
         rope_scaling=scaling,
@@ -97,8 +111,8 @@ def gguf_to_kwargs(kv: Mapping[str, Any], *, vocab_size: int | None) -> dict[str
             f"GGUF rope scaling type {scaling_type!r} is not supported "
             "(Llama-3.1 scaling comes as the rope_freqs.weight tensor)"
         )
-    hidden = int(_require(kv, f"{arch}.embedding_length", where))
-    heads = int(_require(kv, f"{arch}.attention.head_count", where))
+    hidden = _require_int(kv, f"{arch}.embedding_length", where)
+    heads = _require_int(kv, f"{arch}.attention.head_count", where)
     head_dim = kv.get(f"{arch}.attention.key_length") or kv.get(f"{arch}.rope.dimension_count")
     vocab = kv.get(f"{arch}.vocab_size") or vocab_size
     tokens = kv.get("tokenizer.ggml.tokens")
@@ -110,10 +124,10 @@ def gguf_to_kwargs(kv: Mapping[str, Any], *, vocab_size: int | None) -> dict[str
     return dict(
         architecture=arch,
         vocab_size=int(vocab),
-        context_length=int(_require(kv, f"{arch}.context_length", where)),
+        context_length=_require_int(kv, f"{arch}.context_length", where),
         embedding_length=hidden,
-        block_count=int(_require(kv, f"{arch}.block_count", where)),
-        feed_forward_length=int(_require(kv, f"{arch}.feed_forward_length", where)),
+        block_count=_require_int(kv, f"{arch}.block_count", where),
+        feed_forward_length=_require_int(kv, f"{arch}.feed_forward_length", where),
         attention_head_count=heads,
         attention_head_count_kv=int(kv.get(f"{arch}.attention.head_count_kv") or heads),
         head_dim=int(head_dim or hidden // heads),
