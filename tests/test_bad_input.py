@@ -281,3 +281,35 @@ def test_absurd_hyperparameters_are_refused_in_one_line(
     assert result.exit_code == 2, result.output
     assert field in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out" / "model.mlir").exists()
+
+
+@pytest.mark.parametrize("damage", ["missing", "misshapen"])
+def test_an_archive_that_lacks_a_weight_is_refused_where_it_is_read(
+    damage: str, llama_dir: Path, tmp_path: Path
+) -> None:
+    """Not in `run` 35 lines later (issue 14, item 13): export and shard name the tensor."""
+    from irforge.convert import convert
+    from irforge.formats.irpa import OutputEntry, read_irpa, tensor_metadata, write_irpa
+    from irforge.formats.tensor_ref import read_bytes
+
+    good = convert(llama_dir, out=tmp_path / "good.irpa").out
+    victim = "blk.0.attn_q.weight"
+    entries = []
+    for e in read_irpa(good):
+        if e.ref.name != victim:
+            entries.append(OutputEntry(e.ref.name, e.ref.nbytes, e.ref, e.metadata))
+        elif damage == "misshapen":  # half the rows, and metadata that says so
+            half = bytes(read_bytes(e.ref))[: e.ref.nbytes // 2]
+            rows, cols = e.ref.shape
+            meta = tensor_metadata(e.ref.dtype, (rows // 2, cols))
+            entries.append(OutputEntry(e.ref.name, len(half), lambda b=half: iter([b]), meta))
+    bad = tmp_path / "bad.irpa"
+    write_irpa(bad, entries)
+    for command in (
+        ["export", str(bad), "-o", str(tmp_path / "out")],
+        ["shard", str(bad), "--tp", "2", "-o", str(tmp_path / "s.irpa")],
+    ):
+        result = runner.invoke(app, command)
+        assert result.exit_code == 2, result.output
+        assert victim in result.stderr and len(result.stderr.strip().splitlines()) == 1
+        assert ("is missing" if damage == "missing" else "the config implies") in result.stderr
