@@ -320,6 +320,16 @@ BAD = [
         "messages",
     ),
     ("/generate", {"input_ids": [[1]] * 257}, 422, "input_ids"),
+    # JSON's "\ud800" is a lone surrogate: no tokenizer takes it (issue 14, item 7)
+    ("/v1/completions", b'{"prompt": "\\ud800"}', 422, "not valid Unicode"),
+    (
+        "/v1/chat/completions",
+        b'{"messages": [{"role": "user", "content": "a\\udfff"}]}',
+        422,
+        "not valid Unicode",
+    ),
+    ("/generate", b'{"text": "\\ud800"}', 422, "not valid Unicode"),
+    ("/v1/completions", b'\xff\xfe{"prompt": 1}', 400, "error parsing the body"),
 ]
 
 
@@ -332,6 +342,20 @@ def test_bad_requests_say_what_is_wrong(
     assert got == status
     text = doc["error"] if path == "/generate" else doc["error"]["message"]  # type: ignore[index]
     assert message in text
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [("GET", "/nope", 404), ("DELETE", "/v1/completions", 405), ("GET", "/generate", 405)],
+)
+def test_routing_errors_use_the_error_shape(server: str, method: str, path: str, status: int):
+    req = urllib.request.Request(f"{server}{path}", method=method)
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(req, timeout=10)
+    assert caught.value.code == status
+    doc = json.loads(caught.value.read())
+    text = doc["error"] if path == "/generate" else doc["error"]["message"]
+    assert text in ("Not Found", "Method Not Allowed")
 
 
 @pytest.mark.parametrize("path", ["/v1/completions", "/generate"])

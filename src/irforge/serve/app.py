@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from . import openai_api, shortfin_api
@@ -17,6 +19,7 @@ from .errors import Overloaded, ServeError
 from .limits import BodyLimit
 
 SHORTFIN_PATHS = ("/generate",)
+log = logging.getLogger("irforge.serve")
 _SCALARS = (str, int, float, bool, type(None))
 
 
@@ -32,6 +35,19 @@ def create_app(engine: Engine, *, model_name: str | None = None) -> FastAPI:
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         status, message, param = describe_validation(exc.errors())
         return error_response(request, status, message, "INVALID_REQUEST", param)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # FastAPI's own 404/405/400 (an unparseable body) in this app's error shape too
+        message = exc.detail if isinstance(exc.detail, str) else "bad request"
+        code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(exc.status_code, "BAD_REQUEST")
+        headers = dict(exc.headers) if exc.headers else None  # 405 keeps its Allow
+        return error_response(request, exc.status_code, message, code, None, headers)
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception) -> JSONResponse:
+        log.error("internal error on %s: %s: %s", request.url.path, type(exc).__name__, exc)
+        return error_response(request, 500, "internal server error", "INTERNAL_ERROR")
 
     @app.exception_handler(ServeError)
     async def _serve_error(request: Request, exc: ServeError) -> JSONResponse:

@@ -16,6 +16,31 @@ class _Body(BaseModel):
     # clients send fields this server does not use (user, logit_bias=None, ...): ignore them
     model_config = ConfigDict(extra="ignore")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_unicode(cls, data: object) -> object:
+        # JSON's "\ud800" parses to a lone surrogate, which no tokenizer or encoder accepts
+        _check_unicode(data)
+        return data
+
+
+def _check_unicode(value: object) -> None:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise ValueError(
+                    f"a string is not valid Unicode (a lone surrogate at index {e.start})"
+                ) from None
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+
 
 class StreamOptions(_Body):
     include_usage: bool = False
