@@ -176,3 +176,37 @@ def test_an_identical_reexport_keeps_its_programs_and_a_changed_one_drops_them(
     assert Manifest.load(built).compiled == before.compiled
     export(built / "model.irpa", out_dir=built, options=before.options.replace(top_k=1))
     assert Manifest.load(built).compiled == ()
+
+
+def test_a_second_writer_into_one_out_is_refused(tmp_path: Path) -> None:
+    """Two runs into one OUT would mix their files (issue 14, item 4); a SIGKILLed holder's
+    lock goes with it."""
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; "
+            "from irforge.formats.locks import output_lock\n"
+            f"with output_lock(Path({str(out)!r})):\n"
+            "    print('held', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        result = runner.invoke(app, ["export", "--preset", "tiny", "-o", str(out), "-q"])
+        assert result.exit_code == 2, result.output
+        assert f"another irforge (pid {holder.pid}) is writing it" in result.stderr
+        assert not (out / "model.mlir").exists()
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(10)
+    result = runner.invoke(app, ["export", "--preset", "tiny", "-o", str(out), "-q"])
+    assert result.exit_code == 0, result.output
+    assert not (out / ".irforge.lock").exists()

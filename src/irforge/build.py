@@ -11,6 +11,7 @@ from .artifacts import ARCHIVE_NAME, MLIR_NAME, SHORTFIN_CONFIG_NAME, TOKENIZER_
 from .build_steps import BuildResult, Step, run_steps
 from .compile import compile_folder, get_target
 from .errors import ConfigError
+from .formats.locks import output_lock
 from .manifest import DEFAULTS, ExportOptions
 
 TINY = "tiny"
@@ -154,6 +155,7 @@ def build(
                 functools.partial(compile_folder, out_dir, target=t.name),
             )
         )
-    if not dry_run:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    return run_steps(out_dir, steps, force=force, dry_run=dry_run, on_step=on_step)
+    if dry_run:
+        return run_steps(out_dir, steps, force=force, dry_run=True, on_step=on_step)
+    with output_lock(out_dir):  # one build at a time into OUT; its steps re-take this lock
+        return run_steps(out_dir, steps, force=force, dry_run=False, on_step=on_step)

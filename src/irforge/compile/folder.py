@@ -8,11 +8,13 @@ from pathlib import Path
 from ..artifacts import folder_file, vmfb_name
 from ..errors import ManifestError
 from ..formats.atomic import sha256_file
+from ..formats.locks import locked
 from ..manifest import Compiled, Manifest
 from .driver import CompileResult, find_iree_compile, run_iree_compile
 from .targets import Target, compiler_version, get_target, version_text
 
 
+@locked("folder")
 def compile_folder(
     folder: Path,
     *,

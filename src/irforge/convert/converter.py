@@ -10,6 +10,7 @@ from ..archive import ArchiveMetadata
 from ..config import ModelConfig
 from ..errors import ConfigError
 from ..formats.irpa import write_irpa
+from ..formats.locks import locked
 from ..tensor_plan import copy_tokenizer, plan, source_record
 
 
@@ -26,6 +27,7 @@ class ConvertResult:
     notes: list[str] = field(default_factory=list)
 
 
+@locked("out", folder=False)
 def convert(
     source: Path,
     *,

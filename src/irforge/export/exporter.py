@@ -21,6 +21,7 @@ from ..artifacts import (
 from ..config import ModelConfig
 from ..errors import ConfigError, ManifestError, OutputError
 from ..formats.atomic import AtomicFile, sha256_file
+from ..formats.locks import locked
 from ..formats.sources import read_json_file
 from ..manifest import DEFAULTS, Compiled, ExportOptions, Manifest
 from ..sharding.spec import check_tp
@@ -87,6 +88,7 @@ def _resolve_source(
     return archive.require_config(), archive
 
 
+@locked("out_dir")
 def export(
     source: Path | None = None,
     *,

@@ -12,6 +12,7 @@ import numpy as np
 from ..archive import ArchiveMetadata, open_archive, rank_entry, rank_path
 from ..errors import ConfigError, InputError, ShardingError
 from ..formats.irpa import OutputEntry, tensor_metadata, write_irpa
+from ..formats.locks import locked
 from ..tensor_plan import (
     CHUNK_ELEMENTS,
     Plan,
@@ -49,6 +50,7 @@ def _rank_entry(t: PlannedTensor, dim: int, rank: int, tp: int) -> OutputEntry:
     return t.cols_entry(name, rank * cols, (rank + 1) * cols)
 
 
+@locked("out", folder=False)
 def shard(
     source: Path,
     *,
