@@ -210,3 +210,51 @@ def test_a_second_writer_into_one_out_is_refused(tmp_path: Path) -> None:
     result = runner.invoke(app, ["export", "--preset", "tiny", "-o", str(out), "-q"])
     assert result.exit_code == 0, result.output
     assert not (out / ".irforge.lock").exists()
+
+
+def test_a_killed_run_leaves_nothing_behind(llama_dir: Path, tmp_path: Path) -> None:
+    """Issue 14, item 15: the next run removes a killed writer's temporaries, and a killed
+    compile takes its iree-compile child along."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from irforge.convert import convert
+
+    out = tmp_path / "m.irpa"
+    stale = tmp_path / ".m.irpa.k1ll3d00.tmp"
+    stale.write_bytes(b"\0" * 4096)  # what a SIGKILLed convert leaves
+    convert(llama_dir, out=out)
+    assert not stale.exists() and out.is_file()
+
+    art = tmp_path / "art"
+    many = ["--bs-prefill", "1,2,3,4,8", "--bs-decode", "1,2,3,4,8"]  # a compile of many seconds
+    assert runner.invoke(app, ["export", str(out), "-o", str(art), *many, "-q"]).exit_code == 0
+    parent = subprocess.Popen(
+        [sys.executable, "-m", "irforge", "compile", str(art), "--target", "gfx942", "-q"]
+    )
+
+    def compilers() -> list[int]:
+        found = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"iree-compile" in cmd and str(art).encode() in cmd:
+                found.append(int(pid))
+        return found
+
+    deadline = time.monotonic() + 60
+    while not compilers() and parent.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    children = compilers()
+    parent.send_signal(signal.SIGKILL)
+    parent.wait(10)
+    assert children, "iree-compile never started"
+    deadline = time.monotonic() + 3  # well before it could have finished on its own
+    while compilers() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not compilers()

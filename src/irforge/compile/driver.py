@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -46,6 +47,16 @@ def find_iree_compile(binary: str | Path | None = None) -> str:
     return found
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: a killed irforge (SIGKILL included) takes iree-compile along,
+    instead of leaving a compiler running for minutes with nobody to read its output."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
 def _first_error(log: str) -> str:
     """The line that says what failed, not the IR dumped around it (line 1 is the command)."""
     lines = [ln for ln in log.splitlines() if "error:" in ln] or log.splitlines()[1:]
@@ -82,7 +93,9 @@ def run_iree_compile(
         with open(log, "w") as log_file:
             log_file.write(f"$ {shown}\n")  # the log says how to reproduce the failure
             log_file.flush()
-            done = subprocess.run(cmd, stdout=log_file, stderr=subprocess.STDOUT)
+            done = subprocess.run(
+                cmd, stdout=log_file, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
+            )
         if done.returncode != 0:
             first = _first_error(log.read_text(errors="replace"))
             raise CompileError(

@@ -6,7 +6,9 @@ never a half-written one.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import glob
 import hashlib
 import os
 import shutil
@@ -29,6 +31,20 @@ def refuse_overwriting_inputs(out: Path, inputs: Iterable[Path]) -> None:
             raise OutputError(f"output {out} is also an input; choose another output path")
 
 
+def remove_stale_temporaries(path: Path) -> int:
+    """Delete what killed writers of `path` left (`.NAME.XXXXXXXX.tmp`); returns how many.
+
+    Only ours: the pattern is AtomicFile's own. Stages write under their output's lock
+    (formats/locks.py), so a temporary of this name is never a live writer's.
+    """
+    removed = 0
+    for stale in Path(path).parent.glob(f".{glob.escape(Path(path).name)}.????????.tmp"):
+        with contextlib.suppress(OSError):
+            stale.unlink()
+            removed += 1
+    return removed
+
+
 class AtomicFile:
     """Context manager yielding a temporary binary file that replaces `path` on success."""
 
@@ -41,6 +57,7 @@ class AtomicFile:
         folder = self.path.parent
         try:
             folder.mkdir(parents=True, exist_ok=True)
+            remove_stale_temporaries(self.path)
             fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=folder)
         except OSError as e:
             raise OutputError(f"cannot write in {folder}: {e.strerror}") from e
