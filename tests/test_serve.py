@@ -384,7 +384,8 @@ def test_openai_client_sees_the_error(client: openai.OpenAI) -> None:
 
 
 def test_overload_answers_503_with_retry_after(llama_artifacts: Path) -> None:
-    engine = Engine(llama_artifacts, max_queue=1, start=False)  # held: the queue stays full
+    # held, so the queue stays full; one usable page, so the cache cannot take a second either
+    engine = Engine(llama_artifacts, max_queue=1, page_count=2, start=False)
     port = _free_port()
     config = uvicorn.Config(create_app(engine), host=HOST, port=port, log_level="warning")
     server = uvicorn.Server(config)

@@ -252,7 +252,7 @@ def test_requests_that_cannot_be_served(
 
 @pytest.mark.iree
 def test_full_queue_overloads_and_shutdown_drains(llama_artifacts: Path) -> None:
-    engine = Engine(llama_artifacts, max_queue=2, start=False)
+    engine = Engine(llama_artifacts, max_queue=2, page_count=3, start=False)  # 2 usable pages
     queued = [engine.submit(p, max_tokens=4) for p in PROMPTS[:2]]
     with pytest.raises(Overloaded, match="queue is full"):
         engine.submit([1, 2], max_tokens=4)
@@ -262,6 +262,18 @@ def test_full_queue_overloads_and_shutdown_drains(llama_artifacts: Path) -> None
     assert [r.status for r in queued] == [Status.FINISHED] * 2
     with pytest.raises(ShuttingDown):
         engine.submit([1, 2], max_tokens=4)
+
+
+@pytest.mark.iree
+def test_the_queue_limit_yields_to_a_cache_with_room(llama_artifacts: Path) -> None:
+    """Issue 14, item 11: while the free pages hold everything queued, the count does not
+    refuse anyone (here 6 one-page prompts with a queue limit of 2 and 63 free pages)."""
+    engine = Engine(llama_artifacts, max_queue=2, page_count=64, start=False)
+    queued = [engine.submit([1, 2, 3], max_tokens=2) for _ in range(6)]
+    assert all(r.status is Status.QUEUED for r in queued)
+    engine.start()
+    engine.shutdown(drain=True, timeout=60)
+    assert [r.status for r in queued] == [Status.FINISHED] * 6
 
 
 @pytest.mark.iree

@@ -39,7 +39,9 @@ class Engine:
     Args:
         folder: an artifact folder (`irforge export` + `irforge compile`).
         device, device_ids: the IREE driver and devices (see `Session`).
-        max_queue: requests waiting for admission before `submit` raises `Overloaded`.
+        max_queue: requests waiting for admission before `submit` raises `Overloaded`; a
+            request the free cache pages can take along with everything queued is never
+            refused for the count (admission follows what the cache holds).
         page_count: cache pages (default: the export's device_block_count).
         cache_gib: instead of page_count, the pages that fit in this many GiB per device.
         start: start the scheduler thread now (tests hold it to fill the queue).
@@ -165,7 +167,7 @@ class Engine:
             if not self._admitting:
                 self.metrics.inc("requests_rejected_total", reason="shutting_down")
                 raise ShuttingDown("the server is shutting down; no new requests", 5)
-            if len(self._queue) >= self.max_queue:
+            if len(self._queue) >= self.max_queue and not self._cache_takes(req):
                 self.metrics.inc("requests_rejected_total", reason="queue_full")
                 raise Overloaded(
                     f"the request queue is full ({self.max_queue} waiting, "
@@ -236,6 +238,11 @@ class Engine:
                 "prompt",
             )
         return ids, None
+
+    def _cache_takes(self, req: Request) -> bool:
+        """Whether the free pages hold the prompts of every queued request and this one."""
+        queued = sum(blocks(len(r.context()), self.stride) for r in self._queue)
+        return queued + blocks(len(req.prompt), self.stride) <= self.pages.free_count
 
     def _wake(self, _: Request | None = None) -> None:
         with self._cond:
