@@ -125,6 +125,33 @@ def test_chat_template_from_tokenizer_config(llama_dir: Path, tmp_path: Path) ->
 
 
 @pytest.mark.parametrize(
+    ("template", "message"),
+    [  # 300 messages: 27 million passes of the innermost loop, minutes unbounded
+        (
+            "{% for a in messages %}{% for b in messages[1:] %}{% for c in messages|reverse %}"
+            "{% endfor %}{% endfor %}{% endfor %}",
+            "ran over 2 s",
+        ),
+        (
+            "{% for a in messages %}{% for b in messages %}{{ 'x' * 1000 }}"
+            "{% endfor %}{% endfor %}",
+            "over 16777216 characters",
+        ),
+    ],
+)
+def test_a_runaway_chat_template_is_bounded(
+    llama_dir: Path, tmp_path: Path, template: str, message: str
+) -> None:
+    """Issue 14, item 9: a template is code from the folder; it gets seconds, not the server."""
+    shutil.copy(llama_dir / "tokenizer.json", tmp_path / "tokenizer.json")
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"chat_template": template}))
+    started = time.monotonic()
+    with pytest.raises(BadRequest, match=message):
+        TextCodec(tmp_path).chat_prompt([{"role": "user", "content": "hi"}] * 300)
+    assert time.monotonic() - started < 10
+
+
+@pytest.mark.parametrize(
     "template",
     [
         "{{ raise_exception('only user messages') }}",

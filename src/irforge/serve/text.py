@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -100,14 +101,34 @@ class TextCodec:
         return TextStream(self._tok)
 
     def chat_prompt(self, messages: list[dict[str, Any]]) -> str:
-        """The prompt text for `messages` ([{role, content}]), ending with the assistant's turn."""
+        """The prompt text for `messages` ([{role, content}]), ending with the assistant's turn.
+
+        A template is code from the model's folder: rendering is bounded in time (every pass
+        over `messages` checks the clock) and in output size, so a template of nested loops
+        cannot hold the server (issue 14, item 9).
+        """
+        deadline = time.monotonic() + TEMPLATE_SECONDS
+        parts, size = [], 0
         try:
-            return self._template.render(
-                messages=messages,
+            for part in self._template.generate(
+                messages=_Timed(messages, deadline),
                 add_generation_prompt=True,
                 bos_token=self.bos_token or "",
                 eos_token=self.eos_token or "",
-            )
+            ):
+                size += len(part)
+                if size > TEMPLATE_CHARS:
+                    raise BadRequest(
+                        f"the chat template wrote over {TEMPLATE_CHARS} characters", "messages"
+                    )
+                if time.monotonic() > deadline:
+                    raise _TemplateTimeout
+                parts.append(part)
+            return "".join(parts)
+        except _TemplateTimeout:
+            raise BadRequest(
+                f"the chat template ran over {TEMPLATE_SECONDS:g} s on these messages", "messages"
+            ) from None
         except BadRequest:
             raise
         except Exception as e:  # a template error is about these messages
@@ -116,6 +137,35 @@ class TextCodec:
     def chat_ids(self, messages: list[dict[str, Any]]) -> list[int]:
         # templates write bos themselves; letting the tokenizer add one too would double it
         return self.encode(self.chat_prompt(messages), special=not self.has_chat_template)
+
+
+TEMPLATE_SECONDS = 2.0
+TEMPLATE_CHARS = 16 * 2**20
+
+
+class _TemplateTimeout(Exception):
+    pass
+
+
+class _Timed(list):  # type: ignore[type-arg]
+    """The messages, as a list that checks a deadline on every item a template loop takes."""
+
+    def __init__(self, items: list[Any], deadline: float) -> None:
+        super().__init__(items)
+        self._deadline = deadline
+
+    def __iter__(self) -> Any:
+        for item in super().__iter__():
+            if time.monotonic() > self._deadline:
+                raise _TemplateTimeout
+            yield item
+
+    def __getitem__(self, index: Any) -> Any:
+        got = super().__getitem__(index)
+        return _Timed(got, self._deadline) if isinstance(index, slice) else got
+
+    def __reversed__(self) -> Any:
+        return iter(_Timed(list(super().__reversed__()), self._deadline))
 
 
 def _raise(message: str) -> None:
