@@ -433,3 +433,24 @@ def test_sigterm_drains_in_flight_requests(llama_artifacts: Path) -> None:
         assert proc.wait(60) == 0
         log = proc.stdout.read()  # type: ignore[union-attr]
         assert "Finished server process" in log
+
+
+def test_a_drain_timeout_ends_streams_with_an_error_event(llama_artifacts: Path) -> None:
+    """Issue 14, item 10: when --drain-timeout runs out, a cut stream says why and ends
+    properly, and the log has one line for it, no traceback."""
+    body = {"prompt": [5, 6, 7], "max_tokens": 253, "ignore_eos": True, "stream": True}
+    with serving(llama_artifacts, "--drain-timeout", "1") as (url, proc):
+        port = int(url.rsplit(":", 1)[1])
+        conn = http.client.HTTPConnection(HOST, port, timeout=60)
+        conn.request("POST", "/v1/completions", json.dumps(body), JSON)
+        response = conn.getresponse()
+        assert response.readline().startswith(b"data: ")
+        proc.send_signal(signal.SIGTERM)  # the cut comes at once: 1 s minus a 1 s margin
+        events = [line for line in response.read().decode().splitlines() if line]
+        conn.close()
+        assert events[-1] == "data: [DONE]"
+        error = json.loads(events[-2][6:])["error"]
+        assert error["code"] == "shutdown" and "shut down" in error["message"]
+        assert proc.wait(60) == 0
+        log = proc.stdout.read()  # type: ignore[union-attr]
+        assert "Traceback" not in log and log.count("drain timeout: stopping") == 1

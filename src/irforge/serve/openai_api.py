@@ -118,6 +118,9 @@ async def _close(
 ) -> AsyncIterator[str]:
     if req.finish_reason == "error":
         yield sse({"error": {"message": f"request failed: {req.error}", "type": "server_error"}})
+    elif req.finish_reason == "shutdown":  # the drain timeout ran out before this finished
+        message = "the server shut down before this request finished"
+        yield sse({"error": {"message": message, "type": "server_error", "code": "shutdown"}})
     else:
         yield last
         if include_usage:

@@ -6,6 +6,7 @@ import logging
 import signal
 import socket
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +72,7 @@ def serve(
         timeout_graceful_shutdown=int(drain_timeout),
         timeout_keep_alive=30,
     )
-    server = _Server(config, engine)
+    server = _Server(config, engine, drain_timeout)
     bound = sock.getsockname()
     print(
         f"irforge serve: http://{bound[0]}:{bound[1]} ({app.state.model_name}; "
@@ -98,10 +99,25 @@ def _drained(signum: int, frame: Any) -> None:
 class _Server(uvicorn.Server):
     """uvicorn's server that also closes the engine's admission the moment a signal arrives."""
 
-    def __init__(self, config: uvicorn.Config, engine: Engine) -> None:
+    def __init__(self, config: uvicorn.Config, engine: Engine, drain_timeout: float) -> None:
         super().__init__(config)
-        self.engine = engine
+        self.engine, self.drain_timeout = engine, drain_timeout
+        self._cutoff: threading.Timer | None = None
 
     def handle_exit(self, sig: int, frame: Any) -> None:
         self.engine.stop_admitting()
+        if self._cutoff is None:
+            # Just before uvicorn's own drain timeout cancels the responses (a traceback each,
+            # and streams cut without a word), stop what is left: each stream then ends with
+            # an error event and the server logs one line.
+            self._cutoff = threading.Timer(max(0.0, self.drain_timeout - 1.0), self._cut)
+            self._cutoff.daemon = True
+            self._cutoff.start()
         super().handle_exit(sig, frame)
+
+    def _cut(self) -> None:
+        left = self.engine.gauges()
+        busy = int(left["running_requests"] + left["queue_depth"])
+        if busy:
+            log.warning("drain timeout: stopping %d unfinished request(s)", busy)
+        self.engine.shutdown(drain=False)
