@@ -77,6 +77,8 @@ class TextCodec:
                 config = json.loads(config_path.read_text())
             except (OSError, ValueError) as e:
                 raise InputError(f"{config_path}: not a JSON object: {e}") from e
+            if not isinstance(config, dict):
+                raise InputError(f"{config_path}: not a JSON object")
         self.bos_token = _token_text(config.get("bos_token"))
         self.eos_token = _token_text(config.get("eos_token"))
         template = config.get("chat_template")
