@@ -416,6 +416,52 @@ def test_overload_answers_503_with_retry_after(llama_artifacts: Path) -> None:
         thread.join(30)
 
 
+def test_half_sent_requests_time_out(llama_artifacts: Path, monkeypatch: pytest.MonkeyPatch):
+    """Issue 14, item 8: a client that stops mid-head or mid-body loses its connection (the
+    body case with a 408) instead of holding it forever; others are served meanwhile."""
+    import socket
+
+    from irforge.serve import limits
+
+    monkeypatch.setattr(limits, "HEAD_SECONDS", 1.0)
+    monkeypatch.setattr(limits, "BODY_SECONDS", 1.0)
+    engine = Engine(llama_artifacts)
+    port = _free_port()
+    config = uvicorn.Config(
+        create_app(engine), host=HOST, port=port, log_level="warning", http=limits.GuardedH11
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.02)
+        head = socket.create_connection((HOST, port))
+        head.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n")  # no end of head
+        body = socket.create_connection((HOST, port))
+        body.sendall(
+            b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 100\r\n\r\n{"prompt'
+        )
+        assert _healthy(f"http://{HOST}:{port}")  # the server answers others meanwhile
+        started = time.monotonic()
+        for conn in (head, body):
+            conn.settimeout(10)
+        assert head.recv(1000) == b""  # closed, no answer: nothing was asked yet
+        answer = b""
+        while chunk := body.recv(1000):  # the 408, then the close
+            answer += chunk
+        assert answer.startswith(b"HTTP/1.1 408") and b"did not arrive within 1 s" in answer
+        assert time.monotonic() - started < 5
+        head.close()
+        body.close()
+    finally:
+        engine.shutdown(drain=False)
+        server.should_exit = True
+        thread.join(30)
+
+
 def test_sigterm_drains_in_flight_requests(llama_artifacts: Path) -> None:
     body = {"prompt": [5, 6, 7], "max_tokens": 253, "ignore_eos": True, "stream": True}
     with serving(llama_artifacts) as (url, proc):

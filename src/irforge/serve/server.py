@@ -15,6 +15,7 @@ import uvicorn
 from ..errors import InputError
 from .app import create_app
 from .engine import Engine
+from .limits import GuardedH11
 
 log = logging.getLogger("irforge.serve")
 
@@ -71,6 +72,7 @@ def serve(
         access_log=False,
         timeout_graceful_shutdown=int(drain_timeout),
         timeout_keep_alive=30,
+        http=GuardedH11,  # half-sent request heads time out too
     )
     server = _Server(config, engine, drain_timeout)
     bound = sock.getsockname()
