@@ -168,3 +168,48 @@ def test_failed_shard_leaves_no_files(
     with pytest.raises(KeyboardInterrupt):
         shard(tp4_archive, tp=2, out=tmp_path / "out" / "s.irpa")
     assert list((tmp_path / "out").iterdir()) == []
+
+
+@pytest.mark.parametrize("when", ["after the first new rank file", "after the switch"])
+def test_an_interrupted_reshard_leaves_one_whole_sharding(
+    when: str, llama_tp4_dir: Path, tmp_path: Path
+) -> None:
+    """Issue 14, item 3: SIGKILL in the middle of a re-shard leaves the old set or the new."""
+    import signal
+    import subprocess
+    import sys
+
+    from irforge.archive import open_archive
+
+    out = tmp_path / "s.irpa"
+    first = runner.invoke(app, ["shard", str(llama_tp4_dir), "--tp", "2", "-o", str(out), "-q"])
+    assert first.exit_code == 0, first.output
+    old = open_archive(out)
+    hook = (  # SIGKILL this process at the named point of its shard run
+        "import os, signal, sys\n"
+        "import importlib\n"
+        "m = importlib.import_module('irforge.sharding.shard')\n"
+        f"when = {when!r}\n"
+        "real_write, real_link = m.write_irpa, m.link_or_copy\n"
+        "def write(path, *a, **k):\n"
+        "    real_write(path, *a, **k)\n"
+        "    if when.startswith('after the first') and '.rank0.' in path.name:\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "def link(src, dst):\n"
+        "    real_link(src, dst)\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "m.write_irpa, m.link_or_copy = write, link\n"
+        "from irforge.cli.main import main\n"
+        f"sys.argv = ['irforge', 'shard', {str(llama_tp4_dir)!r}, '--tp', '2', '-o', "
+        f"{str(out)!r}, '-q']\n"
+        "main()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", hook], capture_output=True, text=True)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    now = open_archive(out)  # whole: every rank file belongs to the sharding NAME.irpa names
+    assert now.metadata is not None and old.metadata is not None
+    if when == "after the switch":
+        assert now.metadata.shard_id != old.metadata.shard_id
+    else:
+        assert now.metadata.shard_id == old.metadata.shard_id
+    assert set(now.tensors) == set(old.tensors)

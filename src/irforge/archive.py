@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .artifacts import is_bare_name
 from .config import METADATA_KEY, ModelConfig
 from .errors import InputError
 from .formats.irpa import OutputEntry, read_irpa
@@ -33,6 +34,10 @@ class ArchiveMetadata:
     source: dict[str, Any] = field(default_factory=dict)
     producer: str = f"irforge {__version__}"
     shard_id: str = ""  # shared by NAME.irpa and its rank files
+    # The rank files' own names, NAME.rank{i}.<shard id>.irpa: a re-shard writes a new set
+    # beside the old one and switches by replacing NAME.irpa alone (see sharding/shard.py).
+    # Empty in archives from before: their rank files are NAME.rank{i}.irpa.
+    rank_files: tuple[str, ...] = ()
 
     def to_json(self) -> bytes:
         d = {
@@ -43,6 +48,7 @@ class ArchiveMetadata:
             "source": self.source,
             "producer": self.producer,
             "shard_id": self.shard_id,
+            "rank_files": list(self.rank_files),
         }
         return json.dumps(d, indent=1, sort_keys=True).encode()
 
@@ -60,12 +66,23 @@ class ArchiveMetadata:
                 f"(this irforge reads {ARCHIVE_FORMAT_VERSION}); re-run `irforge convert`"
             )
         config = None if d.get("config") is None else ModelConfig.from_dict(d["config"])
+        tp = d.get("tensor_parallelism_size", 1)
+        if isinstance(tp, bool) or not isinstance(tp, int) or not 1 <= tp <= 64:
+            raise InputError(f"{where}: tensor_parallelism_size must be 1 to 64, got {tp!r}")
+        names = d.get("rank_files") or []
+        if (
+            not isinstance(names, list)
+            or not all(is_bare_name(n) for n in names)
+            or (names and len(names) != tp)
+        ):
+            raise InputError(f"{where}: rank_files must be {tp} file names beside the archive")
         return cls(
             config=config,
-            tensor_parallelism_size=int(d.get("tensor_parallelism_size", 1)),
+            tensor_parallelism_size=tp,
             source=dict(d.get("source") or {}),
             producer=str(d.get("producer", "")),
             shard_id=str(d.get("shard_id", "")),
+            rank_files=tuple(names),
         )
 
     def entry(self) -> OutputEntry:
@@ -117,6 +134,17 @@ def rank_path(path: Path, rank: int) -> Path:
     return path.with_name(f"{path.stem}.rank{rank}{path.suffix}")
 
 
+def rank_file(path: Path, metadata: ArchiveMetadata, rank: int) -> Path:
+    """Where rank `rank` of the archive at `path` is: the name its metadata lists while that
+    file exists (shard removes it once the canonical name links to it), else NAME.rank{i}.irpa
+    (also where older archives and export's links keep them)."""
+    if metadata.rank_files:
+        listed = path.with_name(metadata.rank_files[rank])
+        if listed.is_file():
+            return listed
+    return rank_path(path, rank)
+
+
 def open_archive(path: Path) -> ModelArchive:
     """Open an IRPA; irforge metadata and rank files are read when present.
 
@@ -136,7 +164,7 @@ def open_archive(path: Path) -> ModelArchive:
     tp = metadata.tensor_parallelism_size if metadata else 1
     if tp > 1:
         for i in range(tp):
-            rp = rank_path(path, i)
+            rp = rank_file(path, metadata, i)  # type: ignore[arg-type]
             if not rp.is_file():
                 raise InputError(f"{path}: rank file {rp.name} of {tp} is missing")
             rank_tensors = {e.ref.name: e.ref for e in read_irpa(rp)}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -20,7 +19,7 @@ from ..artifacts import (
 )
 from ..config import ModelConfig
 from ..errors import ConfigError, ManifestError, OutputError
-from ..formats.atomic import AtomicFile, sha256_file
+from ..formats.atomic import AtomicFile, link_or_copy, sha256_file
 from ..formats.locks import locked
 from ..formats.sources import read_json_file
 from ..manifest import DEFAULTS, Compiled, ExportOptions, Manifest
@@ -45,15 +44,8 @@ def _link_into(src: Path, folder: Path, name: str) -> str:
     outside it (an untrusted folder could otherwise point them anywhere).
     """
     dst = folder / name
-    if dst.exists() and not dst.is_symlink() and os.path.samefile(src, dst):
-        return name
-    tmp = folder / f".{name}.link"
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(src, tmp)
-    except OSError:
-        shutil.copyfile(src, tmp)  # streams in chunks: memory stays flat
-    os.replace(tmp, dst)
+    if not (dst.exists() and not dst.is_symlink() and os.path.samefile(src, dst)):
+        link_or_copy(src, dst)
     return name
 
 

@@ -154,3 +154,16 @@ def sha256_file(path: Path, chunk: int = 16 * 1024 * 1024) -> str:
         while block := f.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def link_or_copy(src: Path, dst: Path) -> None:
+    """Make `dst` hold `src`'s bytes, atomically: a hard link, else (another file system) a
+    streamed copy. Never a symlink: readers refuse files that resolve outside their folder."""
+    src, dst = Path(src), Path(dst)
+    tmp = dst.with_name(f".{dst.name}.link")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from ..archive import ArchiveMetadata, open_archive, rank_entry, rank_path
-from ..errors import ConfigError, InputError, ShardingError
+from ..errors import ConfigError, InputError, ShardingError, ToolchainError
+from ..formats.atomic import link_or_copy
 from ..formats.irpa import OutputEntry, tensor_metadata, write_irpa
 from ..formats.locks import locked
 from ..tensor_plan import (
@@ -91,17 +92,25 @@ def shard(
         on_plan(total)
     inputs = p.source.inputs
     shard_id = uuid.uuid4().hex if tp > 1 else ""
+    # Rank files are written under names of their own (NAME.rank{i}.<id>.irpa) beside the
+    # previous set, which stays whole; replacing NAME.irpa, which lists them, is the switch. A
+    # run killed at any point leaves the old sharding or the new one, never a mix.
+    names = [f"{out.stem}.rank{i}.{shard_id[:12]}{out.suffix}" for i in range(tp if tp > 1 else 0)]
+    previous = _previous_rank_files(out)
     try:
-        for rank in range(tp if tp > 1 else 0):
+        for rank, name in enumerate(names):
             entries = [_rank_entry(t, d, rank, tp) for t, d in split if d is not None]
             entries.append(rank_entry(shard_id, rank, tp))
-            path = rank_path(out, rank)
+            path = out.with_name(name)
             write_irpa(path, entries, on_bytes=on_bytes, inputs=inputs)
             result.rank_files.append(path)
         meta = ArchiveMetadata(
-            p.config, tensor_parallelism_size=tp, source=source_record(p.source), shard_id=shard_id
+            p.config,
+            tensor_parallelism_size=tp,
+            source=source_record(p.source),
+            shard_id=shard_id,
+            rank_files=tuple(names),
         )
-        # The file that lists the shards is written last: a crash before leaves no usable OUT.
         write_irpa(
             out, [t.entry() for t in replicated] + [meta.entry()], on_bytes=on_bytes, inputs=inputs
         )
@@ -110,9 +119,34 @@ def shard(
         for path in result.rank_files:
             path.unlink(missing_ok=True)
         raise
+    # The new set is in. It takes the canonical names (shark-ai's NAME.rank{i}.irpa, what
+    # shortfin is given), and its own names go: readers fall back to the canonical ones.
+    # Killed in here, NAME.irpa still finds the new set under whichever names are complete.
+    for rank, path in enumerate(result.rank_files):
+        link_or_copy(path, rank_path(out, rank))
+    for own in previous | set(names):
+        out.with_name(own).unlink(missing_ok=True)
+    for rank in range(len(names), 64):  # canonical names of a wider previous sharding
+        stale = rank_path(out, rank)
+        if not stale.exists():
+            break
+        stale.unlink()
+    result.rank_files = [rank_path(out, rank) for rank in range(len(names))]
     copy_tokenizer(p.source, out)
     result.split, result.replicated = len(parts), len(replicated)
     return result
+
+
+def _previous_rank_files(out: Path) -> set[str]:
+    """The own names of the rank files of the sharding now at `out` (to remove after)."""
+    if not out.is_file():
+        return set()
+    try:
+        archive = open_archive(out)
+    except ToolchainError:
+        return set()
+    listed = archive.metadata.rank_files if archive.metadata else ()
+    return {n for n in listed if n != out.name}
 
 
 def _concat_rows(shards: list[PlannedTensor]) -> Callable[[], Iterator[bytes]]:
