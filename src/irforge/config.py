@@ -109,6 +109,10 @@ class ModelConfig:
                 f"attention_head_count={self.attention_head_count} is not a multiple of "
                 f"attention_head_count_kv={self.attention_head_count_kv}"
             )
+        ids = [self.bos_token_id] if self.bos_token_id is not None else []
+        for t in [*ids, *self.eos_token_ids]:
+            if isinstance(t, bool) or not isinstance(t, int) or t < 0:
+                raise ConfigError(f"token ids (bos/eos) must be non-negative integers, got {t!r}")
         if self.head_dim % 2:
             raise ConfigError(f"head_dim must be even for rotary embeddings, got {self.head_dim}")
         if not (self.rms_norm_eps > 0 and math.isfinite(self.rms_norm_eps)):
@@ -181,12 +185,16 @@ class ModelConfig:
         """From a transformers `config.json` dict (Llama or Mistral; transformers 4 or 5)."""
         from .config_sources import hf_to_kwargs
 
-        kwargs = hf_to_kwargs(hf)
-        if kwargs.get("rope_scaling") is not None:
-            kwargs["rope_scaling"] = RopeScaling(**kwargs["rope_scaling"])
-        if dtype is not None:
-            kwargs["dtype"] = dtype
-        return cls(source=source, **kwargs)
+        try:
+            kwargs = hf_to_kwargs(hf)
+            if kwargs.get("rope_scaling") is not None:
+                kwargs["rope_scaling"] = RopeScaling(**kwargs["rope_scaling"])
+            if dtype is not None:
+                kwargs["dtype"] = dtype
+            return cls(source=source, **kwargs)
+        except (ValueError, TypeError, OverflowError, AttributeError) as e:
+            # a value of the wrong type ("", null, a list, NaN where an integer goes)
+            raise ConfigError(f"config.json: a hyperparameter has a wrong value ({e})") from None
 
     @classmethod
     def from_gguf_metadata(
