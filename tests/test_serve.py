@@ -500,3 +500,16 @@ def test_a_drain_timeout_ends_streams_with_an_error_event(llama_artifacts: Path)
         assert proc.wait(60) == 0
         log = proc.stdout.read()  # type: ignore[union-attr]
         assert "Traceback" not in log and log.count("drain timeout: stopping") == 1
+
+
+def test_a_batch_with_one_bad_prompt_runs_none_of_them(server: str) -> None:
+    """Issue 14, item 7: the good siblings of a refused prompt are not left generating."""
+    before = metrics(server)
+    params = {"max_completion_tokens": 200, "ignore_eos": True}
+    body = {"input_ids": [[5, 6, 7], [1, 999]], "sampling_params": params}
+    status, _, doc = post(f"{server}/generate", body)
+    assert status == 400 and "outside the vocabulary" in doc["error"]  # type: ignore[index]
+    after = wait_all_pages_free(server)
+    key = "irforge_generation_tokens_total"
+    assert after[key] - before[key] < 200  # the first prompt did not run to its end
+    assert after["irforge_running_requests"] == 0 and after["irforge_queue_depth"] == 0
