@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import re
 from pathlib import Path
 from typing import Any
@@ -112,6 +113,15 @@ class Session:
         self.caches = [
             allocate_cache(d, self.page_count, page_elements, cache_dtype) for d in self.devices
         ]
+
+    def close(self) -> None:
+        """Release the device, its buffers and the loaded program now, in order, rather than
+        at interpreter exit (where the runtime's bindings report them as leaked)."""
+        self._functions.clear()
+        for name in ("caches", "context", "module", "device", "devices", "instance"):
+            if hasattr(self, name):
+                delattr(self, name)
+        gc.collect()
 
     def _function(self, name: str) -> Any:
         import iree.runtime as rt
