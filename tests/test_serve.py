@@ -513,3 +513,21 @@ def test_a_batch_with_one_bad_prompt_runs_none_of_them(server: str) -> None:
     key = "irforge_generation_tokens_total"
     assert after[key] - before[key] < 200  # the first prompt did not run to its end
     assert after["irforge_running_requests"] == 0 and after["irforge_queue_depth"] == 0
+
+
+def test_logit_bias_and_penalties_reach_the_sampler(
+    client: openai.OpenAI, server: str, llama_artifacts: Path
+) -> None:
+    """OpenAI's logit_bias (+100 makes a token certain) and penalties are applied, not refused."""
+    from irforge.serve.text import TextCodec
+
+    got = client.completions.create(
+        model="tiny", prompt=[5, 6, 7], max_tokens=4, temperature=0, logit_bias={"250": 100}
+    )
+    assert got.choices[0].text == TextCodec(llama_artifacts).decode([250] * 4)
+    got = client.completions.create(
+        model="tiny", prompt=[5, 6, 7], max_tokens=4, presence_penalty=1.0, frequency_penalty=0.5
+    )
+    assert got.choices[0].finish_reason in ("stop", "length")
+    status, _, doc = post(f"{server}/v1/completions", {"prompt": "x", "logit_bias": {"999": 1}})
+    assert status == 400 and "outside the vocabulary" in doc["error"]["message"]  # type: ignore[index]

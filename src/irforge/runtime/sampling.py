@@ -1,4 +1,5 @@
-"""Choosing the next token from logits: greedy, or temperature with top-k / top-p."""
+"""Choosing the next token from logits: greedy, or temperature with top-k / top-p, after the
+penalties (presence, frequency, repetition) and logit bias are applied."""
 
 from __future__ import annotations
 
@@ -22,6 +23,13 @@ class Sampling:
     top_k: int = 0
     top_p: float = 1.0
     seed: int | None = None
+    # OpenAI's: logit -= presence * (count > 0) + frequency * count, over generated tokens
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    # transformers' / vLLM's: over prompt and generated tokens, a positive logit is divided by
+    # it and a negative one multiplied
+    repetition_penalty: float = 1.0
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, added to its logit)
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.temperature) or self.temperature < 0:
@@ -32,6 +40,28 @@ class Sampling:
             raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.seed is not None and not 0 <= self.seed <= MAX_SEED:
             raise ConfigError(f"seed must be between 0 and 2**64-1, got {self.seed}")
+        for name in ("presence_penalty", "frequency_penalty"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and -2 <= value <= 2):
+                raise ConfigError(f"{name} must be between -2 and 2, got {value}")
+        if not (math.isfinite(self.repetition_penalty) and 0 < self.repetition_penalty <= 10):
+            raise ConfigError(
+                f"repetition_penalty must be in (0, 10], got {self.repetition_penalty}"
+            )
+        for token, bias in self.logit_bias:
+            if not (math.isfinite(bias) and -100 <= bias <= 100):
+                raise ConfigError(f"logit_bias values must be between -100 and 100, got {bias}")
+            if token < 0:
+                raise ConfigError(f"logit_bias token ids must be >= 0, got {token}")
+
+    @property
+    def penalized(self) -> bool:
+        return bool(
+            self.presence_penalty
+            or self.frequency_penalty
+            or self.repetition_penalty != 1.0
+            or self.logit_bias
+        )
 
     @property
     def greedy(self) -> bool:
@@ -39,13 +69,54 @@ class Sampling:
 
 
 class Sampler:
-    def __init__(self, sampling: Sampling) -> None:
+    """One request's token chooser; `observe` each emitted token so penalties see it."""
+
+    def __init__(self, sampling: Sampling, prompt: tuple[int, ...] | list[int] = ()) -> None:
         self.sampling = sampling
         self.rng = np.random.default_rng(sampling.seed)
+        self.counts: dict[int, int] = {}  # generated token -> times (O(1) per token)
+        self.seen = set(prompt) if sampling.repetition_penalty != 1.0 else set()
 
-    def __call__(self, logits: np.ndarray) -> int:
-        """One token id from a [vocab] logits vector."""
+    def observe(self, token: int) -> None:
+        self.counts[token] = self.counts.get(token, 0) + 1
+        if self.sampling.repetition_penalty != 1.0:
+            self.seen.add(token)
+
+    def adjust(self, logits: np.ndarray, ids: np.ndarray | None = None) -> np.ndarray:
+        """The logits after penalties and bias; `ids` names each entry's token (a program
+        exported with top_k returns k of them), else entry i is token i."""
         s = self.sampling
+        out = np.asarray(logits, np.float64).copy()
+        if not s.penalized:
+            return out
+        token_ids = np.arange(out.shape[-1]) if ids is None else np.asarray(ids, np.int64)
+        where = {int(t): i for i, t in enumerate(token_ids)} if ids is not None else None
+
+        def index(token: int) -> int | None:
+            if where is None:
+                return token if 0 <= token < out.shape[-1] else None
+            return where.get(token)
+
+        if s.repetition_penalty != 1.0:
+            hits = [i for t in self.seen if (i := index(t)) is not None]
+            v = out[hits]
+            out[hits] = np.where(v > 0, v / s.repetition_penalty, v * s.repetition_penalty)
+        if s.presence_penalty or s.frequency_penalty:
+            for token, count in self.counts.items():
+                i = index(token)
+                if i is not None:
+                    out[i] -= s.presence_penalty + s.frequency_penalty * count
+        for token, bias in s.logit_bias:
+            i = index(token)
+            if i is not None:
+                out[i] += bias
+        return out
+
+    def __call__(self, logits: np.ndarray, ids: np.ndarray | None = None) -> int:
+        """The index of the chosen entry of a [vocab] (or top-k, with `ids`) logits vector."""
+        s = self.sampling
+        if s.penalized:
+            logits = self.adjust(logits, ids)
         if s.greedy:
             return int(np.argmax(logits))
         scaled = logits.astype(np.float64) / s.temperature

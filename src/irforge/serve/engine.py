@@ -145,6 +145,12 @@ class Engine:
                 "max_tokens",
             )
         sampling = sampling or Sampling()
+        bad = next((t for t, _ in sampling.logit_bias if t >= self.vocab_size), None)
+        if bad is not None:
+            raise BadRequest(
+                f"logit_bias token id {bad} is outside the vocabulary (0..{self.vocab_size - 1})",
+                "logit_bias",
+            )
         if self.top_k and sampling.top_k > self.top_k:
             raise BadRequest(
                 f"top_k {sampling.top_k} is over the program's exported top_k {self.top_k}",
@@ -331,7 +337,7 @@ class Engine:
 
     def _emit(self, req: Request, scores: Any, ids: Any) -> None:
         try:
-            choice = req.sampler(scores)
+            choice = req.sampler(scores, ids)
             token = int(ids[choice]) if ids is not None else choice
         except (ValueError, FloatingPointError, IndexError) as e:
             # one request's sampling (NaN logits, say) fails that request, not the batch
@@ -396,10 +402,12 @@ class Engine:
                 self._emit(r, *row_logits(out, row, 0))
 
 
-def check_sampling(temperature: float, top_k: int, top_p: float, seed: int | None) -> Sampling:
+def check_sampling(
+    temperature: float, top_k: int, top_p: float, seed: int | None, **penalties: Any
+) -> Sampling:
     """A Sampling, or BadRequest naming the bad parameter."""
     try:
-        return Sampling(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+        return Sampling(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, **penalties)
     except ConfigError as e:
         param = str(e).split(" ", 1)[0]
         raise BadRequest(str(e), param) from e

@@ -44,17 +44,31 @@ def _check(body: OpenAISampling) -> None:
     """Refuse what this server would otherwise silently ignore."""
     if body.n != 1:
         raise BadRequest("n > 1 is not supported; send several requests", "n")
-    if body.presence_penalty or body.frequency_penalty:
-        raise BadRequest("presence and frequency penalties are not supported", "presence_penalty")
     if getattr(body, "logprobs", None):
         raise BadRequest("logprobs are not supported", "logprobs")
+
+
+def _logit_bias(bias: dict[str, float] | None) -> tuple[tuple[int, float], ...]:
+    try:
+        return tuple(sorted((int(k), float(v)) for k, v in (bias or {}).items()))
+    except ValueError:
+        raise BadRequest("logit_bias keys must be token ids", "logit_bias") from None
 
 
 def _submit(
     http: Request, body: OpenAISampling, prompts: list[Any], max_tokens: int | None
 ) -> list[EngineRequest]:
     _check(body)
-    sampling = check_sampling(body.temperature, body.top_k, body.top_p, body.seed)
+    sampling = check_sampling(
+        body.temperature,
+        body.top_k,
+        body.top_p,
+        body.seed,
+        presence_penalty=body.presence_penalty,
+        frequency_penalty=body.frequency_penalty,
+        repetition_penalty=body.repetition_penalty,
+        logit_bias=_logit_bias(body.logit_bias),
+    )
     if body.stream and len(prompts) != 1:
         raise BadRequest("stream: true takes one prompt", "prompt")
     options = dict(

@@ -59,7 +59,7 @@ class Request:
     last_token_at: float | None = None
 
     def __post_init__(self) -> None:
-        self.sampler = Sampler(self.sampling)  # one per request, so seeds reproduce
+        self.sampler = Sampler(self.sampling, self.prompt)  # one per request: seeds reproduce
         self.cancelled = False
         self._deltas: list[Delta] = []
         self._chunks: list[str] = []  # the visible text, joined when read
@@ -172,6 +172,7 @@ class Request:
         self.first_token_at = self.first_token_at or now
         self.last_token_at = now
         self.tokens.append(token)
+        self.sampler.observe(token)
         decoder = self.decoder if self.detokenize else None
         tail = self._held + (decoder.step(token) if decoder else "")
         reason = None

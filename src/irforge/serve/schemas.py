@@ -59,6 +59,9 @@ class OpenAISampling(_Body):
     ignore_eos: bool = False
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
+    repetition_penalty: float = Field(1.0, description="vLLM's extension")
+    # OpenAI's: token id (as a string key) -> bias in [-100, 100]
+    logit_bias: dict[str, float] | None = Field(None, max_length=1024)
 
     @model_validator(mode="before")
     @classmethod
