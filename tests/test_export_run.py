@@ -188,6 +188,9 @@ def test_shortfin_serves_the_same_greedy_tokens(llama_artifacts: Path) -> None:
         run_cli(llama_artifacts, p, 12, llama_artifacts.parent / f"l{len(p)}.npy")["tokens"]
         for p in prompts
     ]
+    from importlib.metadata import version
+
+    assert version("shortfin") == SHORTFIN_IREE_VERSION  # one release, named in two places
     vmfb = compile_folder(llama_artifacts, target="cpu", compiler=shortfin_compiler()).vmfb
     assert vmfb.name == f"model.cpu.iree{SHORTFIN_IREE_VERSION.rsplit('.', 1)[0]}.vmfb"
     with shortfin_server(

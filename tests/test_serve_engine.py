@@ -244,7 +244,7 @@ def test_seeded_sampling_is_reproducible(engine: Engine) -> None:
 def test_a_failing_sampler_fails_its_request_alone(llama_artifacts: Path) -> None:
     """One request whose sampling raises ends with an error; the batch beside it goes on."""
 
-    def broken(logits: object) -> int:
+    def broken(logits: object, ids: object = None) -> int:
         raise ValueError("probabilities contain NaN")
 
     with Engine(llama_artifacts, start=False) as engine:

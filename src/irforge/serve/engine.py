@@ -195,6 +195,12 @@ class Engine:
         elif not self._thread.ident:  # never started: nothing will serve the queue
             self._interrupt_all("shutdown")
 
+    def close(self) -> None:
+        """Release the device and program once the scheduler thread is gone (never under a
+        call still running on it)."""
+        if not self._thread.is_alive():
+            self.session.close()
+
     def stop_admitting(self) -> None:
         self._admitting = False  # a plain store: safe from a signal handler
 

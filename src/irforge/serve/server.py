@@ -91,7 +91,7 @@ def serve(
     finally:
         signal.signal(signal.SIGTERM, previous)
         engine.shutdown(drain=True, timeout=drain_timeout)
-        engine.session.close()
+        engine.close()
         sock.close()
 
 
