@@ -75,3 +75,25 @@ def test_a_repetition_penalty_stops_the_tiny_model_repeating(llama_artifacts: Pa
         fresh = engine.submit(PROMPT, strict, max_tokens=24, ignore_eos=True).wait(60).tokens
     assert len(set(plain)) < len(plain)  # the loop the penalty is for
     assert len(set(fresh)) == len(fresh) and not set(fresh) & set(PROMPT)
+
+
+@pytest.mark.iree
+def test_stop_token_ids_and_min_tokens(llama_artifacts: Path) -> None:
+    """vLLM's stop_token_ids end a request at that token; min_tokens keeps them (and eos)
+    from being chosen until that many tokens are out."""
+    from irforge.serve import BadRequest, Engine
+
+    with Engine(llama_artifacts) as engine:
+        plain = engine.submit(PROMPT, max_tokens=12, ignore_eos=True).wait(60).tokens
+        third = plain[2]
+        first_at = plain.index(third)  # where greedy first produces that token
+        cut = engine.submit(PROMPT, max_tokens=12, ignore_eos=True, stop_token_ids=[third])
+        assert cut.wait(60).tokens == plain[: first_at + 1] and cut.finish_reason == "stop"
+        held = engine.submit(
+            PROMPT, max_tokens=12, ignore_eos=True, stop_token_ids=[third], min_tokens=6
+        ).wait(60)
+        assert len(held.tokens) > 6 and third not in held.tokens[:6]
+        with pytest.raises(BadRequest, match="min_tokens"):
+            engine.submit(PROMPT, max_tokens=4, min_tokens=5)
+        with pytest.raises(BadRequest, match="stop token id"):
+            engine.submit(PROMPT, max_tokens=4, stop_token_ids=[10**6])

@@ -320,6 +320,8 @@ BAD = [
         "messages",
     ),
     ("/generate", {"input_ids": [[1]] * 257}, 422, "input_ids"),
+    ("/v1/completions", {"prompt": "x", "max_tokens": 5, "min_tokens": 6}, 400, "min_tokens"),
+    ("/v1/completions", {"prompt": "x", "stop_token_ids": [999]}, 400, "stop token id 999"),
     # JSON's "\ud800" is a lone surrogate: no tokenizer takes it (issue 14, item 7)
     ("/v1/completions", b'{"prompt": "\\ud800"}', 422, "not valid Unicode"),
     (

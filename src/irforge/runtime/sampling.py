@@ -71,13 +71,22 @@ class Sampling:
 class Sampler:
     """One request's token chooser; `observe` each emitted token so penalties see it."""
 
-    def __init__(self, sampling: Sampling, prompt: tuple[int, ...] | list[int] = ()) -> None:
+    def __init__(
+        self,
+        sampling: Sampling,
+        prompt: tuple[int, ...] | list[int] = (),
+        stop_ids: frozenset[int] = frozenset(),
+        min_tokens: int = 0,
+    ) -> None:
         self.sampling = sampling
         self.rng = np.random.default_rng(sampling.seed)
         self.counts: dict[int, int] = {}  # generated token -> times (O(1) per token)
         self.seen = set(prompt) if sampling.repetition_penalty != 1.0 else set()
+        # vLLM's min_tokens: the stop ids cannot be chosen before that many tokens
+        self.stop_ids, self.min_tokens, self.generated = stop_ids, min_tokens, 0
 
     def observe(self, token: int) -> None:
+        self.generated += 1
         self.counts[token] = self.counts.get(token, 0) + 1
         if self.sampling.repetition_penalty != 1.0:
             self.seen.add(token)
@@ -117,6 +126,10 @@ class Sampler:
         s = self.sampling
         if s.penalized:
             logits = self.adjust(logits, ids)
+        if self.generated < self.min_tokens and self.stop_ids:
+            logits = np.array(logits, np.float64)
+            token_ids = np.arange(logits.shape[-1]) if ids is None else np.asarray(ids)
+            logits[np.isin(token_ids, list(self.stop_ids))] = -np.inf
         if s.greedy:
             return int(np.argmax(logits))
         scaled = logits.astype(np.float64) / s.temperature

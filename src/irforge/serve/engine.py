@@ -103,6 +103,8 @@ class Engine:
         stop: Sequence[str] = (),
         ignore_eos: bool = False,
         request_id: str | None = None,
+        min_tokens: int = 0,
+        stop_token_ids: Sequence[int] = (),
         detokenize: bool = True,
     ) -> Request:
         """Queue one generation; returns its handle at once.
@@ -144,6 +146,17 @@ class Engine:
                 f"even alone, the cache has {self.pages.page_count - 1}; lower max_tokens",
                 "max_tokens",
             )
+        if not 0 <= min_tokens <= max_tokens:
+            raise BadRequest(
+                f"min_tokens must be between 0 and max_tokens ({max_tokens}), got {min_tokens}",
+                "min_tokens",
+            )
+        bad_stop = next((t for t in stop_token_ids if not 0 <= t < self.vocab_size), None)
+        if bad_stop is not None:
+            raise BadRequest(
+                f"stop token id {bad_stop} is outside the vocabulary (0..{self.vocab_size - 1})",
+                "stop_token_ids",
+            )
         sampling = sampling or Sampling()
         bad = next((t for t, _ in sampling.logit_bias if t >= self.vocab_size), None)
         if bad is not None:
@@ -162,7 +175,8 @@ class Engine:
             sampling=sampling,
             max_tokens=max_tokens,
             stop=tuple(s for s in stop if s),
-            eos_ids=frozenset() if ignore_eos else self.eos_ids,
+            eos_ids=(frozenset() if ignore_eos else self.eos_ids) | frozenset(stop_token_ids),
+            min_tokens=min_tokens,
             prompt_text=text,
             detokenize=detokenize or any(stop),
         )

@@ -72,7 +72,12 @@ def _submit(
     if body.stream and len(prompts) != 1:
         raise BadRequest("stream: true takes one prompt", "prompt")
     options = dict(
-        sampling=sampling, max_tokens=max_tokens, stop=body.stops(), ignore_eos=body.ignore_eos
+        sampling=sampling,
+        max_tokens=max_tokens,
+        stop=body.stops(),
+        ignore_eos=body.ignore_eos,
+        min_tokens=body.min_tokens,
+        stop_token_ids=tuple(body.stop_token_ids or ()),
     )
     return submit_all(_engine(http), [(p, options) for p in prompts])
 

@@ -45,7 +45,8 @@ class Request:
     sampling: Sampling
     max_tokens: int
     stop: tuple[str, ...] = ()
-    eos_ids: frozenset[int] = frozenset()
+    eos_ids: frozenset[int] = frozenset()  # eos and the request's stop token ids
+    min_tokens: int = 0  # before this many, eos/stop ids cannot be sampled, stop strings wait
     prompt_text: str | None = None
     detokenize: bool = True  # False: token ids only (no text, so no stop strings either)
     status: Status = Status.QUEUED
@@ -59,7 +60,8 @@ class Request:
     last_token_at: float | None = None
 
     def __post_init__(self) -> None:
-        self.sampler = Sampler(self.sampling, self.prompt)  # one per request: seeds reproduce
+        # one per request, so seeds reproduce
+        self.sampler = Sampler(self.sampling, self.prompt, self.eos_ids, self.min_tokens)
         self.cancelled = False
         self._deltas: list[Delta] = []
         self._chunks: list[str] = []  # the visible text, joined when read
@@ -176,10 +178,10 @@ class Request:
         decoder = self.decoder if self.detokenize else None
         tail = self._held + (decoder.step(token) if decoder else "")
         reason = None
-        cut = _first_stop(tail, self.stop)
+        cut = _first_stop(tail, self.stop) if len(self.tokens) >= self.min_tokens else -1
         if cut >= 0:
             tail, reason = tail[:cut], "stop"
-        elif token in self.eos_ids:
+        elif token in self.eos_ids and len(self.tokens) > self.min_tokens:
             reason = "stop"
         elif len(self.tokens) >= self.max_tokens:
             reason = "length"

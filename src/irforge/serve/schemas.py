@@ -60,6 +60,8 @@ class OpenAISampling(_Body):
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     repetition_penalty: float = Field(1.0, description="vLLM's extension")
+    min_tokens: int = Field(0, ge=0, description="vLLM's extension")
+    stop_token_ids: list[int] | None = Field(None, max_length=MAX_STOP)
     # OpenAI's: token id (as a string key) -> bias in [-100, 100]
     logit_bias: dict[str, float] | None = Field(None, max_length=1024)
 
