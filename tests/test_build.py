@@ -210,6 +210,9 @@ def test_a_second_writer_into_one_out_is_refused(tmp_path: Path) -> None:
     result = runner.invoke(app, ["export", "--preset", "tiny", "-o", str(out), "-q"])
     assert result.exit_code == 0, result.output
     assert not (out / ".irforge.lock").exists()
+    missing = tmp_path / "never-made"  # compile updates a folder: a missing one is not created
+    result = runner.invoke(app, ["compile", str(missing), "--target", "tpu9"])
+    assert result.exit_code == 2 and not missing.exists()
 
 
 def test_a_killed_run_leaves_nothing_behind(llama_dir: Path, tmp_path: Path) -> None:

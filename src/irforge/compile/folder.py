@@ -14,7 +14,7 @@ from .driver import CompileResult, find_iree_compile, run_iree_compile
 from .targets import Target, compiler_version, get_target, version_text
 
 
-@locked("folder")
+@locked("folder", create=False)
 def compile_folder(
     folder: Path,
     *,

@@ -40,8 +40,8 @@ def output_lock(path: Path, *, folder: bool = True) -> Iterator[None]:
     Raises:
         OutputError: another process holds it.
     """
-    target = lock_file(path, folder=folder)
-    key = str(target.resolve())
+    target = lock_file(Path(path).absolute(), folder=folder)  # a later chdir cannot lose it
+    key = str(target)
     with _guard:
         if key in _held:
             fd, depth = _held[key]
@@ -90,8 +90,12 @@ def _acquire(target: Path, path: Path) -> int:
     return fd
 
 
-def locked(argument: str, *, folder: bool = True) -> Callable[[F], F]:
-    """Decorate a stage so that it runs under the output lock of its `argument` path."""
+def locked(argument: str, *, folder: bool = True, create: bool = True) -> Callable[[F], F]:
+    """Decorate a stage so that it runs under the output lock of its `argument` path.
+
+    With `create=False` (a folder the stage updates, which must exist) a missing path is not
+    created for the lock: the stage runs unlocked and reports the missing folder itself.
+    """
 
     def wrap(fn: F) -> F:
         signature = inspect.signature(fn)
@@ -101,7 +105,7 @@ def locked(argument: str, *, folder: bool = True) -> Callable[[F], F]:
             bound = signature.bind(*args, **kwargs)
             bound.apply_defaults()
             path = bound.arguments[argument]
-            if path is None:  # an optional output left to its default: the stage locks it
+            if path is None or (not create and not Path(path).is_dir()):
                 return fn(*args, **kwargs)
             with output_lock(Path(path), folder=folder):
                 return fn(*args, **kwargs)
