@@ -12,9 +12,11 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from ..errors import CompileError, ToolNotFoundError
 from ..formats.atomic import AtomicFile
+from .inplace import mark_consumed
 from .targets import Target, compiler_version
 
 
@@ -63,6 +65,39 @@ def _first_error(log: str) -> str:
     return lines[0].strip()[:300] if lines else "(no output)"
 
 
+def _run(cmd: list[str], out: Path, log_file: IO[str], log: Path, target: str) -> None:
+    shown = shlex.join([*cmd[:-1], str(out)])
+    log_file.write(f"$ {shown}\n")  # the log says how to reproduce the failure
+    log_file.flush()
+    done = subprocess.run(
+        cmd, stdout=log_file, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
+    )
+    if done.returncode != 0:
+        log_file.flush()
+        first = _first_error(log.read_text(errors="replace"))
+        raise CompileError(
+            f"iree-compile failed for target {target} (exit {done.returncode}): "
+            f"{first} (full log and command: {log})"
+        )
+
+
+def _input_phase(
+    binary: str,
+    mlir: Path,
+    flags: list[str],
+    staged: Path,
+    log_file: IO[str],
+    log: Path,
+    target: str,
+) -> None:
+    """Run the input phase into `staged` and mark the cache argument's import consumed."""
+    cmd = [binary, str(mlir), *flags, "--compile-to=input", "-o", str(staged)]
+    _run(cmd, staged, log_file, log, target)
+    text, marked = mark_consumed(staged.read_text())
+    staged.write_text(text)
+    log_file.write(f"# marked {marked} mutated argument import(s) consume (compile/inplace.py)\n")
+
+
 def run_iree_compile(
     mlir: Path,
     *,
@@ -87,21 +122,25 @@ def run_iree_compile(
     flags = target.flags(devices, version) + list(extra_flags)
     started = time.perf_counter()
     target_file = AtomicFile(out)
-    with target_file:
-        cmd = [binary, str(mlir), *flags, "-o", target_file.tmp_path]
-        shown = shlex.join([*cmd[:-1], str(out)])
-        with open(log, "w") as log_file:
-            log_file.write(f"$ {shown}\n")  # the log says how to reproduce the failure
-            log_file.flush()
-            done = subprocess.run(
-                cmd, stdout=log_file, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
+    staged = not any(f.startswith(("--compile-to", "--compile-from")) for f in flags)
+    with target_file, open(log, "w") as log_file:
+        # named like the output's temporary, so a crashed compile's is cleaned up with it
+        source = Path(target_file.tmp_path.removesuffix(".tmp") + ".input.tmp") if staged else mlir
+        try:
+            if staged:  # stop after the input phase so the cache updates in place (inplace.py)
+                _input_phase(binary, mlir, flags, source, log_file, log, target.name)
+            resume = ["--compile-from=input"] if staged else []
+            _run(
+                [binary, str(source), *flags, *resume, "-o", target_file.tmp_path],
+                out,
+                log_file,
+                log,
+                target.name,
             )
-        if done.returncode != 0:
-            first = _first_error(log.read_text(errors="replace"))
-            raise CompileError(
-                f"iree-compile failed for target {target.name} (exit {done.returncode}): "
-                f"{first} (full log and command: {log})"
-            )
-    cmd[-1] = str(out)
+        finally:
+            if staged:
+                source.unlink(missing_ok=True)
+    # what the manifest shows: one command that gives the same program, short of the rewrite
+    cmd = [binary, str(mlir), *flags, "-o", str(out)]
     seconds = time.perf_counter() - started
     return CompileResult(out, target, devices, seconds, cmd, log, version)

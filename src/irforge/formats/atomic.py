@@ -32,13 +32,13 @@ def refuse_overwriting_inputs(out: Path, inputs: Iterable[Path]) -> None:
 
 
 def remove_stale_temporaries(path: Path) -> int:
-    """Delete what killed writers of `path` left (`.NAME.XXXXXXXX.tmp`); returns how many.
+    """Delete what killed writers of `path` left (`.NAME.XXXXXXXX[.stage].tmp`); returns how many.
 
     Only ours: the pattern is AtomicFile's own. Stages write under their output's lock
     (formats/locks.py), so a temporary of this name is never a live writer's.
     """
     removed = 0
-    for stale in Path(path).parent.glob(f".{glob.escape(Path(path).name)}.????????.tmp"):
+    for stale in Path(path).parent.glob(f".{glob.escape(Path(path).name)}.????????*.tmp"):
         with contextlib.suppress(OSError):
             stale.unlink()
             removed += 1

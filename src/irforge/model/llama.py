@@ -27,6 +27,18 @@ from .weights import load_archive, load_canonical
 KVAccess = PrefillKV | DecodeKV
 
 
+class Linear(nn.Linear):
+    """nn.Linear over the rows flattened to 2-D: [N, S, K] @ W.T as one [N·S, K] matmul.
+
+    Traced on [1, 1, K] (decode_bs1, and prefill_bs1), nn.Linear lowers to a batch_matmul of
+    batch 1 that IREE's llvm-cpu code runs at half the speed of the same rows as a plain
+    matmul (1B-shaped f32 decode: bs1 546 ms a step, bs4 240 ms).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x.reshape(-1, x.shape[-1]), self.weight).view(*x.shape[:-1], -1)
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float, dtype: torch.dtype):
         super().__init__()
@@ -46,9 +58,9 @@ class FeedForward(nn.Module):
     def __init__(self, config: ModelConfig, dtype: torch.dtype):
         super().__init__()
         dim, hidden = config.embedding_length, config.feed_forward_length
-        self.w_gate = nn.Linear(dim, hidden, bias=False, dtype=dtype)
-        self.w_up = nn.Linear(dim, hidden, bias=False, dtype=dtype)
-        self.w_down = nn.Linear(hidden, dim, bias=False, dtype=dtype)
+        self.w_gate = Linear(dim, hidden, bias=False, dtype=dtype)
+        self.w_up = Linear(dim, hidden, bias=False, dtype=dtype)
+        self.w_down = Linear(hidden, dim, bias=False, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.w_down(F.silu(self.w_gate(x)) * self.w_up(x))
@@ -67,10 +79,10 @@ class Attention(nn.Module):
         self.attn_dtype = options.attention_torch_dtype(config)
         dim = config.embedding_length
         q_dim, kv_dim = self.heads * self.head_dim, self.kv_heads * self.head_dim
-        self.wq = nn.Linear(dim, q_dim, bias=False, dtype=dtype)
-        self.wk = nn.Linear(dim, kv_dim, bias=False, dtype=dtype)
-        self.wv = nn.Linear(dim, kv_dim, bias=False, dtype=dtype)
-        self.wo = nn.Linear(q_dim, dim, bias=False, dtype=dtype)
+        self.wq = Linear(dim, q_dim, bias=False, dtype=dtype)
+        self.wk = Linear(dim, kv_dim, bias=False, dtype=dtype)
+        self.wv = Linear(dim, kv_dim, bias=False, dtype=dtype)
+        self.wo = Linear(q_dim, dim, bias=False, dtype=dtype)
 
     def forward(
         self,
@@ -133,7 +145,7 @@ class PagedLlama(nn.Module):
         layers = range(config.block_count)
         self.blk = nn.ModuleList(Block(config, i, self.options, self.dtype) for i in layers)
         self.output_norm = RMSNorm(dim, config.rms_norm_eps, self.dtype)
-        self.output = nn.Linear(dim, vocab, bias=False, dtype=self.dtype)
+        self.output = Linear(dim, vocab, bias=False, dtype=self.dtype)
         if config.tie_word_embeddings:
             self.output.weight = self.token_embd.weight
         # Plain floats, not a buffer: export builds the model on the meta device, where a
