@@ -463,7 +463,7 @@ def time_scale(args: argparse.Namespace, deadline: float, bandwidth: float) -> d
         tokens = rng.integers(0, cfg.vocab_size, (bs, blocks_per_row * stride))
         ids = np.arange(1, 1 + bs * blocks_per_row).reshape(bs, blocks_per_row)
         lens = np.full(bs, args.prompt)
-        ms = _median_ms(args.repeat, session.prefill, tokens, lens, ids)
+        ms = _median_ms(args.repeat, session.prefill, tokens, np.zeros(bs, np.int64), lens, ids)
         results["prefill"].append(
             {
                 "batch": bs,

@@ -92,7 +92,9 @@ def child(args: argparse.Namespace, folder: Path) -> dict[str, float]:
         tokens[0, :n] = rng.integers(0, session.config.vocab_size, n)
         ids = np.arange(1, 1 + blocks).reshape(1, blocks)
         base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # weights in, cache zeroed
-        seconds = _best_s(args.repeat, lambda: session.prefill(tokens, np.array([n]), ids))
+        seconds = _best_s(
+            args.repeat, lambda: session.prefill(tokens, np.zeros(1, np.int64), np.array([n]), ids)
+        )
     else:
         import torch
         import transformers

@@ -123,7 +123,9 @@ def paged_prefill(
     for i, p in enumerate(prompts):
         tokens[i, : len(p)] = torch.tensor(p)
     seq_lens = torch.tensor([len(p) for p in prompts], dtype=torch.int64)
-    logits = model.prefill(tokens, seq_lens, _padded_ids(pages, blocks), cache, all_positions=True)
+    start = torch.zeros(len(prompts), dtype=torch.int64)
+    ids = _padded_ids(pages, blocks)
+    logits = model.prefill(tokens, start, seq_lens, ids, cache, all_positions=True)
     return [logits[i, : len(p)].float() for i, p in enumerate(prompts)]
 
 

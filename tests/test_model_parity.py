@@ -151,3 +151,47 @@ def test_f16_attention_in_an_f32_model_stays_near_reference() -> None:
     assert model.blk[0].attn.attn_dtype == torch.float16
     (seq,), (logits,) = greedy(model, model.allocate_cache(CACHE_PAGES), [PROMPT], [PAGES], 8)
     assert rel_err(logits, hf_logits(_hf("llama"), seq)) < 5e-3
+
+
+@pytest.mark.parametrize("name", ["llama", "mistral"])
+@pytest.mark.parametrize("chunk_pages", [1, 2])
+def test_prefill_in_chunks_at_start_positions_matches_transformers(
+    name: str, chunk_pages: int
+) -> None:
+    """Chunks written after the pages before them (start_pos > 0) give transformers' logits at
+    every position, and the same cache as one whole-prompt prefill; rows of one call may
+    start at different positions."""
+    model = _paged(name)
+    expected = hf_logits(_hf(name), PROMPT)
+    whole = model.allocate_cache(CACHE_PAGES)
+    paged_prefill(model, whole, [PROMPT], [PAGES])
+    chunked = model.allocate_cache(CACHE_PAGES)
+    size, got = chunk_pages * STRIDE, []
+    for start in range(0, len(PROMPT), size):
+        chunk = PROMPT[start : start + size]
+        tokens = torch.zeros(2, size, dtype=torch.int64)
+        tokens[0, : len(chunk)] = torch.tensor(chunk)
+        ids = PAGES[: pages_needed(start + size)]
+        # row 1: a padding row on the scratch page, starting at 0
+        table = torch.tensor([ids, [0] * len(ids)])
+        with torch.no_grad():
+            out = model.prefill(
+                tokens,
+                torch.tensor([start, 0]),
+                torch.tensor([start + len(chunk), 1]),
+                table,
+                chunked,
+                all_positions=True,
+            )
+            last = model.prefill(
+                tokens,
+                torch.tensor([start, 0]),
+                torch.tensor([start + len(chunk), 1]),
+                table,
+                chunked.clone(),
+            )
+        got.append(out[0, : len(chunk)].float())
+        torch.testing.assert_close(last[0, 0], out[0, len(chunk) - 1])  # the chunk's last
+    assert rel_err(torch.cat(got), expected) < F32_TOL
+    used = PAGES[: pages_needed(len(PROMPT))]
+    torch.testing.assert_close(chunked[used], whole[used])

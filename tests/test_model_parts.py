@@ -171,15 +171,28 @@ def test_torch_export_with_dynamic_batch_and_pages() -> None:
             return self.model.decode(tokens, seq_lens, start_positions, seq_block_ids, cache)
 
     class Prefill(Decode):
-        def forward(self, tokens, seq_lens, seq_block_ids, cache):
-            return self.model.prefill(tokens, seq_lens, seq_block_ids, cache)
+        def forward(self, tokens, start_pos, seq_lens, seq_block_ids, cache):
+            return self.model.prefill(tokens, start_pos, seq_lens, seq_block_ids, cache)
 
     bs, blocks, pages = Dim("bs", max=64), Dim("blocks", min=2, max=64), Dim("pages")
+    chunk = Dim("chunk", min=2, max=64)
     ids = torch.tensor([[1, 2], [3, 4]])
     prefill = export(
         Prefill(),
-        (torch.zeros(2, 8, dtype=torch.int64), torch.tensor([8, 3]), ids, model.allocate_cache(5)),
-        dynamic_shapes=({0: bs, 1: blocks * STRIDE}, {0: bs}, {0: bs, 1: blocks}, {0: pages}),
+        (
+            torch.zeros(2, 8, dtype=torch.int64),
+            torch.zeros(2, dtype=torch.int64),
+            torch.tensor([8, 3]),
+            ids,
+            model.allocate_cache(5),
+        ),
+        dynamic_shapes=(
+            {0: bs, 1: chunk * STRIDE},
+            {0: bs},
+            {0: bs},
+            {0: bs, 1: blocks},
+            {0: pages},
+        ),
     ).module()
     start = torch.tensor([7, 3])
     decode = export(
@@ -196,7 +209,7 @@ def test_torch_export_with_dynamic_batch_and_pages() -> None:
         tokens[i, : len(p)] = torch.tensor(p)
     ids = torch.tensor([t + [0] * (3 - len(t)) for t in table])
     lens = torch.tensor([len(p) for p in prompts])
-    got = prefill(tokens, lens, ids, traced_slab)
+    got = prefill(tokens, torch.zeros(3, dtype=torch.int64), lens, ids, traced_slab)
     assert got.shape == (3, 1, model.config.vocab_size)  # each row's last position only
     for i in range(len(prompts)):
         torch.testing.assert_close(got[i, 0], expected[i][-1])

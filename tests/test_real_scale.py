@@ -85,18 +85,27 @@ def _rel(a: np.ndarray, b: np.ndarray) -> float:
 
 @pytest.mark.parametrize("prompt", [PROMPT, LONG], ids=["20-tokens", "1000-tokens"])
 def test_half_precision_matches_transformers(built, prompt: list[int], tmp_path: Path) -> None:
+    """Greedy tokens equal float32 transformers' until a step where its top two are closer
+    than the half-precision logits can tell apart (then either is right, and from there the
+    two continuations feed different tokens, so their logits no longer compare); the logits
+    up to there are as close to float32 as transformers' own in that dtype."""
     name, hf, art = built
     exact_tokens, exact = _reference(hf, prompt, torch.float32)
-    half_tokens, half = _reference(hf, prompt, DTYPES[name])
+    _, half = _reference(hf, prompt, DTYPES[name])
     doc = run_cli(art, prompt, STEPS, tmp_path / "logits.npy")
     ours = np.load(tmp_path / "logits.npy")
     assert ours.shape == (STEPS, VOCAB)
-    # first step (prefill) and every decode step, against float32
-    assert _rel(ours[:1], exact[:1]) <= max(2 * _rel(half[:1], exact[:1]), 1e-3)
-    assert _rel(ours, exact) <= max(2 * _rel(half, exact), 1e-3)
-    same = sum(a == b for a, b in zip(doc["tokens"], exact_tokens, strict=True))
-    theirs = sum(a == b for a, b in zip(half_tokens, exact_tokens, strict=True))
-    assert same >= min(theirs, STEPS - 1)
+    agree = next(
+        (i for i, (a, b) in enumerate(zip(doc["tokens"], exact_tokens, strict=True)) if a != b),
+        STEPS,
+    )
+    seen = min(agree + 1, STEPS)  # the steps fed the same tokens as the reference
+    assert _rel(ours[:seen], exact[:seen]) <= max(2 * _rel(half[:seen], exact[:seen]), 1e-3)
+    if agree < STEPS:
+        step = exact[agree]
+        gap = abs(step[exact_tokens[agree]] - step[doc["tokens"][agree]])
+        resolution = float(torch.finfo(DTYPES[name]).eps) * np.abs(step).max()
+        assert gap <= 2 * resolution, f"step {agree}: a clear winner missed (gap {gap:.4f})"
 
 
 def test_token_ids_at_the_vocabulary_edge(built) -> None:

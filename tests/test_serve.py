@@ -18,6 +18,7 @@ import urllib.request
 from collections.abc import Iterator
 from email.message import Message
 from pathlib import Path
+from typing import Any
 
 import openai
 import pytest
@@ -162,6 +163,74 @@ def test_openai_completions_equal_irforge_run(
         "return_input_ids": True,
     }
     assert post(f"{server}/generate", body)[2] == [want["tokens"]]
+
+
+def _hf_logprobs(llama_dir: Path, prompt: list[int], tokens: list[int]) -> Any:
+    """transformers' f32 log-softmax at each generated position: [len(tokens), vocab]."""
+    import torch
+    import transformers
+
+    hf = transformers.AutoModelForCausalLM.from_pretrained(llama_dir).eval()
+    with torch.no_grad():
+        logits = hf(torch.tensor([prompt + tokens])).logits[0, len(prompt) - 1 : -1]
+    return torch.log_softmax(logits.float(), dim=-1)
+
+
+def test_logprobs_are_transformers_log_softmax(
+    client: openai.OpenAI, session: Session, llama_artifacts: Path, llama_dir: Path
+) -> None:
+    """/v1/completions logprobs (streamed too) and chat logprobs/top_logprobs: the chosen and
+    the likeliest tokens' log-probabilities equal transformers' f32 log-softmax (1e-4)."""
+    codec = TextCodec(llama_artifacts)
+    prompt = codec.encode(TEXT)
+    done = client.completions.create(
+        model="tiny", prompt=TEXT, max_tokens=6, temperature=0, logprobs=3
+    )
+    lp = done.choices[0].logprobs
+    tokens = solo(session, prompt, 6)
+    want = _hf_logprobs(llama_dir, prompt, tokens)
+    assert len(lp.token_logprobs) == len(tokens) and lp.text_offset[0] == 0
+    for step, (got, top) in enumerate(zip(lp.token_logprobs, lp.top_logprobs, strict=True)):
+        best = want[step].topk(3)
+        assert abs(got - want[step].max().item()) < 1e-4  # greedy: the chosen is the likeliest
+        expected = {
+            codec.piece(int(i)): v.item() for v, i in zip(best.values, best.indices, strict=True)
+        }
+        assert set(top) == set(expected)
+        assert all(abs(top[k] - v) < 1e-4 for k, v in expected.items())
+    # (the pieces need not join to the text: the tiny vocabulary splits characters into bytes)
+    assert lp.text_offset == [sum(len(t) for t in lp.tokens[:i]) for i in range(len(tokens))]
+    chunks = list(
+        client.completions.create(
+            model="tiny", prompt=TEXT, max_tokens=6, temperature=0, logprobs=3, stream=True
+        )
+    )
+    streamed = [x for c in chunks if c.choices[0].logprobs for x in c.choices[0].logprobs.tokens]
+    offsets = [
+        o for c in chunks if c.choices[0].logprobs for o in c.choices[0].logprobs.text_offset
+    ]
+    assert streamed == lp.tokens and offsets == lp.text_offset
+
+    messages = [{"role": "user", "content": TEXT}]
+    chat = client.chat.completions.create(
+        model="tiny",
+        messages=messages,
+        max_tokens=4,
+        temperature=0,
+        logprobs=True,
+        top_logprobs=2,
+    )
+    content = chat.choices[0].logprobs.content
+    ids = codec.chat_ids(messages)
+    tokens = solo(session, ids, 4)
+    want = _hf_logprobs(llama_dir, ids, tokens)
+    assert len(content) == len(tokens)
+    for step, entry in enumerate(content):
+        assert abs(entry.logprob - want[step].max().item()) < 1e-4
+        assert [t.token for t in entry.top_logprobs] == [
+            codec.piece(int(i)) for i in want[step].topk(2).indices
+        ]
+        assert entry.bytes == list(entry.token.encode())
 
 
 def test_stop_strings_and_seeds(client: openai.OpenAI, llama_artifacts: Path) -> None:
@@ -322,6 +391,13 @@ BAD = [
     ("/generate", {"input_ids": [[1]] * 257}, 422, "input_ids"),
     ("/v1/completions", {"prompt": "x", "max_tokens": 5, "min_tokens": 6}, 400, "min_tokens"),
     ("/v1/completions", {"prompt": "x", "stop_token_ids": [999]}, 400, "stop token id 999"),
+    ("/v1/completions", {"prompt": "x", "logprobs": 21}, 400, "logprobs must be between 0"),
+    (
+        "/v1/chat/completions",
+        {"messages": [{"role": "user", "content": "x"}], "top_logprobs": 2},
+        400,
+        "top_logprobs needs logprobs",
+    ),
     # JSON's "\ud800" is a lone surrogate: no tokenizer takes it (issue 14, item 7)
     ("/v1/completions", b'{"prompt": "\\ud800"}', 422, "not valid Unicode"),
     (

@@ -37,11 +37,19 @@ def test_split_picks_the_smallest_batch_that_fits() -> None:
 
 
 def test_padding_rows_and_blocks_point_at_the_scratch_page() -> None:
-    tokens, seq_lens, ids = prefill_arrays([[1, 2, 3], list(range(20))], [[7], [8, 9]], 4, 16)
-    assert tokens.shape == (4, 32) and ids.shape == (4, 2)
+    tokens, start, seq_lens, ids = prefill_arrays(
+        [[1, 2, 3], list(range(20))], [[7], [8, 9]], 4, 16
+    )
+    assert tokens.shape == (4, 32) and ids.shape == (4, 2) and not start.any()
     assert ids.tolist() == [[7, SCRATCH_PAGE], [8, 9], [SCRATCH_PAGE] * 2, [SCRATCH_PAGE] * 2]
     assert seq_lens.tolist() == [3, 20, 1, 1]
     assert tokens[0, :4].tolist() == [1, 2, 3, 0] and not tokens[2:].any()
+    # a chunk after a cached page: its pages listed from position 0, the chunk's all covered
+    tokens, start, seq_lens, ids = prefill_arrays(
+        [[4] * 5, [1] * 17], [[7, 3], [8, 9]], 2, 16, [16, 0]
+    )
+    assert start.tolist() == [16, 0] and seq_lens.tolist() == [21, 17]
+    assert tokens.shape == (2, 32) and ids.tolist() == [[7, 3, 0], [8, 9, 0]]
     tokens, seq_lens, starts, ids = decode_arrays([5, 6], [15, 16], [[7], [8, 9]], 4, 16)
     assert starts.tolist() == [15, 16, 0, 0] and seq_lens.tolist() == [16, 17, 1, 1]
     assert ids.tolist() == [[7, 0], [8, 9], [0, 0], [0, 0]]
@@ -382,3 +390,90 @@ def test_streaming_detokenizer_equals_decoding_everything(llama_dir: Path) -> No
     first = next(i for i in range(1, len(ids)) if codec.decode(ids[:i]).endswith("\ufffd"))
     text = "".join(cut.step(t) for t in ids[:first]) + cut.flush()
     assert text == codec.decode(ids[:first])
+
+
+# -- prefix caching and chunked prefill ---------------------------------------------------------
+
+
+def test_prefix_cache_pages_are_shared_counted_and_freed_by_their_last_user() -> None:
+    from irforge.runtime.pages import PageAllocator
+    from irforge.runtime.prefix_cache import PrefixCache
+
+    cache = PrefixCache(PageAllocator(6), stride=4)  # 5 usable pages
+    prompt = list(range(10))  # 2 full pages and a partial one
+    first = cache.allocate(3)
+    cache.register(prompt, first)
+    assert cache.cached_count == 2  # the partial page is not offered
+    second = cache.lookup(prompt + [99])
+    assert second == first[:2]  # both full pages, shared
+    assert cache.lookup(prompt[:8]) == first[:1]  # the last token is always computed
+    assert cache.lookup([1] + prompt[1:]) == []  # a page is keyed by every token before it
+    cache.free(first[:1])  # the third lookup's hold
+    cache.free(first)
+    assert cache.free_count == 3  # the partial page; the shared ones are held by `second`
+    cache.free(second)
+    assert cache.free_count == 5 and cache.cached_count == 2  # idle but cached, and free
+    assert cache.lookup(prompt) == first[:2]  # found again while idle
+    cache.free(first[:2])
+    assert len(cache.allocate(4)) == 4 and cache.cached_count == 1  # one idle page evicted:
+    assert cache.lookup(prompt) == first[:1]  # the deeper one, so the first still leads
+
+
+def _engine_tokens(folder: Path, prompts: list[list[int]], n: int, **options: object) -> tuple:
+    with Engine(folder, **options) as engine:
+        first = engine.submit(prompts[0], max_tokens=n, ignore_eos=True).wait(60)
+        rest = [engine.submit(p, max_tokens=n, ignore_eos=True) for p in prompts[1:]]
+        tokens = [first.tokens] + [r.wait(60).tokens for r in rest]
+        cached = [r.cached_tokens for r in [first, *rest]]
+        assert _all_free(engine)
+        return tokens, cached, engine.metrics, engine.pages.cached_count
+
+
+@pytest.mark.iree
+def test_prefix_caching_and_chunked_prefill_keep_transformers_greedy_tokens(
+    llama_artifacts: Path, llama_dir: Path
+) -> None:
+    """Prompts sharing a 3-page prefix (stride 16) give the same greedy tokens with the cache on
+    or off, in whole or one-page chunks, and those are transformers' own; the later prompts
+    find the shared pages instead of computing them."""
+    from test_export_run import reference
+
+    system = (BASE * 3)[:48]
+    prompts = [system + BASE[:k] for k in (5, 1, 9, 20, 13)]
+    want = [reference(llama_dir, p, 6)[0] for p in prompts]
+    off, cached_off, _, _ = _engine_tokens(llama_artifacts, prompts, 6, prefix_caching=False)
+    assert off == want and not any(cached_off)
+    on, cached, metrics, held = _engine_tokens(llama_artifacts, prompts, 6)
+    assert on == want
+    assert cached == [0, 48, 48, 48, 48] and held >= 3
+    assert metrics.counter("prefix_cache_hit_tokens_total") == 4 * 48
+    assert metrics.counter("prefix_cache_lookups_total") == 5
+    chunked, _, metrics, _ = _engine_tokens(llama_artifacts, prompts, 6, prefill_chunk=16)
+    assert chunked == want
+    computed = sum(len(p) for p in prompts) - 4 * 48
+    assert metrics.counter("prompt_tokens_total") == computed
+    assert sum(metrics.counter("prefill_calls_total", bs=b) for b in ("1", "4")) >= 5
+
+
+@pytest.mark.iree
+def test_a_long_prompt_is_prefilled_between_decode_steps(llama_artifacts: Path) -> None:
+    """With one-page chunks, a 5-page prompt arriving while a stream decodes takes 5 engine
+    steps to prefill, and the stream gets a token in each of them."""
+    with Engine(llama_artifacts, prefill_chunk=16, prefix_caching=False) as engine:
+        running = engine.submit(BASE, max_tokens=40, ignore_eos=True)
+        while len(running.tokens) < 2:
+            time.sleep(0.01)
+        before = len(running.tokens)
+        long = engine.submit([7] * 70 + BASE[:10], max_tokens=2, ignore_eos=True)
+        while not long.tokens and not long.done:
+            time.sleep(0.001)
+        during = len(running.tokens) - before  # read late if anything: never too few
+        long.wait(60)
+        assert running.wait(60).tokens == _solo(llama_artifacts, BASE, 40, eos=False)
+        assert long.tokens == _solo(llama_artifacts, [7] * 70 + BASE[:10], 2, eos=False)
+        # 2 calls for the stream's 20 tokens, 5 one-page calls for the 80, each followed by a
+        # decode step of the stream
+        assert sum(engine.metrics.counter("prefill_calls_total", bs=b) for b in "14") == 7
+        assert during >= 4
+        assert engine.metrics.counter("prompt_tokens_total") == len(BASE) + 80
+        assert _all_free(engine)

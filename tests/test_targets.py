@@ -103,7 +103,7 @@ def test_cache_is_zeroed_on_the_device_and_updated_in_place(llama_artifacts: Pat
     stride = session.options.block_seq_stride
     tokens = np.zeros((1, stride), np.int64)
     tokens[0, :5] = [1, 5, 9, 20, 7]
-    session.prefill(tokens, np.array([5]), np.array([[3]]))
+    session.prefill(tokens, np.array([0]), np.array([5]), np.array([[3]]))
     after = session.caches[0].to_host()
     assert np.any(after[3]) and not np.any(np.delete(after, 3, axis=0))
 

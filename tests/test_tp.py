@@ -114,8 +114,9 @@ def test_eager_sharded_model_matches_unsharded(tp: int, tp4_archive: Path) -> No
     seq_lens, ids = torch.tensor([20, 7]), torch.tensor([[1, 2], [3, 4]])
     cache = reference.allocate_cache(8)
     caches = [r.kv_cache.allocate(8) for r in model.ranks]
-    want = reference.prefill(tokens, seq_lens, ids, cache)
-    torch.testing.assert_close(model.prefill(tokens, seq_lens, ids, caches), want)
+    start = torch.zeros(2, dtype=torch.int64)
+    want = reference.prefill(tokens, start, seq_lens, ids, cache)
+    torch.testing.assert_close(model.prefill(tokens, start, seq_lens, ids, caches), want)
     step = torch.tensor([[5], [6]])
     want = reference.decode(step, seq_lens + 1, seq_lens, ids, cache)
     torch.testing.assert_close(model.decode(step, seq_lens + 1, seq_lens, ids, caches), want)

@@ -12,6 +12,9 @@ ARCHIVE_NAME = "model.irpa"  # plus model.rank{i}.irpa for a TP program
 MLIR_NAME = "model.mlir"
 SHORTFIN_CONFIG_NAME = "config.json"  # shortfin's, exactly its keys
 PARAMETER_SCOPE = "model"  # the scope every external parameter of the program lives in
+# prefill_bs{N} takes start_pos (shortfin's `has_prefill_position` ABI): it prefills a chunk
+# after pages already in the cache, for chunked prefill and prefix caching
+HAS_PREFILL_POSITION = True
 TOKENIZER_JSON = "tokenizer.json"
 TOKENIZER_CONFIG = "tokenizer_config.json"
 # Files a tokenizer needs, carried from a source to its archive and on into the folder.

@@ -171,6 +171,9 @@ class Manifest:
     versions: dict[str, str] = field(default_factory=dict)
     source: str = ""
     build: dict[str, Any] = field(default_factory=dict)  # `irforge build`'s step records
+    # prefill_bs{N} takes start_pos (artifacts.HAS_PREFILL_POSITION); folders exported
+    # before it existed lack the key and prefill whole prompts only
+    prefill_position: bool = False
     schema_version: int = SCHEMA_VERSION
 
     def replace(self, **changes: Any) -> Manifest:
@@ -238,6 +241,7 @@ class Manifest:
                 versions=dict(d["versions"]),
                 source=d["source"],
                 build=dict(d.get("build") or {}),
+                prefill_position=_bool("prefill_position", d.get("prefill_position", False)),
             )
         except ManifestError:
             raise
@@ -245,6 +249,12 @@ class Manifest:
             raise ManifestError(f"{path}: {e}") from e
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise ManifestError(f"{path}: malformed manifest ({type(e).__name__}: {e})") from e
+
+
+def _bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name} must be true or false, got {value!r}")
+    return value
 
 
 def _tuples(cls: type, d: dict[str, Any]) -> Any:

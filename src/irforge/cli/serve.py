@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from ..runtime.batching import DEFAULT_PREFILL_CHUNK
 from ._options import DeviceIdsOpt, DeviceOpt, parse_device_ids
 
 
@@ -30,6 +31,22 @@ def serve_cmd(
         float | None,
         typer.Option(help="Instead of --kv-cache-pages: as many pages as fit in G GiB.", min=0),
     ] = None,
+    prefix_caching: Annotated[
+        bool,
+        typer.Option(
+            help="Share the KV-cache pages of prompt prefixes between requests (whole pages "
+            "of identical leading tokens are not prefilled again)."
+        ),
+    ] = True,
+    prefill_chunk: Annotated[
+        int,
+        typer.Option(
+            help="Prompt tokens prefilled per engine step, all requests together, between "
+            "decode steps, so a long prompt does not stall running streams (whole pages; "
+            "0: whole prompts at once).",
+            min=0,
+        ),
+    ] = DEFAULT_PREFILL_CHUNK,
     model_name: Annotated[
         str | None, typer.Option(help="Model id for /v1/models (default: the folder name).")
     ] = None,
@@ -55,6 +72,8 @@ def serve_cmd(
         max_queue=max_queue,
         page_count=kv_cache_pages,
         cache_gib=kv_cache_gib,
+        prefix_caching=prefix_caching,
+        prefill_chunk=prefill_chunk,
         model_name=model_name,
         drain_timeout=drain_timeout,
     )

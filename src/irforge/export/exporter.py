@@ -12,6 +12,7 @@ from .. import __version__
 from ..archive import ModelArchive, open_archive, rank_path
 from ..artifacts import (
     ARCHIVE_NAME,
+    HAS_PREFILL_POSITION,
     MLIR_NAME,
     SHORTFIN_CONFIG_NAME,
     copy_tokenizer_files,
@@ -134,7 +135,12 @@ def export(
     with mlir:
         trace(cfg, options, Path(mlir.tmp_path), on_step=on_step)
     with AtomicFile(out_dir / SHORTFIN_CONFIG_NAME) as f:
-        f.write(json.dumps(shortfin_config(cfg, options), indent=2).encode() + b"\n")
+        f.write(
+            json.dumps(
+                shortfin_config(cfg, options, has_prefill_position=HAS_PREFILL_POSITION), indent=2
+            ).encode()
+            + b"\n"
+        )
     parameters: list[str] = []
     tokenizer: list[str] = []
     if archive is not None:
@@ -150,6 +156,7 @@ def export(
         tokenizer=tuple(tokenizer),
         compiled=_still_compiled(out_dir, sha256_file(out_dir / MLIR_NAME)),
         versions=_versions(),
+        prefill_position=HAS_PREFILL_POSITION,
         source=str(archive.path if archive else preset or config or cfg.source),
     )
     manifest.save(out_dir)

@@ -25,6 +25,7 @@ from .mlir_compat import restore_isinstance
 # Pages in the example cache handed to torch.export; the page count stays symbolic.
 EXAMPLE_PAGES = 16
 EXAMPLE_BLOCKS = 4
+EXAMPLE_CHUNK_BLOCKS = 2
 
 
 class _Sampled(torch.nn.Module):
@@ -112,6 +113,7 @@ def trace(
     fxb = aot.FxProgramsBuilder(_Sampled(model, options.top_k))
     stride, tp = options.block_seq_stride, options.tensor_parallelism_size
     block = torch.export.Dim("block_seq", min=1, max=-(-options.max_seq_len // stride))
+    chunk = torch.export.Dim("chunk_seq", min=1, max=-(-options.max_seq_len // stride))
     page = torch.export.Dim("page")
     slabs = _cache_slabs(model)
     # One cache argument per device; a single device takes the bare slab (shortfin's ABI).
@@ -134,19 +136,23 @@ def trace(
         warnings.simplefilter("ignore", FutureWarning)
         for bs in options.prefill_batch_sizes:
             on_step(f"tracing prefill_bs{bs}")
+            # a chunk of the prompt: its own page count, at most the pages given (shortfin's
+            # `seq_len_blocks_dim_chunked`)
             args: tuple[Any, ...] = (
-                ints(bs, EXAMPLE_BLOCKS * stride),
+                ints(bs, EXAMPLE_CHUNK_BLOCKS * stride),
+                ints(bs),
                 ints(bs),
                 ints(bs, EXAMPLE_BLOCKS),
                 caches,
             )
             dims = {
-                "tokens": {1: block * stride},
+                "tokens": {1: chunk * stride},
+                "start_pos": {},
                 "seq_lens": {},
                 "seq_block_ids": {1: block},
                 "cache": cache_dims,
             }
-            _program(fxb, f"prefill_bs{bs}", "prefill", args, dims, devices(3))
+            _program(fxb, f"prefill_bs{bs}", "prefill", args, dims, devices(4))
         for bs in options.decode_batch_sizes:
             on_step(f"tracing decode_bs{bs}")
             args = (ints(bs, 1), ints(bs), ints(bs), ints(bs, EXAMPLE_BLOCKS), caches)
@@ -169,8 +175,8 @@ def _program(fxb, name, method, args, dims, arg_device) -> None:  # noqa: ANN001
     fn: Callable[..., Any]
     if method == "prefill":
 
-        def prefill(module, tokens, seq_lens, seq_block_ids, cache):  # noqa: ANN001, ANN202
-            return module.prefill(tokens, seq_lens, seq_block_ids, cache)
+        def prefill(module, tokens, start_pos, seq_lens, seq_block_ids, cache):  # noqa: ANN001, ANN202
+            return module.prefill(tokens, start_pos, seq_lens, seq_block_ids, cache)
 
         fn = prefill
     else:

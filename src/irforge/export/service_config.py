@@ -15,7 +15,9 @@ from ..manifest import ExportOptions
 SHORTFIN_DTYPES = {"f32": "float32", "f16": "float16", "bf16": "bfloat16"}
 
 
-def shortfin_config(config: ModelConfig, options: ExportOptions) -> dict[str, Any]:
+def shortfin_config(
+    config: ModelConfig, options: ExportOptions, *, has_prefill_position: bool
+) -> dict[str, Any]:
     tp = options.tensor_parallelism_size
     page = config.page_elements(options.block_seq_stride, tp)
     return {
@@ -24,7 +26,7 @@ def shortfin_config(config: ModelConfig, options: ExportOptions) -> dict[str, An
         "max_seq_len": options.max_seq_len,
         "attn_head_dim": config.head_dim,
         "prefill_batch_sizes": list(options.prefill_batch_sizes),
-        "has_prefill_position": False,
+        "has_prefill_position": has_prefill_position,
         "decode_batch_sizes": list(options.decode_batch_sizes),
         "transformer_block_count": config.block_count,
         "logits_normalization": "none",

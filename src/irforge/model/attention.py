@@ -19,15 +19,12 @@ def decode_mask(seq_lens: torch.Tensor, key_count: int) -> torch.Tensor:
 
 
 def attend(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor | None, *, kind: str
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor, *, kind: str
 ) -> torch.Tensor:
     """q [N, H, Sq, D], k/v [N, KV, Sk, D], allowed [N, Sq, Sk] -> [N, H, Sq, D].
 
-    Query head h reads kv head h // (H / KV), as in HF's `repeat_kv`. `allowed=None` is a
-    prefill's causal attention over its own keys (whatever `kind`): see `_causal`.
+    Query head h reads kv head h // (H / KV), as in HF's `repeat_kv`.
     """
-    if allowed is None:
-        return _causal(q, k, v)
     if kind == "sdpa":
         return _sdpa(q, k, v, allowed)
     return _decomposed(q, k, v, allowed)
@@ -60,18 +57,10 @@ def _per_head(k: torch.Tensor, heads: int) -> torch.Tensor:
     return k.unsqueeze(2).expand(n, kv_heads, heads // kv_heads, sk, d).reshape(n, heads, sk, d)
 
 
-def _causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Prefill attention as one fused causal kernel (IREE's online-softmax attention): memory
-    O(S), where the decomposed form holds [N, KV, rep·S, S] f32 scores (8.6 GB per layer for
-    32 heads at 8k positions). No padding mask is needed: a query sees only keys at or before
-    it, so a real position never sees a padding one, and padding rows' outputs are dropped."""
-    heads = q.shape[1]
-    return F.scaled_dot_product_attention(
-        q, _per_head(k, heads), _per_head(v, heads), is_causal=True
-    )
-
-
 def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """One fused kernel (IREE's online-softmax attention): its memory is the [N, Sq, Sk] mask,
+    where the decomposed form holds [N, KV, rep·Sq, Sk] f32 scores (8.6 GB per layer for 32
+    heads at 8k positions)."""
     heads = q.shape[1]
     k, v = _per_head(k, heads), _per_head(v, heads)  # [N, H, Sk, D]
     # An additive bias rather than a boolean mask: SDPA turns a fully masked boolean row

@@ -116,24 +116,54 @@ class PagedKVCache:
 
 
 class PrefillKV:
-    """Prefill's cache access: attend to the prompt's own K/V; store them in its pages at flush."""
+    """Prefill's cache access for a chunk at positions [start_pos, start_pos + S) of each row:
+    attend to the pages before the chunk plus the chunk's own K/V; store the chunk's pages at
+    flush. With start_pos 0 it is a whole prompt's prefill (the gathered pages are all replaced).
 
-    def __init__(self, cache: PagedKVCache, slab: torch.Tensor, seq_block_ids: torch.Tensor):
+    start_pos must be a multiple of block_seq_stride (chunks and shared prefixes are whole
+    pages), and seq_block_ids [N, B] must cover the chunk: B >= start_pos / stride + S / stride.
+    """
+
+    def __init__(
+        self,
+        cache: PagedKVCache,
+        slab: torch.Tensor,
+        seq_block_ids: torch.Tensor,
+        start_pos: torch.Tensor,
+        chunk: int,
+    ):
         self.cache, self.slab, self.seq_block_ids = cache, slab, seq_block_ids
+        n, stride = seq_block_ids.shape[0], cache.block_seq_stride
+        sk = seq_block_ids.shape[1] * stride
+        slots = torch.arange(sk, device=start_pos.device).view(1, -1)  # [1, Sk]
+        offset = slots - start_pos.view(n, 1)  # slot's position within the chunk
+        # logical_and, not `&`: torch-mlir has no lowering for aten.__and__ on i1 tensors
+        self.in_chunk = torch.logical_and(offset >= 0, offset < chunk).view(n, 1, sk, 1)
+        # Slots past the chunk hold stale or garbage values; masking the scores is not enough,
+        # as softmax's exact 0 times NaN is still NaN.
+        self.before_end = (offset < chunk).view(n, 1, sk, 1)
+        self.chunk_index = offset.clamp(0, chunk - 1).view(n, 1, sk, 1)
+        first = torch.div(start_pos, stride, rounding_mode="floor").view(n, 1)
+        pages = first + torch.arange(chunk // stride, device=start_pos.device).view(1, -1)
+        self.chunk_pages = seq_block_ids.gather(1, pages.clamp(max=seq_block_ids.shape[1] - 1))
         self.k: list[torch.Tensor] = []
         self.v: list[torch.Tensor] = []
 
     def __call__(
         self, layer: int, k: torch.Tensor, v: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """k, v [N, S, KV, D] -> keys, values [N, KV, S, D]."""
+        """k, v [N, S, KV, D] -> keys, values [N, KV, B·stride, D] (the chunk put in)."""
         self.k.append(k)
         self.v.append(v)
-        return k.transpose(1, 2), v.transpose(1, 2)
+        keys, values = self.cache.gather(self.slab, layer, self.seq_block_ids, k.dtype)
+        index = self.chunk_index.expand(-1, keys.shape[1], -1, keys.shape[3])
+        keys = torch.where(self.in_chunk, k.transpose(1, 2).gather(2, index), keys)
+        values = torch.where(self.in_chunk, v.transpose(1, 2).gather(2, index), values)
+        return torch.where(self.before_end, keys, 0), torch.where(self.before_end, values, 0)
 
     def flush(self) -> None:
-        """Write every layer's K/V (call once, after the last layer)."""
-        self.cache.write_pages(self.slab, self.k, self.v, self.seq_block_ids)
+        """Write every layer's K/V of the chunk (call once, after the last layer)."""
+        self.cache.write_pages(self.slab, self.k, self.v, self.chunk_pages)
 
 
 class DecodeKV:

@@ -89,7 +89,7 @@ class Attention(nn.Module):
         x: torch.Tensor,
         cos: torch.Tensor,
         sin: torch.Tensor,
-        allowed: torch.Tensor | None,
+        allowed: torch.Tensor,
         kv: KVAccess,
     ) -> torch.Tensor:
         n, s, _ = x.shape
@@ -100,9 +100,11 @@ class Attention(nn.Module):
         k = apply_rope(k, cos, sin, interleaved=self.interleaved)
         keys, values = kv(self.layer, k, v)  # [N, KV, Sk, D]: this step's or the pages'
         ad = self.attn_dtype
-        out = attend(
-            q.transpose(1, 2).to(ad), keys.to(ad), values.to(ad), allowed, kind=self.kind
-        ).to(x.dtype)  # [N, H, S, D]
+        # a prefill's many queries always take the fused kernel: O(S) memory, not O(S^2)
+        kind = "sdpa" if isinstance(kv, PrefillKV) else self.kind
+        out = attend(q.transpose(1, 2).to(ad), keys.to(ad), values.to(ad), allowed, kind=kind).to(
+            x.dtype
+        )  # [N, H, S, D]
         return self.wo(out.transpose(1, 2).reshape(n, s, -1))  # [N, S, dim]
 
 
@@ -119,7 +121,7 @@ class Block(nn.Module):
         x: torch.Tensor,
         cos: torch.Tensor,
         sin: torch.Tensor,
-        allowed: torch.Tensor | None,
+        allowed: torch.Tensor,
         kv: KVAccess,
     ) -> torch.Tensor:
         h = x + self.attn(self.attn_norm(x), cos, sin, allowed, kv)
@@ -193,22 +195,29 @@ class PagedLlama(nn.Module):
     def prefill(
         self,
         tokens: torch.Tensor,
+        start_pos: torch.Tensor,
         seq_lens: torch.Tensor,
         seq_block_ids: torch.Tensor,
         cache: torch.Tensor | Sequence[torch.Tensor],
         *,
         all_positions: bool = False,
     ) -> torch.Tensor:
-        """Write the prompts' K/V into their pages; logits [N, 1, vocab] of each row's last
-        position (seq_lens - 1), the only ones sampled; [N, S, vocab] with `all_positions`.
+        """Write positions [start_pos, start_pos + S) of each row into its pages, attending to
+        the pages before start_pos; logits [N, 1, vocab] of each row's last position
+        (seq_lens - 1), the only ones sampled; [N, S, vocab] with `all_positions`.
 
-        tokens [N, S] with S = block_seq_stride·B, padded past seq_lens [N]; seq_block_ids [N, B].
-        The output projection runs on N rows, not N·S: at a 128k vocabulary it is most of a
-        short prompt's work, and N·S·vocab logits would be gigabytes to return.
+        tokens [N, S] with S = block_seq_stride·C, padded past seq_lens [N] (the row's length
+        at the chunk's end); start_pos [N] a multiple of block_seq_stride (0: a whole prompt);
+        seq_block_ids [N, B] the row's pages from position 0, covering the chunk. This is
+        shortfin's `has_prefill_position` ABI. The output projection runs on N rows, not N·S:
+        at a 128k vocabulary it is most of a short prompt's work.
         """
-        positions, allowed = prefill_inputs(tokens, seq_lens, seq_block_ids, self.options)
-        kv = PrefillKV(self.kv_cache, _single_slab(cache), seq_block_ids)
-        return self._forward(tokens, positions, allowed, kv, None if all_positions else seq_lens)
+        positions, allowed = prefill_inputs(tokens, start_pos, seq_block_ids, self.options)
+        kv = PrefillKV(
+            self.kv_cache, _single_slab(cache), seq_block_ids, start_pos, tokens.shape[1]
+        )
+        keep = None if all_positions else seq_lens - start_pos
+        return self._forward(tokens, positions, allowed, kv, keep)
 
     def decode(
         self,
@@ -231,7 +240,7 @@ class PagedLlama(nn.Module):
         self,
         tokens: torch.Tensor,
         positions: torch.Tensor,
-        allowed: torch.Tensor | None,
+        allowed: torch.Tensor,
         kv: KVAccess,
         keep: torch.Tensor | None = None,
     ) -> torch.Tensor:
@@ -254,19 +263,30 @@ def last_positions(h: torch.Tensor, seq_lens: torch.Tensor) -> torch.Tensor:
 
 
 def prefill_inputs(
-    tokens: torch.Tensor, seq_lens: torch.Tensor, seq_block_ids: torch.Tensor, options: ModelOptions
-) -> tuple[torch.Tensor, None]:
-    """(positions [N, S], None: causal attention, see attention._causal) of a prefill; checks
-    S = stride x pages."""
+    tokens: torch.Tensor,
+    start_pos: torch.Tensor,
+    seq_block_ids: torch.Tensor,
+    options: ModelOptions,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(positions [N, S], allowed keys [N, S, B·stride]) of a prefill chunk; checks that S is
+    whole pages and that the pages cover at least the chunk.
+
+    A query sees the keys at or before its position, and nothing else: a real position never
+    sees a padding one, no row is fully masked, and padding rows' outputs are dropped.
+    """
     stride = options.block_seq_stride
-    if tokens.shape[1] != seq_block_ids.shape[1] * stride:
-        raise ConfigError(
-            f"prefill tokens have {tokens.shape[1]} positions, expected "
-            f"block_seq_stride {stride} x {seq_block_ids.shape[1]} pages"
-        )
     n, s = tokens.shape
-    positions = torch.arange(s, device=seq_block_ids.device).unsqueeze(0).expand(n, s)
-    return positions, None
+    pages = seq_block_ids.shape[1]
+    # checked eagerly only: traced, both are symbolic and the caller's contract
+    if isinstance(s, int) and isinstance(pages, int) and (s % stride or s > pages * stride):
+        raise ConfigError(
+            f"prefill tokens have {s} positions, expected a multiple of block_seq_stride "
+            f"{stride} no larger than the {pages} pages given"
+        )
+    dev = seq_block_ids.device
+    positions = start_pos.view(n, 1) + torch.arange(s, device=dev).view(1, s)  # [N, S]
+    keys = torch.arange(seq_block_ids.shape[1] * stride, device=dev).view(1, 1, -1)
+    return positions, keys <= positions.unsqueeze(2)
 
 
 def decode_inputs(

@@ -103,6 +103,7 @@ class ShardedPagedLlama(nn.Module):
     def prefill(
         self,
         tokens: torch.Tensor,
+        start_pos: torch.Tensor,
         seq_lens: torch.Tensor,
         seq_block_ids: torch.Tensor,
         caches: Sequence[torch.Tensor],
@@ -111,17 +112,22 @@ class ShardedPagedLlama(nn.Module):
     ) -> torch.Tensor:
         """As PagedLlama.prefill, with one cache slab per device; logits on device 0."""
         caches = self._caches(caches)
-        ids, tokens_at = self._each(seq_block_ids), self._each(tokens)
+        ids, tokens_at, starts = (
+            self._each(seq_block_ids),
+            self._each(tokens),
+            self._each(start_pos),
+        )
+        chunk = tokens.shape[1]
         kvs = [
-            PrefillKV(r.kv_cache, c, i)
-            for r, c, i in zip(self.rank_list(), caches, ids, strict=True)
+            PrefillKV(r.kv_cache, c, i, p, chunk)
+            for r, c, i, p in zip(self.rank_list(), caches, ids, starts, strict=True)
         ]
         inputs = [
-            prefill_inputs(t, n, i, self.options)
-            for t, n, i in zip(tokens_at, self._each(seq_lens), ids, strict=True)
+            prefill_inputs(t, p, i, self.options)
+            for t, p, i in zip(tokens_at, starts, ids, strict=True)
         ]
         positions, allowed = [p for p, _ in inputs], [a for _, a in inputs]
-        keep = None if all_positions else self._each(seq_lens)
+        keep = None if all_positions else self._each(seq_lens - start_pos)
         return self._forward(tokens_at, positions, allowed, kvs, keep)
 
     def decode(
@@ -150,7 +156,7 @@ class ShardedPagedLlama(nn.Module):
         self,
         tokens: list[torch.Tensor],
         positions: list[torch.Tensor],
-        allowed: list[torch.Tensor] | list[None],
+        allowed: list[torch.Tensor],
         kvs: Sequence[PrefillKV | DecodeKV],
         keep: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:

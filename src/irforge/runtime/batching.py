@@ -9,6 +9,10 @@ import numpy as np
 
 from .pages import SCRATCH_PAGE
 
+# Prompt tokens prefilled per engine step (all requests together) between decode steps: a long
+# prompt then delays running streams by one chunk's prefill per token, not by its whole prefill.
+DEFAULT_PREFILL_CHUNK = 512
+
 
 def blocks(length: int, stride: int) -> int:
     """Pages that hold `length` positions (at least one)."""
@@ -36,21 +40,38 @@ def _block_ids(pages: Sequence[Sequence[int]], used: Sequence[int], bs: int) -> 
 
 
 def prefill_arrays(
-    prompts: Sequence[Sequence[int]], pages: Sequence[Sequence[int]], bs: int, stride: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(tokens [bs, S], seq_lens [bs], block_ids [bs, B]) with S = stride * B.
+    chunks: Sequence[Sequence[int]],
+    pages: Sequence[Sequence[int]],
+    bs: int,
+    stride: int,
+    starts: Sequence[int] | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(tokens [bs, S], start_pos [bs], seq_lens [bs], block_ids [bs, B]) of one prefill call.
 
-    B is the most pages any prompt needs; a row's unused blocks and every padding row point
-    at the scratch page, so padding never writes into a live request's pages.
+    Row i holds the tokens at positions starts[i] .. starts[i] + len(chunks[i]) (default start
+    0: whole prompts); a start must be a multiple of `stride`. S is the most pages any chunk
+    needs, times stride; B covers every row's pages up to the end of its chunk's S positions.
+    A row's unused blocks and every padding row point at the scratch page, so padding never
+    writes into a live request's pages.
     """
-    used = [blocks(len(p), stride) for p in prompts]
+    starts = list(starts) if starts is not None else [0] * len(chunks)
+    if any(s % stride for s in starts):
+        raise ValueError(f"prefill starts {starts} must be multiples of block_seq_stride {stride}")
+    chunk_pages = max(blocks(len(c), stride) for c in chunks)
+    used = [blocks(s + len(c), stride) for s, c in zip(starts, chunks, strict=True)]
     block_ids = _block_ids(pages, used, bs)
-    tokens = np.zeros((bs, block_ids.shape[1] * stride), dtype=np.int64)
+    width = max(s // stride for s in starts) + chunk_pages
+    if block_ids.shape[1] < width:  # every row's chunk pages are listed, scratch past its own
+        pad = np.full((bs, width - block_ids.shape[1]), SCRATCH_PAGE, dtype=np.int64)
+        block_ids = np.concatenate([block_ids, pad], axis=1)
+    tokens = np.zeros((bs, chunk_pages * stride), dtype=np.int64)
+    start_pos = np.zeros(bs, dtype=np.int64)
     seq_lens = np.ones(bs, dtype=np.int64)  # padding rows: length 1, as shortfin pads
-    for row, p in enumerate(prompts):
-        tokens[row, : len(p)] = p
-        seq_lens[row] = len(p)
-    return tokens, seq_lens, block_ids
+    for row, (s, c) in enumerate(zip(starts, chunks, strict=True)):
+        tokens[row, : len(c)] = c
+        start_pos[row] = s
+        seq_lens[row] = s + len(c)
+    return tokens, start_pos, seq_lens, block_ids
 
 
 def decode_arrays(

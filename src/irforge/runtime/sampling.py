@@ -143,3 +143,24 @@ class Sampler:
             keep = int(np.searchsorted(np.cumsum(probs), s.top_p)) + 1
             order, probs = order[:keep], probs[:keep] / probs[:keep].sum()
         return int(order[self.rng.choice(len(order), p=probs)])
+
+
+# OpenAI's and vLLM's cap on alternatives per token (chat `top_logprobs`, completions `logprobs`)
+MAX_LOGPROBS = 20
+
+
+def token_logprobs(
+    logits: np.ndarray, chosen: int, top: int
+) -> tuple[float, tuple[tuple[int, float], ...]]:
+    """(log-probability of entry `chosen`, the `top` most likely (entry, log-probability),
+    best first) under the float32 log-softmax of the model's logits for one position, before
+    any sampling parameter: the distribution the model gave, as vLLM reports by default."""
+    x = np.asarray(logits, np.float32)
+    peak = x.max()
+    lse = peak + np.log(np.exp(x - peak, dtype=np.float32).sum(dtype=np.float32))
+    best: tuple[tuple[int, float], ...] = ()
+    if top:
+        idx = np.argpartition(-x, min(top, x.shape[-1] - 1))[:top]
+        idx = idx[np.argsort(-x[idx], kind="stable")]
+        best = tuple((int(i), float(x[i] - lse)) for i in idx)
+    return float(x[chosen] - lse), best

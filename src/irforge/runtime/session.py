@@ -67,6 +67,7 @@ class Session:
         self.folder = Path(folder)
         self.manifest = Manifest.load(self.folder)
         self.config, self.options = self.manifest.config, self.manifest.options
+        self.prefill_position = self.manifest.prefill_position
         device = normalize_driver(device)
         vmfb_path = _pick_compiled(self.manifest, self.folder, device, vmfb)
         if not vmfb_path.is_file():
@@ -133,11 +134,26 @@ class Session:
             self._functions[name] = rt.FunctionInvoker(self.context, self.device, fn)
         return self._functions[name]
 
-    def prefill(self, tokens: np.ndarray, seq_lens: np.ndarray, block_ids: np.ndarray) -> Any:
-        """prefill_bs{N}: logits [N, S, vocab] (or (values, indices) if exported with top_k)."""
+    def prefill(
+        self,
+        tokens: np.ndarray,
+        start_pos: np.ndarray,
+        seq_lens: np.ndarray,
+        block_ids: np.ndarray,
+    ) -> Any:
+        """prefill_bs{N}: logits [N, 1, vocab] of each row's last position (or (values,
+        indices) if exported with top_k). A folder exported before prefill took start_pos
+        (`prefill_position` false) prefills whole prompts only."""
         fn = self._function(f"prefill_bs{tokens.shape[0]}")
-        args = [a.astype(np.int64) for a in (tokens, seq_lens, block_ids)]
-        return _host(fn(*args, *self.caches))
+        ints = [tokens, start_pos, seq_lens, block_ids]
+        if not self.prefill_position:
+            if np.any(start_pos):
+                raise InputError(
+                    f"{self.folder}: its prefill programs start at position 0 only; "
+                    "re-export it for chunked prefill and prefix caching"
+                )
+            del ints[1]
+        return _host(fn(*[a.astype(np.int64) for a in ints], *self.caches))
 
     def decode(
         self, tokens: np.ndarray, seq_lens: np.ndarray, starts: np.ndarray, block_ids: np.ndarray

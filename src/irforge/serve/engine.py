@@ -13,8 +13,16 @@ from typing import Any
 
 from ..artifacts import TOKENIZER_JSON
 from ..errors import ConfigError
-from ..runtime.batching import blocks, decode_arrays, prefill_arrays, row_logits, split
-from ..runtime.sampling import Sampling
+from ..runtime.batching import (
+    DEFAULT_PREFILL_CHUNK,
+    blocks,
+    decode_arrays,
+    prefill_arrays,
+    row_logits,
+    split,
+)
+from ..runtime.prefix_cache import PrefixCache
+from ..runtime.sampling import MAX_LOGPROBS, Sampling, token_logprobs
 from ..runtime.session import Session
 from .errors import BadRequest, Overloaded, ShuttingDown
 from .limits import MAX_CHARS_PER_TOKEN
@@ -30,11 +38,14 @@ class Engine:
     """An artifact folder served to many callers: `submit()` from any thread, one device thread.
 
     Every IREE call happens on the engine's scheduler thread. Each iteration it drops
-    cancelled requests, admits queued ones in order while their prompt's pages fit, prefills
-    them in batches, then runs one decode step for every running request. Pages are taken as
-    sequences grow: when a running request needs a page and none is free, the most recently
-    admitted request is preempted (its pages freed, itself requeued first in line, its
-    prompt and tokens so far prefilled again when pages free up), as vLLM's recompute does.
+    cancelled requests, admits queued ones in order while their prompt's pages fit (full
+    pages already in the prefix cache are shared, not recomputed), prefills up to
+    `prefill_chunk` prompt tokens in batches, then runs one decode step for every running
+    request: a long prompt is prefilled a chunk per step, between the running streams' tokens.
+    Pages are taken as sequences grow: when a running request needs a page and none is free,
+    the most recently admitted request is preempted (its pages freed, itself requeued first in
+    line, its prompt and tokens so far prefilled again when pages free up), as vLLM's
+    recompute does.
 
     Args:
         folder: an artifact folder (`irforge export` + `irforge compile`).
@@ -44,6 +55,11 @@ class Engine:
             refused for the count (admission follows what the cache holds).
         page_count: cache pages (default: the export's device_block_count).
         cache_gib: instead of page_count, the pages that fit in this many GiB per device.
+        prefix_caching: share full prompt pages between requests that begin alike.
+        prefill_chunk: prompt tokens prefilled per step, all requests together (rounded down
+            to whole pages; 0: whole prompts at once). Both need a folder whose prefill takes
+            start_pos (`Manifest.prefill_position`); older folders prefill whole prompts.
+        parameters: an iree.runtime.ParameterIndex instead of the folder's archives (`Session`).
         start: start the scheduler thread now (tests hold it to fill the queue).
     """
 
@@ -56,6 +72,9 @@ class Engine:
         max_queue: int = 256,
         page_count: int | None = None,
         cache_gib: float | None = None,
+        prefix_caching: bool = True,
+        prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
+        parameters: Any = None,
         start: bool = True,
     ) -> None:
         self.folder = Path(folder)
@@ -65,6 +84,7 @@ class Engine:
             device_ids=device_ids,
             page_count=page_count,
             cache_gib=cache_gib,
+            parameters=parameters,
         )
         options = self.session.options
         self.stride, self.max_seq_len = options.block_seq_stride, options.max_seq_len
@@ -78,7 +98,17 @@ class Engine:
         self.eos_ids = frozenset(eos)
         self.max_queue = max_queue
         self.metrics = Metrics()
-        self.pages = self.session.pages
+        positioned = self.session.prefill_position
+        self.pages = PrefixCache(
+            self.session.pages, self.stride, enabled=prefix_caching and positioned
+        )
+        if prefill_chunk < 0:
+            raise ConfigError(f"prefill_chunk must be 0 or more tokens, got {prefill_chunk}")
+        # whole pages, as a chunk after the first starts on a page boundary
+        self.prefill_chunk = max(self.stride, prefill_chunk // self.stride * self.stride)
+        if not (prefill_chunk and positioned):
+            self.prefill_chunk = 0
+        self._prefilling: list[Request] = []  # admitted, context not all in the cache yet
         self._cond = threading.Condition()
         self._queue: deque[Request] = deque()
         self._running: list[Request] = []
@@ -106,6 +136,7 @@ class Engine:
         min_tokens: int = 0,
         stop_token_ids: Sequence[int] = (),
         detokenize: bool = True,
+        logprobs: int | None = None,
     ) -> Request:
         """Queue one generation; returns its handle at once.
 
@@ -113,7 +144,8 @@ class Engine:
         room left in the context. Raises BadRequest for a request that can never be served
         and Overloaded (or ShuttingDown) when the queue is full or the engine is stopping.
         With `detokenize=False` the request carries token ids only (a little less work per
-        token); stop strings need text, so they turn it back on.
+        token); stop strings need text, so they turn it back on. With `logprobs=N` each
+        generated token carries its log-probability and the N likeliest alternatives'.
         """
         ids, text = self._prompt(prompt)
         room = self.max_seq_len - len(ids)
@@ -157,6 +189,17 @@ class Engine:
                 f"stop token id {bad_stop} is outside the vocabulary (0..{self.vocab_size - 1})",
                 "stop_token_ids",
             )
+        if logprobs is not None:
+            if not 0 <= logprobs <= MAX_LOGPROBS:
+                raise BadRequest(
+                    f"logprobs must be between 0 and {MAX_LOGPROBS}, got {logprobs}", "logprobs"
+                )
+            if self.top_k:
+                raise BadRequest(
+                    f"logprobs need the full logits; this program returns only its top "
+                    f"{self.top_k} (exported with --top-k)",
+                    "logprobs",
+                )
         sampling = sampling or Sampling()
         bad = next((t for t, _ in sampling.logit_bias if t >= self.vocab_size), None)
         if bad is not None:
@@ -179,6 +222,7 @@ class Engine:
             min_tokens=min_tokens,
             prompt_text=text,
             detokenize=detokenize or any(stop),
+            logprobs=logprobs,
         )
         if self.text is not None and req.detokenize:
             req.decoder = self.text.stream()
@@ -227,8 +271,9 @@ class Engine:
     def gauges(self) -> dict[str, float]:
         return {
             "queue_depth": len(self._queue),
-            "running_requests": len(self._running),
+            "running_requests": len(self._running) + len(self._prefilling),
             "kv_pages_free": self.pages.free_count,
+            "kv_pages_cached": self.pages.cached_count,
             "kv_pages_total": self.pages.page_count - 1,
         }
 
@@ -279,9 +324,9 @@ class Engine:
     def _loop(self) -> None:
         while True:
             with self._cond:
-                while not (self._queue or self._running or self._abort or not self._admitting):
+                while not (self._queue or self._busy() or self._abort or not self._admitting):
                     self._cond.wait()
-                if self._abort or not (self._queue or self._running or self._admitting):
+                if self._abort or not (self._queue or self._busy() or self._admitting):
                     break
                 waiting = [r for r in self._queue if r.cancelled]
                 for r in waiting:
@@ -289,41 +334,60 @@ class Engine:
                 admitted = self._admit()
             for r in waiting:
                 self._finish(r, Status.INTERRUPTED, "cancelled")
+            self._prefilling += admitted
             try:
-                self._prefill(admitted)
+                self._prefill()
                 self._decode()
             except Exception:  # a bug here must not leave callers waiting forever
                 log.exception("engine step failed")
-                for r in admitted + self._running:
+                for r in self._prefilling + self._running:
                     self._finish(r, Status.INTERRUPTED, "error", "internal error in the engine")
-                self._running = []
+                self._running, self._prefilling = [], []
         self._interrupt_all("shutdown")
+
+    def _busy(self) -> bool:
+        return bool(self._running or self._prefilling)
 
     def _interrupt_all(self, reason: str) -> None:
         with self._cond:
-            left = list(self._queue) + self._running
+            left = list(self._queue) + self._prefilling + self._running
             self._queue.clear()
         for r in left:
             self._finish(r, Status.INTERRUPTED, reason)
-        self._running = []
+        self._running, self._prefilling = [], []
 
     def _admit(self) -> list[Request]:
         """Queued requests, in order, while the next one's context fits in the free pages."""
-        admitted = []
+        admitted: list[Request] = []
         while self._queue:
-            req = self._queue[0]
-            need = blocks(len(req.context()), self.stride)
-            if need > self.pages.free_count:
+            # With chunked prefill, no more than the next step can start: a request admitted
+            # later looks up the prefix cache after the ones before it have filled it.
+            backlog = sum(len(r.context()) - r.prefilled for r in self._prefilling + admitted)
+            if self.prefill_chunk and backlog >= self.prefill_chunk:
                 break
-            req.pages = self.pages.allocate(need)
+            req = self._queue[0]
+            context = req.context()
+            found = self.pages.lookup(context)
+            need = blocks(len(context), self.stride) - len(found)
+            if need > self.pages.free_count:
+                self.pages.free(found)
+                break
+            req.pages = found + self.pages.allocate(need)
+            req.prefilled = len(found) * self.stride
+            if not req.tokens:  # a first admission, not a resumption
+                req.cached_tokens = req.prefilled
+            if self.pages.enabled:
+                self.metrics.inc("prefix_cache_lookups_total")
+                self.metrics.inc("prefix_cache_queried_tokens_total", len(context))
+                self.metrics.inc("prefix_cache_hit_tokens_total", req.prefilled)
             admitted.append(self._queue.popleft())
         return admitted
 
     def _preempt(self, victim: Request) -> None:
         """Give the victim's pages back and requeue it first: it resumes by recomputing."""
         self.pages.free(victim.pages)
-        victim.pages = []
-        self._running.remove(victim)
+        victim.pages, victim.prefilled = [], 0
+        (self._prefilling if victim in self._prefilling else self._running).remove(victim)
         victim.set_status(Status.QUEUED)
         with self._cond:
             self._queue.appendleft(victim)
@@ -337,20 +401,23 @@ class Engine:
                 continue  # preempted for an older request in this pass
             while len(r.pages) < blocks(len(r.context()) + 1, self.stride):
                 if self.pages.free_count == 0:
-                    self._preempt(self._running[-1])  # the newest; maybe r itself
+                    # the newest: a request still prefilling, else the last admitted, maybe r
+                    self._preempt((self._prefilling or self._running)[-1])
                     if r not in self._running:
                         break
                     continue
                 r.pages += self.pages.allocate(1)
 
     def _finish(self, req: Request, status: Status, reason: str, error: str | None = None) -> None:
-        if req.done and not req.pages and req not in self._running:
+        if req.done and not req.pages and req not in self._running + self._prefilling:
             return  # already finished and counted
         if req.pages:
             self.pages.free(req.pages)
             req.pages = []
         if req in self._running:
             self._running.remove(req)
+        if req in self._prefilling:
+            self._prefilling.remove(req)
         if not req.done:
             req.set_status(status, reason, error)
         self.metrics.inc("requests_finished_total", reason=req.finish_reason or reason)
@@ -359,6 +426,8 @@ class Engine:
         try:
             choice = req.sampler(scores, ids)
             token = int(ids[choice]) if ids is not None else choice
+            if req.logprobs is not None:  # full logits only (submit refuses top-k programs)
+                req.token_logprobs.append(token_logprobs(scores, choice, req.logprobs))
         except (ValueError, FloatingPointError, IndexError) as e:
             # one request's sampling (NaN logits, say) fails that request, not the batch
             log.warning("request %s: sampling failed: %s", req.id, e)
@@ -376,24 +445,48 @@ class Engine:
         if req.done:
             self._finish(req, req.status, req.finish_reason or "stop")
 
-    def _prefill(self, admitted: list[Request]) -> None:
-        # similar lengths together: less padding up to the longest prompt of a call
-        pending = sorted(admitted, key=lambda r: len(r.context()))
+    def _chunks(self) -> list[tuple[Request, list[int]]]:
+        """This step's prefill work: (request, the context tokens to prefill next), in
+        admission order, up to prefill_chunk tokens in all (0: every request's rest)."""
+        budget = self.prefill_chunk or None
+        work = []
+        for r in self._prefilling:
+            context = r.context()
+            take = len(context) - r.prefilled
+            if budget is not None:
+                if budget < self.stride:
+                    break
+                if take > budget:  # a chunk that is not a request's last is whole pages
+                    take = budget // self.stride * self.stride
+                budget -= take
+            work.append((r, context[r.prefilled : r.prefilled + take]))
+        return work
+
+    def _prefill(self) -> None:
+        for r in [r for r in self._prefilling if r.cancelled]:
+            self._finish(r, Status.INTERRUPTED, "cancelled")
+        # similar lengths together: less padding up to the longest chunk of a call
+        pending = sorted(self._chunks(), key=lambda w: len(w[1]))
         for bs in split(self.prefill_sizes, len(pending)):
             group, pending = pending[:bs], pending[bs:]
-            live = [r for r in group if not r.cancelled]
-            for r in group:
-                if r.cancelled:
-                    self._finish(r, Status.INTERRUPTED, "cancelled")
-            if not live:
-                continue
-            contexts = [r.context() for r in live]
             out = self.session.prefill(
-                *prefill_arrays(contexts, [r.pages for r in live], bs, self.stride)
+                *prefill_arrays(
+                    [chunk for _, chunk in group],
+                    [r.pages for r, _ in group],
+                    bs,
+                    self.stride,
+                    [r.prefilled for r, _ in group],
+                )
             )
             self.metrics.inc("prefill_calls_total", bs=str(bs))
-            for row, r in enumerate(live):
-                self.metrics.inc("prompt_tokens_total", len(contexts[row]))
+            for row, (r, chunk) in enumerate(group):
+                self.metrics.inc("prompt_tokens_total", len(chunk))
+                r.prefilled += len(chunk)
+                context = r.context()
+                self.pages.register(context[: r.prefilled], r.pages)  # its full pages so far
+                if r.prefilled < len(context):
+                    continue  # more chunks to come
+                self._prefilling.remove(r)
                 self._running.append(r)
                 if r.tokens:  # resumed after preemption: its next token is already known
                     r.set_status(Status.GENERATING)

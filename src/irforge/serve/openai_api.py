@@ -14,8 +14,10 @@ from starlette.concurrency import run_in_threadpool
 from .engine import Engine, check_sampling
 from .errors import BadRequest, ModelNotFound
 from .handlers import EventStream, check_finished, sse, submit_all, wait_all
+from .logprobs import chat_logprobs, completion_logprobs
 from .request import Request as EngineRequest
 from .schemas import ChatMessage, ChatRequest, CompletionRequest, OpenAISampling
+from .text import TextCodec
 
 router = APIRouter(prefix="/v1")
 CLIENT_GONE = 499  # nginx's and shortfin's status for a request whose client left
@@ -44,8 +46,6 @@ def _check(body: OpenAISampling) -> None:
     """Refuse what this server would otherwise silently ignore."""
     if body.n != 1:
         raise BadRequest("n > 1 is not supported; send several requests", "n")
-    if getattr(body, "logprobs", None):
-        raise BadRequest("logprobs are not supported", "logprobs")
 
 
 def _logit_bias(bias: dict[str, float] | None) -> tuple[tuple[int, float], ...]:
@@ -56,7 +56,11 @@ def _logit_bias(bias: dict[str, float] | None) -> tuple[tuple[int, float], ...]:
 
 
 def _submit(
-    http: Request, body: OpenAISampling, prompts: list[Any], max_tokens: int | None
+    http: Request,
+    body: OpenAISampling,
+    prompts: list[Any],
+    max_tokens: int | None,
+    logprobs: int | None = None,
 ) -> list[EngineRequest]:
     _check(body)
     sampling = check_sampling(
@@ -78,14 +82,20 @@ def _submit(
         ignore_eos=body.ignore_eos,
         min_tokens=body.min_tokens,
         stop_token_ids=tuple(body.stop_token_ids or ()),
+        logprobs=logprobs,
     )
     return submit_all(_engine(http), [(p, options) for p in prompts])
 
 
-def _usage(reqs: list[EngineRequest]) -> dict[str, int]:
+def _usage(reqs: list[EngineRequest]) -> dict[str, Any]:
     prompt, completion = sum(len(r.prompt) for r in reqs), sum(len(r.tokens) for r in reqs)
-    total = prompt + completion
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": total}
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        # OpenAI's: prompt tokens read from the prefix cache instead of computed
+        "prompt_tokens_details": {"cached_tokens": sum(r.cached_tokens for r in reqs)},
+    }
 
 
 def _reason(r: EngineRequest) -> str:
@@ -98,7 +108,9 @@ async def completions(body: CompletionRequest, http: Request) -> Response | dict
     if body.echo or body.suffix or (body.best_of or 1) > 1:
         raise BadRequest("echo, suffix and best_of are not supported", "echo")
     # tokenizing may take a while: off the event loop, so /health and streams keep going
-    reqs = await run_in_threadpool(_submit, http, body, body.prompts(), body.max_tokens)
+    reqs = await run_in_threadpool(
+        _submit, http, body, body.prompts(), body.max_tokens, body.logprobs
+    )
     head = {
         "id": f"cmpl-{uuid.uuid4().hex}",
         "object": "text_completion",
@@ -107,28 +119,59 @@ async def completions(body: CompletionRequest, http: Request) -> Response | dict
     }
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return EventStream(_completion_events(head, reqs[0], include_usage), reqs)
+        text = _engine(http).text
+        return EventStream(_completion_events(head, reqs[0], include_usage, text), reqs)
     if not await wait_all(reqs, http):
         return Response(status_code=CLIENT_GONE)
     check_finished(reqs)
+    text = _engine(http).text
     choices = [
-        {"index": i, "text": r.text, "logprobs": None, "finish_reason": _reason(r)}
+        {
+            "index": i,
+            "text": r.text,
+            "logprobs": _completion_lp(text, r, 0, len(r.tokens)),
+            "finish_reason": _reason(r),
+        }
         for i, r in enumerate(reqs)
     ]
     return {**head, "choices": choices, "usage": _usage(reqs)}
 
 
+def _completion_lp(
+    text: TextCodec | None, r: EngineRequest, a: int, b: int, offset: int = 0
+) -> Any:
+    """Tokens a..b's logprobs (None unless asked); `offset`: where token a's text starts."""
+    if r.logprobs is None:
+        return None
+    return completion_logprobs(text, r.tokens[a:b], r.token_logprobs[a:b], offset)
+
+
+def _chat_lp(text: TextCodec | None, r: EngineRequest, a: int, b: int) -> Any:
+    if r.logprobs is None:
+        return None
+    return chat_logprobs(text, r.tokens[a:b], r.token_logprobs[a:b])
+
+
 async def _completion_events(
-    head: dict[str, Any], req: EngineRequest, include_usage: bool
+    head: dict[str, Any], req: EngineRequest, include_usage: bool, codec: TextCodec | None
 ) -> AsyncIterator[str]:
-    def chunk(text: str, reason: str | None) -> str:
-        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": reason}
+    sent = offset = 0  # tokens whose logprobs went out (held-back ones ride with the next text)
+
+    def chunk(text: str, reason: str | None, upto: int) -> str:
+        nonlocal sent, offset
+        lp, sent = _completion_lp(codec, req, sent, upto, offset), upto
+        if lp and lp["tokens"]:
+            offset = lp["text_offset"][-1] + len(lp["tokens"][-1])
+        choice = {"index": 0, "text": text, "logprobs": lp, "finish_reason": reason}
         return sse({**head, "choices": [choice]})
 
+    seen = 0
     async for delta in req.astream():
+        seen += 1
         if delta.text:
-            yield chunk(delta.text, None)
-    async for event in _close(head, req, chunk("", _reason(req)), include_usage):
+            yield chunk(delta.text, None, seen)
+    last = chunk("", _reason(req), len(req.tokens))
+    async for event in _close(head, req, last, include_usage):
         yield event
 
 
@@ -170,7 +213,10 @@ async def chat_completions(body: ChatRequest, http: Request) -> Response | dict[
         raise BadRequest(f"{engine.folder} has no tokenizer.json: chat needs one", "messages")
     ids = await run_in_threadpool(engine.text.chat_ids, [_message_dict(m) for m in body.messages])
     max_tokens = body.max_completion_tokens or body.max_tokens
-    reqs = await run_in_threadpool(_submit, http, body, [ids], max_tokens)
+    if body.top_logprobs is not None and not body.logprobs:
+        raise BadRequest("top_logprobs needs logprobs: true", "top_logprobs")
+    logprobs = (body.top_logprobs or 0) if body.logprobs else None
+    reqs = await run_in_threadpool(_submit, http, body, [ids], max_tokens, logprobs)
     head = {
         "id": f"chatcmpl-{uuid.uuid4().hex}",
         "object": "chat.completion",
@@ -180,26 +226,34 @@ async def chat_completions(body: ChatRequest, http: Request) -> Response | dict[
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         chunk_head = {**head, "object": "chat.completion.chunk"}
-        return EventStream(_chat_events(chunk_head, reqs[0], include_usage), reqs)
+        return EventStream(_chat_events(chunk_head, reqs[0], include_usage, engine.text), reqs)
     if not await wait_all(reqs, http):
         return Response(status_code=CLIENT_GONE)
     check_finished(reqs)
     r = reqs[0]
     message = {"role": "assistant", "content": r.text}
-    choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": _reason(r)}
+    lp = _chat_lp(engine.text, r, 0, len(r.tokens))
+    choice = {"index": 0, "message": message, "logprobs": lp, "finish_reason": _reason(r)}
     return JSONResponse({**head, "choices": [choice], "usage": _usage(reqs)})
 
 
 async def _chat_events(
-    head: dict[str, Any], req: EngineRequest, include_usage: bool
+    head: dict[str, Any], req: EngineRequest, include_usage: bool, codec: TextCodec | None
 ) -> AsyncIterator[str]:
-    def chunk(delta: dict[str, str], reason: str | None) -> str:
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": reason}
+    sent = 0
+
+    def chunk(delta: dict[str, str], reason: str | None, upto: int) -> str:
+        nonlocal sent
+        lp, sent = _chat_lp(codec, req, sent, upto), upto
+        choice = {"index": 0, "delta": delta, "logprobs": lp, "finish_reason": reason}
         return sse({**head, "choices": [choice]})
 
-    yield chunk({"role": "assistant", "content": ""}, None)
+    yield chunk({"role": "assistant", "content": ""}, None, 0)
+    seen = 0
     async for delta in req.astream():
+        seen += 1
         if delta.text:
-            yield chunk({"content": delta.text}, None)
-    async for event in _close(head, req, chunk({}, _reason(req)), include_usage):
+            yield chunk({"content": delta.text}, None, seen)
+    last = chunk({}, _reason(req), len(req.tokens))
+    async for event in _close(head, req, last, include_usage):
         yield event

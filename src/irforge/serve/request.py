@@ -54,6 +54,11 @@ class Request:
     finish_reason: str | None = None  # stop, length, cancelled, error, shutdown
     error: str | None = None
     pages: list[int] = field(default_factory=list)
+    # with logprobs=N: per generated token, its log-probability and the N likeliest
+    logprobs: int | None = None
+    token_logprobs: list[tuple[float, tuple[tuple[int, float], ...]]] = field(default_factory=list)
+    prefilled: int = 0  # positions of context() in the cache (found there or computed)
+    cached_tokens: int = 0  # of the prompt, found in the prefix cache at admission
     decoder: TextStream | None = field(default=None, repr=False)  # streaming detokenizer
     submitted_at: float = field(default_factory=time.perf_counter)
     first_token_at: float | None = None

@@ -112,6 +112,7 @@ class ChatRequest(OpenAISampling):
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool = False
+    top_logprobs: int | None = None
     tools: list[dict] | None = None
 
 

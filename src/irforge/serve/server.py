@@ -13,6 +13,7 @@ from typing import Any
 import uvicorn
 
 from ..errors import InputError
+from ..runtime.batching import DEFAULT_PREFILL_CHUNK
 from .app import create_app
 from .engine import Engine
 from .limits import GuardedH11
@@ -44,6 +45,8 @@ def serve(
     max_queue: int = 256,
     page_count: int | None = None,
     cache_gib: float | None = None,
+    prefix_caching: bool = True,
+    prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
     model_name: str | None = None,
     drain_timeout: float = 120.0,
 ) -> None:
@@ -61,6 +64,8 @@ def serve(
             max_queue=max_queue,
             page_count=page_count,
             cache_gib=cache_gib,
+            prefix_caching=prefix_caching,
+            prefill_chunk=prefill_chunk,
         )
     except BaseException:
         sock.close()

@@ -98,6 +98,10 @@ class TextCodec:
     def decode(self, ids: list[int]) -> str:
         return self._tok.decode(ids, skip_special_tokens=True)
 
+    def piece(self, token: int) -> str:
+        """One token's own text, special tokens included (for logprobs)."""
+        return self._tok.decode([token], skip_special_tokens=False)
+
     def stream(self) -> TextStream:
         """A streaming decoder for one generation (see TextStream)."""
         return TextStream(self._tok)

@@ -1,0 +1,55 @@
+"""Per-token log-probabilities in OpenAI's two shapes: legacy completions and chat."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from .text import TextCodec
+
+Row = tuple[float, tuple[tuple[int, float], ...]]
+
+
+def _piece(text: TextCodec | None, token: int) -> str:
+    # without a tokenizer, vLLM's spelling of a bare id
+    return text.piece(token) if text is not None else f"token_id:{token}"
+
+
+def completion_logprobs(
+    text: TextCodec | None, tokens: Sequence[int], rows: Sequence[Row], offset: int = 0
+) -> dict[str, Any]:
+    """/v1/completions `logprobs`: tokens, token_logprobs, top_logprobs (the N likeliest and
+    the chosen one, as vLLM returns) and text_offset (characters, from `offset`)."""
+    pieces = [_piece(text, t) for t in tokens]
+    offsets, at = [], offset
+    for p in pieces:
+        offsets.append(at)
+        at += len(p)
+    tops = []
+    for piece, (lp, top) in zip(pieces, rows, strict=True):
+        entry = {_piece(text, i): v for i, v in top}
+        entry.setdefault(piece, lp)
+        tops.append(entry)
+    return {
+        "tokens": pieces,
+        "token_logprobs": [lp for lp, _ in rows],
+        "top_logprobs": tops,
+        "text_offset": offsets,
+    }
+
+
+def chat_logprobs(
+    text: TextCodec | None, tokens: Sequence[int], rows: Sequence[Row]
+) -> dict[str, Any]:
+    """/v1/chat/completions `logprobs`: {"content": [{token, logprob, bytes, top_logprobs}]}."""
+
+    def one(token: int, lp: float) -> dict[str, Any]:
+        piece = _piece(text, token)
+        return {"token": piece, "logprob": lp, "bytes": list(piece.encode())}
+
+    return {
+        "content": [
+            {**one(t, lp), "top_logprobs": [one(i, v) for i, v in top]}
+            for t, (lp, top) in zip(tokens, rows, strict=True)
+        ]
+    }
