@@ -233,6 +233,27 @@ def test_logprobs_are_transformers_log_softmax(
         assert entry.bytes == list(entry.token.encode())
 
 
+def test_n_choices_and_best_of(client: openai.OpenAI) -> None:
+    """n seeded choices are the n single requests seeded seed, seed + 1, ...; best_of returns
+    the candidate with the highest cumulative logprob (OpenAI's and vLLM's ranking)."""
+    args = dict(model="tiny", prompt=TEXT, max_tokens=8, temperature=1.0, seed=11)
+    many = client.completions.create(n=3, logprobs=0, **args)
+    assert [c.index for c in many.choices] == [0, 1, 2]
+    for j, choice in enumerate(many.choices):
+        one = client.completions.create(**{**args, "seed": 11 + j})
+        assert choice.text == one.choices[0].text
+    assert len({c.text for c in many.choices}) > 1  # sampled apart
+    best = client.completions.create(n=1, best_of=3, **args)
+    assert len(best.choices) == 1 and best.choices[0].logprobs is None  # not asked for
+    score = [sum(c.logprobs.token_logprobs) for c in many.choices]
+    assert best.choices[0].text == many.choices[score.index(max(score))].text
+    assert best.usage.completion_tokens == many.usage.completion_tokens  # every copy counted
+    chat = client.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": TEXT}], max_tokens=4, n=2, seed=3
+    )
+    assert [c.index for c in chat.choices] == [0, 1]
+
+
 def test_stop_strings_and_seeds(client: openai.OpenAI, llama_artifacts: Path) -> None:
     want = irforge_run(llama_artifacts, TEXT, 12)["text"]
     stop = want[len(want) // 2 :][:2]
@@ -368,7 +389,10 @@ BAD = [
     ("/v1/completions", {"prompt": []}, 400, "empty"),
     ("/v1/completions", {"prompt": [5] * 300}, 400, "at most 255"),
     ("/v1/completions", {"prompt": [999]}, 400, "outside the vocabulary"),
-    ("/v1/completions", {"prompt": "x", "n": 2}, 400, "n > 1"),
+    ("/v1/completions", {"prompt": "x", "n": 2, "stream": True}, 400, "n = 1"),
+    ("/v1/completions", {"prompt": "x", "n": 3, "best_of": 2}, 400, "at least n"),
+    ("/v1/completions", {"prompt": "x", "best_of": 2, "stream": True}, 400, "cannot be streamed"),
+    ("/v1/completions", {"prompt": ["x"] * 200, "n": 2}, 400, "over 256 sequences"),
     ("/v1/completions", {"prompt": "x", "seed": -1}, 400, "seed must be between 0"),
     ("/v1/completions", {}, 422, "prompt: Field required"),
     ("/v1/chat/completions", {"messages": []}, 422, "messages"),

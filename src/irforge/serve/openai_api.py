@@ -14,6 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from .engine import Engine, check_sampling
 from .errors import BadRequest, ModelNotFound
 from .handlers import EventStream, check_finished, sse, submit_all, wait_all
+from .limits import MAX_PROMPTS
 from .logprobs import chat_logprobs, completion_logprobs
 from .request import Request as EngineRequest
 from .schemas import ChatMessage, ChatRequest, CompletionRequest, OpenAISampling
@@ -42,12 +43,6 @@ def _check_model(http: Request, model: str | None) -> None:
         raise ModelNotFound(f"the model {model!r} does not exist; this server serves {name!r}")
 
 
-def _check(body: OpenAISampling) -> None:
-    """Refuse what this server would otherwise silently ignore."""
-    if body.n != 1:
-        raise BadRequest("n > 1 is not supported; send several requests", "n")
-
-
 def _logit_bias(bias: dict[str, float] | None) -> tuple[tuple[int, float], ...]:
     try:
         return tuple(sorted((int(k), float(v)) for k, v in (bias or {}).items()))
@@ -61,30 +56,53 @@ def _submit(
     prompts: list[Any],
     max_tokens: int | None,
     logprobs: int | None = None,
+    copies: int = 1,
 ) -> list[EngineRequest]:
-    _check(body)
-    sampling = check_sampling(
-        body.temperature,
-        body.top_k,
-        body.top_p,
-        body.seed,
-        presence_penalty=body.presence_penalty,
-        frequency_penalty=body.frequency_penalty,
-        repetition_penalty=body.repetition_penalty,
-        logit_bias=_logit_bias(body.logit_bias),
-    )
-    if body.stream and len(prompts) != 1:
-        raise BadRequest("stream: true takes one prompt", "prompt")
-    options = dict(
-        sampling=sampling,
-        max_tokens=max_tokens,
-        stop=body.stops(),
-        ignore_eos=body.ignore_eos,
-        min_tokens=body.min_tokens,
-        stop_token_ids=tuple(body.stop_token_ids or ()),
-        logprobs=logprobs,
-    )
-    return submit_all(_engine(http), [(p, options) for p in prompts])
+    """`copies` requests per prompt (n, or best_of), prompt by prompt; copy j of a seeded
+    request samples with seed + j, so the choices differ and still reproduce."""
+    if body.stream and len(prompts) * copies != 1:
+        raise BadRequest("stream: true takes one prompt and n = 1", "n" if copies > 1 else "prompt")
+    if len(prompts) * copies > MAX_PROMPTS:
+        raise BadRequest(
+            f"{len(prompts)} prompts x {copies} choices is over {MAX_PROMPTS} sequences", "n"
+        )
+    jobs = []
+    for p in prompts:
+        for j in range(copies):
+            sampling = check_sampling(
+                body.temperature,
+                body.top_k,
+                body.top_p,
+                None if body.seed is None else body.seed + j,
+                presence_penalty=body.presence_penalty,
+                frequency_penalty=body.frequency_penalty,
+                repetition_penalty=body.repetition_penalty,
+                logit_bias=_logit_bias(body.logit_bias),
+            )
+            options = dict(
+                sampling=sampling,
+                max_tokens=max_tokens,
+                stop=body.stops(),
+                ignore_eos=body.ignore_eos,
+                min_tokens=body.min_tokens,
+                stop_token_ids=tuple(body.stop_token_ids or ()),
+                logprobs=logprobs,
+            )
+            jobs.append((p, options))
+    return submit_all(_engine(http), jobs)
+
+
+def _best(reqs: list[EngineRequest], copies: int, n: int) -> list[EngineRequest]:
+    """Per prompt, the n of its `copies` completions with the highest cumulative logprob
+    (best_of, as OpenAI and vLLM rank it); all of them, in order, when n == copies."""
+    if n == copies:
+        return reqs
+    chosen = []
+    for i in range(0, len(reqs), copies):
+        group = reqs[i : i + copies]
+        group.sort(key=lambda r: -sum(lp for lp, _ in r.token_logprobs))
+        chosen += group[:n]
+    return chosen
 
 
 def _usage(reqs: list[EngineRequest]) -> dict[str, Any]:
@@ -105,11 +123,18 @@ def _reason(r: EngineRequest) -> str:
 @router.post("/completions", response_model=None)
 async def completions(body: CompletionRequest, http: Request) -> Response | dict[str, Any]:
     _check_model(http, body.model)
-    if body.echo or body.suffix or (body.best_of or 1) > 1:
-        raise BadRequest("echo, suffix and best_of are not supported", "echo")
+    if body.echo or body.suffix:
+        raise BadRequest("echo and suffix are not supported", "echo" if body.echo else "suffix")
+    copies = body.best_of or body.n
+    if copies < body.n:
+        raise BadRequest(f"best_of ({copies}) must be at least n ({body.n})", "best_of")
+    if copies > body.n and body.stream:
+        raise BadRequest("best_of > n cannot be streamed", "best_of")
+    # ranking best_of needs each token's logprob, shown only if asked
+    logprobs = body.logprobs if body.logprobs is not None or copies == body.n else 0
     # tokenizing may take a while: off the event loop, so /health and streams keep going
     reqs = await run_in_threadpool(
-        _submit, http, body, body.prompts(), body.max_tokens, body.logprobs
+        _submit, http, body, body.prompts(), body.max_tokens, logprobs, copies
     )
     head = {
         "id": f"cmpl-{uuid.uuid4().hex}",
@@ -125,16 +150,17 @@ async def completions(body: CompletionRequest, http: Request) -> Response | dict
         return Response(status_code=CLIENT_GONE)
     check_finished(reqs)
     text = _engine(http).text
+    shown = body.logprobs is not None
     choices = [
         {
             "index": i,
             "text": r.text,
-            "logprobs": _completion_lp(text, r, 0, len(r.tokens)),
+            "logprobs": _completion_lp(text, r, 0, len(r.tokens)) if shown else None,
             "finish_reason": _reason(r),
         }
-        for i, r in enumerate(reqs)
+        for i, r in enumerate(_best(reqs, copies, body.n))
     ]
-    return {**head, "choices": choices, "usage": _usage(reqs)}
+    return {**head, "choices": choices, "usage": _usage(reqs)}  # usage counts every copy
 
 
 def _completion_lp(
@@ -216,7 +242,7 @@ async def chat_completions(body: ChatRequest, http: Request) -> Response | dict[
     if body.top_logprobs is not None and not body.logprobs:
         raise BadRequest("top_logprobs needs logprobs: true", "top_logprobs")
     logprobs = (body.top_logprobs or 0) if body.logprobs else None
-    reqs = await run_in_threadpool(_submit, http, body, [ids], max_tokens, logprobs)
+    reqs = await run_in_threadpool(_submit, http, body, [ids], max_tokens, logprobs, body.n)
     head = {
         "id": f"chatcmpl-{uuid.uuid4().hex}",
         "object": "chat.completion",
@@ -230,11 +256,16 @@ async def chat_completions(body: ChatRequest, http: Request) -> Response | dict[
     if not await wait_all(reqs, http):
         return Response(status_code=CLIENT_GONE)
     check_finished(reqs)
-    r = reqs[0]
-    message = {"role": "assistant", "content": r.text}
-    lp = _chat_lp(engine.text, r, 0, len(r.tokens))
-    choice = {"index": 0, "message": message, "logprobs": lp, "finish_reason": _reason(r)}
-    return JSONResponse({**head, "choices": [choice], "usage": _usage(reqs)})
+    choices = [
+        {
+            "index": i,
+            "message": {"role": "assistant", "content": r.text},
+            "logprobs": _chat_lp(engine.text, r, 0, len(r.tokens)),
+            "finish_reason": _reason(r),
+        }
+        for i, r in enumerate(reqs)
+    ]
+    return JSONResponse({**head, "choices": choices, "usage": _usage(reqs)})
 
 
 async def _chat_events(
