@@ -254,6 +254,65 @@ def test_n_choices_and_best_of(client: openai.OpenAI) -> None:
     assert [c.index for c in chat.choices] == [0, 1]
 
 
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "ok": {"type": "boolean"},
+        "color": {"enum": ["red", "green", "blue"]},
+        "size": {"type": "integer", "minimum": 0, "maximum": 9},
+    },
+    "required": ["ok", "color", "size"],
+    "additionalProperties": False,
+}
+
+
+def test_structured_output_parses_and_validates(client: openai.OpenAI) -> None:
+    """The tiny model's random weights would never write JSON; masked by the grammar, what
+    it writes parses and validates against the schema (jsonschema), sampled or greedy."""
+    import jsonschema
+
+    for seed in range(3):
+        done = client.chat.completions.create(
+            model="tiny",
+            messages=[{"role": "user", "content": TEXT}],
+            max_tokens=200,
+            seed=seed,
+            response_format={
+                "type": "json_schema",
+                "json_schema": {"name": "answer", "schema": SCHEMA},
+            },
+        )
+        assert done.choices[0].finish_reason == "stop"
+        jsonschema.validate(json.loads(done.choices[0].message.content), SCHEMA)
+    # vLLM's spellings on completions
+    done = client.completions.create(
+        model="tiny", prompt=TEXT, max_tokens=200, temperature=0, extra_body={"guided_json": SCHEMA}
+    )
+    assert done.choices[0].finish_reason == "stop"
+    jsonschema.validate(json.loads(done.choices[0].text), SCHEMA)
+    choices = ["yes", "no", "maybe so"]
+    done = client.completions.create(
+        model="tiny", prompt=TEXT, max_tokens=20, seed=1, extra_body={"guided_choice": choices}
+    )
+    assert done.choices[0].text in choices
+    done = client.completions.create(
+        model="tiny",
+        prompt=TEXT,
+        max_tokens=20,
+        seed=2,
+        extra_body={"guided_regex": "[a-c]{3}-[0-9]{2}"},
+    )
+    assert re.fullmatch("[a-c]{3}-[0-9]{2}", done.choices[0].text)
+    obj = client.completions.create(
+        model="tiny",
+        prompt=TEXT,
+        max_tokens=8,
+        seed=0,
+        extra_body={"response_format": {"type": "json_object"}},  # chat's field, here too
+    )
+    assert obj.choices[0].text.startswith("{")
+
+
 def test_stop_strings_and_seeds(client: openai.OpenAI, llama_artifacts: Path) -> None:
     want = irforge_run(llama_artifacts, TEXT, 12)["text"]
     stop = want[len(want) // 2 :][:2]
@@ -416,6 +475,20 @@ BAD = [
     ("/v1/completions", {"prompt": "x", "max_tokens": 5, "min_tokens": 6}, 400, "min_tokens"),
     ("/v1/completions", {"prompt": "x", "stop_token_ids": [999]}, 400, "stop token id 999"),
     ("/v1/completions", {"prompt": "x", "logprobs": 21}, 400, "logprobs must be between 0"),
+    ("/v1/completions", {"prompt": "x", "guided_regex": "(["}, 400, "cannot be compiled"),
+    (
+        "/v1/completions",
+        {"prompt": "x", "guided_regex": "a", "guided_choice": ["b"]},
+        400,
+        "give one of",
+    ),
+    ("/v1/completions", {"prompt": "x", "guided_choice": []}, 400, "non-empty strings"),
+    (
+        "/v1/completions",
+        {"prompt": "x", "response_format": {"type": "json_schema"}},
+        400,
+        "needs json_schema.schema",
+    ),
     (
         "/v1/chat/completions",
         {"messages": [{"role": "user", "content": "x"}], "top_logprobs": 2},

@@ -25,6 +25,7 @@ from ..runtime.prefix_cache import PrefixCache
 from ..runtime.sampling import MAX_LOGPROBS, Sampling, token_logprobs
 from ..runtime.session import Session
 from .errors import BadRequest, Overloaded, ShuttingDown
+from .guided import Grammars, Guide, GuidedSpec
 from .limits import MAX_CHARS_PER_TOKEN
 from .metrics import Metrics
 from .request import Request, Status
@@ -96,6 +97,11 @@ class Engine:
         if self.text and self.text.eos_id is not None:
             eos.add(self.text.eos_id)
         self.eos_ids = frozenset(eos)
+        self.grammars = (
+            Grammars(self.folder / TOKENIZER_JSON, self.vocab_size, self.eos_ids)
+            if self.text
+            else None
+        )
         self.max_queue = max_queue
         self.metrics = Metrics()
         positioned = self.session.prefill_position
@@ -137,6 +143,7 @@ class Engine:
         stop_token_ids: Sequence[int] = (),
         detokenize: bool = True,
         logprobs: int | None = None,
+        guided: GuidedSpec | None = None,
     ) -> Request:
         """Queue one generation; returns its handle at once.
 
@@ -146,6 +153,7 @@ class Engine:
         With `detokenize=False` the request carries token ids only (a little less work per
         token); stop strings need text, so they turn it back on. With `logprobs=N` each
         generated token carries its log-probability and the N likeliest alternatives'.
+        `guided` constrains the output to a JSON schema, a regex or a choice (guided.py).
         """
         ids, text = self._prompt(prompt)
         room = self.max_seq_len - len(ids)
@@ -200,6 +208,7 @@ class Engine:
                     f"{self.top_k} (exported with --top-k)",
                     "logprobs",
                 )
+        guide = self._guide(guided) if guided is not None else None
         sampling = sampling or Sampling()
         bad = next((t for t, _ in sampling.logit_bias if t >= self.vocab_size), None)
         if bad is not None:
@@ -223,6 +232,7 @@ class Engine:
             prompt_text=text,
             detokenize=detokenize or any(stop),
             logprobs=logprobs,
+            guide=guide,
         )
         if self.text is not None and req.detokenize:
             req.decoder = self.text.stream()
@@ -309,6 +319,20 @@ class Engine:
                 "prompt",
             )
         return ids, None
+
+    def _guide(self, spec: GuidedSpec) -> Guide:
+        if self.grammars is None:
+            raise BadRequest(
+                f"{self.folder} has no tokenizer.json: structured output needs one",
+                "response_format",
+            )
+        if self.top_k:
+            raise BadRequest(
+                "structured output needs the full logits; this program returns only its top "
+                f"{self.top_k} (exported with --top-k)",
+                "response_format",
+            )
+        return self.grammars.guide(spec)
 
     def _cache_takes(self, req: Request) -> bool:
         """Whether the free pages hold the prompts of every queued request and this one."""
@@ -424,10 +448,13 @@ class Engine:
 
     def _emit(self, req: Request, scores: Any, ids: Any) -> None:
         try:
-            choice = req.sampler(scores, ids)
+            allowed = req.guide.mask(scores) if req.guide is not None else scores
+            choice = req.sampler(allowed, ids)
             token = int(ids[choice]) if ids is not None else choice
             if req.logprobs is not None:  # full logits only (submit refuses top-k programs)
                 req.token_logprobs.append(token_logprobs(scores, choice, req.logprobs))
+            if req.guide is not None:
+                req.guide.accept(token)
         except (ValueError, FloatingPointError, IndexError) as e:
             # one request's sampling (NaN logits, say) fails that request, not the batch
             log.warning("request %s: sampling failed: %s", req.id, e)

@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 
 from .engine import Engine, check_sampling
 from .errors import BadRequest, ModelNotFound
+from .guided import GuidedSpec
 from .handlers import EventStream, check_finished, sse, submit_all, wait_all
 from .limits import MAX_PROMPTS
 from .logprobs import chat_logprobs, completion_logprobs
@@ -66,6 +67,7 @@ def _submit(
         raise BadRequest(
             f"{len(prompts)} prompts x {copies} choices is over {MAX_PROMPTS} sequences", "n"
         )
+    guided = _guided(body)
     jobs = []
     for p in prompts:
         for j in range(copies):
@@ -87,9 +89,36 @@ def _submit(
                 min_tokens=body.min_tokens,
                 stop_token_ids=tuple(body.stop_token_ids or ()),
                 logprobs=logprobs,
+                guided=guided,
             )
             jobs.append((p, options))
     return submit_all(_engine(http), jobs)
+
+
+def _guided(body: OpenAISampling) -> GuidedSpec | None:
+    """The request's output constraint, if any; BadRequest for two at once or a bad one."""
+    specs = []
+    fmt = body.response_format
+    if fmt is not None and fmt.type == "json_object":
+        specs.append(GuidedSpec.of("json_object"))
+    elif fmt is not None and fmt.type == "json_schema":
+        if fmt.json_schema is None or fmt.json_schema.schema_ is None:
+            raise BadRequest(
+                "response_format json_schema needs json_schema.schema", "response_format"
+            )
+        specs.append(GuidedSpec.of("json_schema", fmt.json_schema.schema_))
+    if body.guided_json is not None:
+        specs.append(GuidedSpec.of("json_schema", body.guided_json))
+    if body.guided_regex is not None:
+        specs.append(GuidedSpec.of("regex", body.guided_regex))
+    if body.guided_choice is not None:
+        specs.append(GuidedSpec.of("choice", body.guided_choice))
+    if len(specs) > 1:
+        raise BadRequest(
+            "give one of response_format, guided_json, guided_regex, guided_choice",
+            "response_format",
+        )
+    return specs[0] if specs else None
 
 
 def _best(reqs: list[EngineRequest], copies: int, n: int) -> list[EngineRequest]:

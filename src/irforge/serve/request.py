@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..runtime.sampling import Sampler, Sampling
 from .text import TextStream
@@ -57,6 +58,7 @@ class Request:
     # with logprobs=N: per generated token, its log-probability and the N likeliest
     logprobs: int | None = None
     token_logprobs: list[tuple[float, tuple[tuple[int, float], ...]]] = field(default_factory=list)
+    guide: Any = field(default=None, repr=False)  # guided.Guide: the grammar the output keeps
     prefilled: int = 0  # positions of context() in the cache (found there or computed)
     cached_tokens: int = 0  # of the prompt, found in the prefix cache at admission
     decoder: TextStream | None = field(default=None, repr=False)  # streaming detokenizer
@@ -187,6 +189,8 @@ class Request:
         if cut >= 0:
             tail, reason = tail[:cut], "stop"
         elif token in self.eos_ids and len(self.tokens) > self.min_tokens:
+            reason = "stop"
+        elif self.guide is not None and self.guide.finished:  # the grammar's output is whole
             reason = "stop"
         elif len(self.tokens) >= self.max_tokens:
             reason = "length"

@@ -46,6 +46,18 @@ class StreamOptions(_Body):
     include_usage: bool = False
 
 
+class JsonSchemaFormat(_Body):
+    name: str | None = None
+    description: str | None = None
+    schema_: dict | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(_Body):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+
 class OpenAISampling(_Body):
     model: str | None = None
     temperature: float = Field(1.0, ge=0, le=2)
@@ -64,6 +76,11 @@ class OpenAISampling(_Body):
     stop_token_ids: list[int] | None = Field(None, max_length=MAX_STOP)
     # OpenAI's: token id (as a string key) -> bias in [-100, 100]
     logit_bias: dict[str, float] | None = Field(None, max_length=1024)
+    # structured output: OpenAI's response_format, or vLLM's guided_* (one at a time)
+    response_format: ResponseFormat | None = None
+    guided_json: dict | str | None = None
+    guided_regex: str | None = Field(None, max_length=4096)
+    guided_choice: list[str] | None = Field(None, max_length=256)
 
     @model_validator(mode="before")
     @classmethod
