@@ -15,11 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .artifacts import copy_tokenizer_files, tokenizer_files
+from .artifacts import TOKENIZER_CONFIG, TOKENIZER_JSON, copy_tokenizer_files, tokenizer_files
 from .config import ModelConfig
 from .errors import ConfigError, InputError, UnsupportedModelError
+from .formats.atomic import AtomicFile
 from .formats.dtypes import BY_NAME, CONVERTIBLE
 from .formats.ggml_quants import dequantize, row_bytes
+from .formats.gguf_tokenizer import UnsupportedTokenizer, tokenizer_config_text, tokenizer_from_gguf
 from .formats.irpa import OutputEntry, tensor_metadata
 from .formats.sources import Source, open_source, read_json_file
 from .formats.tensor_ref import TensorRef, read_range
@@ -247,5 +249,21 @@ def source_record(src: Source) -> dict[str, str]:
 
 
 def copy_tokenizer(src: Source, out: Path) -> list[Path]:
-    """Copy the source's tokenizer files beside `out`."""
-    return copy_tokenizer_files(src.tokenizer_files, out.parent)
+    """Copy the source's tokenizer files beside `out`; a GGUF without a tokenizer.json next to
+    it gets one (and a tokenizer_config.json) rebuilt from its own tokenizer.ggml.* keys."""
+    copied = copy_tokenizer_files(src.tokenizer_files, out.parent)
+    names = {p.name for p in copied}
+    if src.gguf_metadata is None or TOKENIZER_JSON in names:
+        return copied
+    try:
+        text, config = tokenizer_from_gguf(src.gguf_metadata)
+    except UnsupportedTokenizer:
+        return copied  # token ids only, as before: serve says it needs a tokenizer.json
+    written = [out.parent / TOKENIZER_JSON]
+    with AtomicFile(written[0]) as f:
+        f.write(text.encode())
+    if TOKENIZER_CONFIG not in names:
+        written.append(out.parent / TOKENIZER_CONFIG)
+        with AtomicFile(written[1]) as f:
+            f.write(tokenizer_config_text(config).encode())
+    return copied + written
