@@ -313,6 +313,67 @@ def test_structured_output_parses_and_validates(client: openai.OpenAI) -> None:
     assert obj.choices[0].text.startswith("{")
 
 
+WEATHER = {
+    "type": "object",
+    "properties": {"city": {"enum": ["Paris", "Oslo"]}, "unit": {"enum": ["c", "f"]}},
+    "required": ["city", "unit"],
+    "additionalProperties": False,
+}
+TOOLS = [
+    {"type": "function", "function": {"name": "get_weather", "parameters": WEATHER}},
+    {
+        "type": "function",
+        "function": {
+            "name": "noop",
+            "parameters": {"type": "object", "properties": {}, "additionalProperties": False},
+        },
+    },
+]
+
+
+def test_forced_tool_calls_parse_in_the_openai_client(client: openai.OpenAI) -> None:
+    """A named or required tool_choice gives tool_calls whose arguments follow the tool's
+    schema (jsonschema), as the openai client parses them."""
+    import jsonschema
+
+    messages = [{"role": "user", "content": "weather in Paris?"}]
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    for choice in (named, "required"):
+        done = client.chat.completions.create(
+            model="tiny", messages=messages, tools=TOOLS, tool_choice=choice, max_tokens=200, seed=0
+        )
+        first = done.choices[0]
+        assert first.finish_reason == "tool_calls" and first.message.content is None
+        (call,) = first.message.tool_calls
+        assert call.type == "function" and call.id.startswith("call_")
+        args = json.loads(call.function.arguments)
+        if call.function.name == "get_weather":
+            jsonschema.validate(args, WEATHER)
+        else:
+            assert choice == "required" and call.function.name == "noop"
+    # "none": no tools offered, a plain answer
+    done = client.chat.completions.create(
+        model="tiny", messages=messages, tools=TOOLS, tool_choice="none", max_tokens=4
+    )
+    assert done.choices[0].message.tool_calls is None
+    # a tool result goes back in as a message
+    back = messages + [
+        {
+            "role": "assistant",
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": "{}"},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+    ]
+    done = client.chat.completions.create(model="tiny", messages=back, max_tokens=4)
+    assert done.choices[0].finish_reason in ("stop", "length")
+
+
 def test_stop_strings_and_seeds(client: openai.OpenAI, llama_artifacts: Path) -> None:
     want = irforge_run(llama_artifacts, TEXT, 12)["text"]
     stop = want[len(want) // 2 :][:2]
@@ -483,6 +544,22 @@ BAD = [
         "give one of",
     ),
     ("/v1/completions", {"prompt": "x", "guided_choice": []}, 400, "non-empty strings"),
+    (
+        "/v1/chat/completions",
+        {
+            "messages": [{"role": "user", "content": "x"}],
+            "tools": [{"type": "function", "function": {"name": "f"}}],
+            "tool_choice": {"type": "function", "function": {"name": "g"}},
+        },
+        400,
+        "not among the tools",
+    ),
+    (
+        "/v1/chat/completions",
+        {"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "web"}]},
+        400,
+        "tools[0] must be",
+    ),
     (
         "/v1/completions",
         {"prompt": "x", "response_format": {"type": "json_schema"}},

@@ -132,6 +132,28 @@ def test_chat_template_from_tokenizer_config(llama_dir: Path, tmp_path: Path) ->
     assert codec.eos_id == 2
 
 
+def test_tools_reach_the_chat_template_and_calls_parse(llama_dir: Path, tmp_path: Path) -> None:
+    from irforge.serve.tools import parse_tools, tool_calls
+
+    shutil.copy(llama_dir / "tokenizer.json", tmp_path / "tokenizer.json")
+    template = (
+        "{% if tools %}[{% for t in tools %}{{ t['function']['name'] }};{% endfor %}]{% endif %}"
+        "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    )
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"chat_template": template}))
+    codec = TextCodec(tmp_path)
+    tools = [{"type": "function", "function": {"name": n}} for n in ("a", "b")]
+    assert codec.chat_prompt([{"role": "user", "content": "hi"}], tools) == "[a;b;]hi"
+    assert codec.chat_prompt([{"role": "user", "content": "hi"}]) == "hi"
+    offered = parse_tools(tools)
+    (call,) = tool_calls('<|python_tag|>{"name": "b", "parameters": {"x": 1}}', offered) or []
+    assert call["function"] == {"name": "b", "arguments": '{"x": 1}'}
+    assert call["type"] == "function" and call["id"].startswith("call_")
+    assert tool_calls('{"name": "b", "arguments": {}}', offered) is not None  # either spelling
+    assert tool_calls('{"name": "c", "parameters": {}}', offered) is None  # not offered
+    assert tool_calls("sunny, 21 degrees", offered) is None
+
+
 @pytest.mark.parametrize(
     ("template", "message"),
     [  # 300 messages: 27 million passes of the innermost loop, minutes unbounded

@@ -20,6 +20,7 @@ from .logprobs import chat_logprobs, completion_logprobs
 from .request import Request as EngineRequest
 from .schemas import ChatMessage, ChatRequest, CompletionRequest, OpenAISampling
 from .text import TextCodec
+from .tools import forced, parse_tools, tool_calls
 
 router = APIRouter(prefix="/v1")
 CLIENT_GONE = 499  # nginx's and shortfin's status for a request whose client left
@@ -58,6 +59,7 @@ def _submit(
     max_tokens: int | None,
     logprobs: int | None = None,
     copies: int = 1,
+    call: GuidedSpec | None = None,
 ) -> list[EngineRequest]:
     """`copies` requests per prompt (n, or best_of), prompt by prompt; copy j of a seeded
     request samples with seed + j, so the choices differ and still reproduce."""
@@ -68,6 +70,10 @@ def _submit(
             f"{len(prompts)} prompts x {copies} choices is over {MAX_PROMPTS} sequences", "n"
         )
     guided = _guided(body)
+    if call is not None:  # a forced tool call's grammar
+        if guided is not None:
+            raise BadRequest("a forced tool_choice takes no response_format", "tool_choice")
+        guided = call
     jobs = []
     for p in prompts:
         for j in range(copies):
@@ -255,6 +261,10 @@ def _message_dict(m: ChatMessage) -> dict[str, Any]:
     d: dict[str, Any] = {"role": m.role, "content": content or ""}
     if m.name:
         d["name"] = m.name
+    if m.tool_calls:  # an earlier assistant turn's calls, and the results answering them
+        d["tool_calls"] = m.tool_calls
+    if m.tool_call_id:
+        d["tool_call_id"] = m.tool_call_id
     return d
 
 
@@ -262,16 +272,19 @@ def _message_dict(m: ChatMessage) -> dict[str, Any]:
 async def chat_completions(body: ChatRequest, http: Request) -> Response | dict[str, Any]:
     _check_model(http, body.model)
     engine = _engine(http)
-    if body.tools:
-        raise BadRequest("tools are not supported", "tools")
     if engine.text is None:
         raise BadRequest(f"{engine.folder} has no tokenizer.json: chat needs one", "messages")
-    ids = await run_in_threadpool(engine.text.chat_ids, [_message_dict(m) for m in body.messages])
+    offered, call = forced(parse_tools(body.tools), body.tool_choice)
+    if offered and body.stream:
+        raise BadRequest("tools cannot be streamed yet; send stream: false", "stream")
+    tools = [t for t in body.tools or [] if t["function"]["name"] in {o.name for o in offered}]
+    messages = [_message_dict(m) for m in body.messages]
+    ids = await run_in_threadpool(engine.text.chat_ids, messages, tools or None)
     max_tokens = body.max_completion_tokens or body.max_tokens
     if body.top_logprobs is not None and not body.logprobs:
         raise BadRequest("top_logprobs needs logprobs: true", "top_logprobs")
     logprobs = (body.top_logprobs or 0) if body.logprobs else None
-    reqs = await run_in_threadpool(_submit, http, body, [ids], max_tokens, logprobs, body.n)
+    reqs = await run_in_threadpool(_submit, http, body, [ids], max_tokens, logprobs, body.n, call)
     head = {
         "id": f"chatcmpl-{uuid.uuid4().hex}",
         "object": "chat.completion",
@@ -285,15 +298,20 @@ async def chat_completions(body: ChatRequest, http: Request) -> Response | dict[
     if not await wait_all(reqs, http):
         return Response(status_code=CLIENT_GONE)
     check_finished(reqs)
-    choices = [
-        {
-            "index": i,
-            "message": {"role": "assistant", "content": r.text},
-            "logprobs": _chat_lp(engine.text, r, 0, len(r.tokens)),
-            "finish_reason": _reason(r),
-        }
-        for i, r in enumerate(reqs)
-    ]
+    choices = []
+    for i, r in enumerate(reqs):
+        calls = tool_calls(r.text, offered) if offered else None
+        message: dict[str, Any] = {"role": "assistant", "content": None if calls else r.text}
+        if calls:
+            message["tool_calls"] = calls
+        choices.append(
+            {
+                "index": i,
+                "message": message,
+                "logprobs": _chat_lp(engine.text, r, 0, len(r.tokens)),
+                "finish_reason": "tool_calls" if calls else _reason(r),
+            }
+        )
     return JSONResponse({**head, "choices": choices, "usage": _usage(reqs)})
 
 

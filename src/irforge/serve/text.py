@@ -106,7 +106,9 @@ class TextCodec:
         """A streaming decoder for one generation (see TextStream)."""
         return TextStream(self._tok)
 
-    def chat_prompt(self, messages: list[dict[str, Any]]) -> str:
+    def chat_prompt(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+    ) -> str:
         """The prompt text for `messages` ([{role, content}]), ending with the assistant's turn.
 
         A template is code from the model's folder: rendering is bounded in time (every pass
@@ -121,6 +123,7 @@ class TextCodec:
                 add_generation_prompt=True,
                 bos_token=self.bos_token or "",
                 eos_token=self.eos_token or "",
+                tools=tools,  # OpenAI's list; templates that know tools (Llama 3.1) render it
             ):
                 size += len(part)
                 if size > TEMPLATE_CHARS:
@@ -140,9 +143,11 @@ class TextCodec:
         except Exception as e:  # a template error is about these messages
             raise BadRequest(f"the chat template failed on these messages: {e}", "messages") from e
 
-    def chat_ids(self, messages: list[dict[str, Any]]) -> list[int]:
+    def chat_ids(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+    ) -> list[int]:
         # templates write bos themselves; letting the tokenizer add one too would double it
-        return self.encode(self.chat_prompt(messages), special=not self.has_chat_template)
+        return self.encode(self.chat_prompt(messages, tools), special=not self.has_chat_template)
 
 
 TEMPLATE_SECONDS = 2.0
