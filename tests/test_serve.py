@@ -233,6 +233,37 @@ def test_logprobs_are_transformers_log_softmax(
         assert entry.bytes == list(entry.token.encode())
 
 
+def test_echo_scores_the_prompt_like_transformers(
+    client: openai.OpenAI, llama_dir: Path, llama_artifacts: Path
+) -> None:
+    """echo with logprobs, as lm-evaluation-harness's local-completions asks for
+    log-likelihoods (token ids in, max_tokens 1): the prompt's log-probabilities are
+    transformers' f32 log-softmax (1e-4), its first token's None."""
+    import torch
+    import transformers
+
+    prompt = [5, 17, 3, 99, 42, 7, 250, 1, 8, 64, 33, 12, 2, 77, 190, 4, 23, 56, 9, 11] * 2
+    done = client.completions.create(
+        model="tiny", prompt=prompt, max_tokens=1, temperature=0, logprobs=2, echo=True
+    )
+    lp = done.choices[0].logprobs
+    assert len(lp.token_logprobs) == len(prompt) + 1 and lp.token_logprobs[0] is None
+    assert lp.top_logprobs[0] is None
+    hf = transformers.AutoModelForCausalLM.from_pretrained(llama_dir).eval()
+    with torch.no_grad():
+        want = torch.log_softmax(hf(torch.tensor([prompt])).logits[0].float(), dim=-1)
+    codec = TextCodec(llama_artifacts)
+    for i in range(1, len(prompt)):
+        assert abs(lp.token_logprobs[i] - want[i - 1, prompt[i]].item()) < 1e-4
+        best = {codec.piece(int(t)) for t in want[i - 1].topk(2).indices}
+        assert best <= set(lp.top_logprobs[i])  # the 2 likeliest, plus the prompt's own
+    assert done.choices[0].text.startswith(codec.decode(prompt))
+    assert lp.text_offset == [sum(len(t) for t in lp.tokens[:i]) for i in range(len(lp.tokens))]
+    # without logprobs, echo only prepends the prompt's text
+    plain = client.completions.create(model="tiny", prompt=TEXT, max_tokens=3, echo=True, seed=0)
+    assert plain.choices[0].text.startswith(TEXT) and plain.choices[0].logprobs is None
+
+
 def test_n_choices_and_best_of(client: openai.OpenAI) -> None:
     """n seeded choices are the n single requests seeded seed, seed + 1, ...; best_of returns
     the candidate with the highest cumulative logprob (OpenAI's and vLLM's ranking)."""

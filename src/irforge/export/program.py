@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from ..artifacts import PARAMETER_SCOPE
+from ..artifacts import PARAMETER_SCOPE, SCORE_FUNCTION
 from ..config import ModelConfig
 from ..manifest import ExportOptions
 from ..model import ModelOptions, PagedLlama
@@ -47,6 +47,10 @@ class _Sampled(torch.nn.Module):
 
     def decode(self, *args: Any) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         return self._select(self.model.decode(*args))
+
+    def score(self, *args: Any) -> tuple[torch.Tensor, ...]:
+        assert isinstance(self.model, PagedLlama)  # single-device programs only
+        return self.model.score(*args)  # full logits: top_k does not apply
 
 
 def _turbine_aot() -> Any:
@@ -132,6 +136,13 @@ def trace(
             **{n_args + i: aot.DeviceAffinity(i) for i in range(tp)},
         }
 
+    prefill_dims = {
+        "tokens": {1: chunk * stride},
+        "start_pos": {},
+        "seq_lens": {},
+        "seq_block_ids": {1: block},
+        "cache": cache_dims,
+    }
     with warnings.catch_warnings():  # torch's pytree deprecation noise
         warnings.simplefilter("ignore", FutureWarning)
         for bs in options.prefill_batch_sizes:
@@ -145,14 +156,17 @@ def trace(
                 ints(bs, EXAMPLE_BLOCKS),
                 caches,
             )
-            dims = {
-                "tokens": {1: chunk * stride},
-                "start_pos": {},
-                "seq_lens": {},
-                "seq_block_ids": {1: block},
-                "cache": cache_dims,
-            }
-            _program(fxb, f"prefill_bs{bs}", "prefill", args, dims, devices(4))
+            _program(fxb, f"prefill_bs{bs}", "prefill", args, prefill_dims, devices(4))
+        if tp == 1:  # echo/logprobs of a prompt, one row at a time (artifacts.SCORE_FUNCTION)
+            on_step(f"tracing {SCORE_FUNCTION}")
+            args = (
+                ints(1, EXAMPLE_CHUNK_BLOCKS * stride),
+                ints(1),
+                ints(1),
+                ints(1, EXAMPLE_BLOCKS),
+                caches,
+            )
+            _program(fxb, SCORE_FUNCTION, "score", args, prefill_dims, None)
         for bs in options.decode_batch_sizes:
             on_step(f"tracing decode_bs{bs}")
             args = (ints(bs, 1), ints(bs), ints(bs), ints(bs, EXAMPLE_BLOCKS), caches)
@@ -179,6 +193,12 @@ def _program(fxb, name, method, args, dims, arg_device) -> None:  # noqa: ANN001
             return module.prefill(tokens, start_pos, seq_lens, seq_block_ids, cache)
 
         fn = prefill
+    elif method == "score":
+
+        def score(module, tokens, start_pos, seq_lens, seq_block_ids, cache):  # noqa: ANN001, ANN202
+            return module.score(tokens, start_pos, seq_lens, seq_block_ids, cache)
+
+        fn = score
     else:
 
         def decode(module, tokens, seq_lens, start_positions, seq_block_ids, cache):  # noqa: ANN001, ANN202

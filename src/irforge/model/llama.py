@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..artifacts import SCORE_TOP
 from ..config import ModelConfig
 from ..errors import ConfigError
 from .attention import attend, decode_mask
@@ -218,6 +219,28 @@ class PagedLlama(nn.Module):
         )
         keep = None if all_positions else seq_lens - start_pos
         return self._forward(tokens, positions, allowed, kv, keep)
+
+    def score(
+        self,
+        tokens: torch.Tensor,
+        start_pos: torch.Tensor,
+        seq_lens: torch.Tensor,
+        seq_block_ids: torch.Tensor,
+        cache: torch.Tensor | Sequence[torch.Tensor],
+    ) -> tuple[torch.Tensor, ...]:
+        """A prefill that also scores the prompt: (last-position logits [N, 1, vocab], the
+        float32 log-probability of each next token of `tokens` [N, S], and the SCORE_TOP
+        likeliest (log-probabilities, ids) [N, S, SCORE_TOP] at each position).
+
+        Position i's entries are about token i + 1 (the last position's are meaningless):
+        what echo with logprobs and log-likelihood evaluation read.
+        """
+        logits = self.prefill(tokens, start_pos, seq_lens, seq_block_ids, cache, all_positions=True)
+        logp = torch.log_softmax(logits.float(), dim=-1)  # [N, S, vocab]
+        following = torch.roll(tokens, -1, dims=1)
+        chosen = logp.gather(-1, following.unsqueeze(-1)).squeeze(-1)  # [N, S]
+        values, ids = torch.topk(logp, SCORE_TOP, dim=-1)
+        return last_positions(logits, seq_lens - start_pos), chosen, values, ids
 
     def decode(
         self,

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..artifacts import SCORE_TOP
 from ..errors import ConfigError
 
 # Below this a temperature is greedy (vLLM's rule): dividing by 1e-320 overflows to inf and NaN.
@@ -145,8 +146,9 @@ class Sampler:
         return int(order[self.rng.choice(len(order), p=probs)])
 
 
-# OpenAI's and vLLM's cap on alternatives per token (chat `top_logprobs`, completions `logprobs`)
-MAX_LOGPROBS = 20
+# OpenAI's and vLLM's cap on alternatives per token (chat `top_logprobs`, completions
+# `logprobs`), which score_bs1 returns for a prompt
+MAX_LOGPROBS = SCORE_TOP
 
 
 def token_logprobs(

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from ..artifacts import PARAMETER_SCOPE, folder_file
+from ..artifacts import PARAMETER_SCOPE, SCORE_FUNCTION, folder_file
 from ..compile.targets import runtime_version, version_text
 from ..errors import InputError, ManifestError
 from ..formats.irpa import read_irpa
@@ -154,6 +154,20 @@ class Session:
                 )
             del ints[1]
         return _host(fn(*[a.astype(np.int64) for a in ints], *self.caches))
+
+    def score(
+        self, tokens: np.ndarray, start_pos: np.ndarray, seq_lens: np.ndarray, block_ids: np.ndarray
+    ) -> tuple[np.ndarray, ...]:
+        """score_bs1: a one-row prefill plus the prompt's log-probabilities (PagedLlama.score):
+        (logits [1, 1, vocab], next-token logprobs [1, S], top values, top ids [1, S, 20])."""
+        if not self.prefill_position or self.module.lookup_function(SCORE_FUNCTION) is None:
+            raise InputError(
+                f"{self.folder}: its program cannot score prompts (no {SCORE_FUNCTION}; "
+                "single-device folders exported by this irforge have it)"
+            )
+        fn = self._function(SCORE_FUNCTION)
+        ints = [a.astype(np.int64) for a in (tokens, start_pos, seq_lens, block_ids)]
+        return _host(fn(*ints, *self.caches))  # type: ignore[no-any-return]
 
     def decode(
         self, tokens: np.ndarray, seq_lens: np.ndarray, starts: np.ndarray, block_ids: np.ndarray

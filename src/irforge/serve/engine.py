@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..artifacts import TOKENIZER_JSON
+from ..artifacts import SCORE_FUNCTION, TOKENIZER_JSON
 from ..errors import ConfigError
 from ..runtime.batching import (
     DEFAULT_PREFILL_CHUNK,
@@ -115,6 +115,10 @@ class Engine:
         if not (prefill_chunk and positioned):
             self.prefill_chunk = 0
         self._prefilling: list[Request] = []  # admitted, context not all in the cache yet
+        session = self.session
+        self.can_score = bool(
+            session.prefill_position and session.module.lookup_function(SCORE_FUNCTION)
+        )
         self._cond = threading.Condition()
         self._queue: deque[Request] = deque()
         self._running: list[Request] = []
@@ -144,6 +148,7 @@ class Engine:
         detokenize: bool = True,
         logprobs: int | None = None,
         guided: GuidedSpec | None = None,
+        echo: bool = False,
     ) -> Request:
         """Queue one generation; returns its handle at once.
 
@@ -154,6 +159,7 @@ class Engine:
         token); stop strings need text, so they turn it back on. With `logprobs=N` each
         generated token carries its log-probability and the N likeliest alternatives'.
         `guided` constrains the output to a JSON schema, a regex or a choice (guided.py).
+        `echo` with `logprobs` scores the prompt as well (`prompt_logprobs`, score_bs1).
         """
         ids, text = self._prompt(prompt)
         room = self.max_seq_len - len(ids)
@@ -209,6 +215,12 @@ class Engine:
                     "logprobs",
                 )
         guide = self._guide(guided) if guided is not None else None
+        if echo and logprobs is not None and not self.can_score:
+            raise BadRequest(
+                f"{self.folder}: scoring the prompt needs a single-device folder exported by "
+                "this irforge (its program has score_bs1)",
+                "echo",
+            )
         sampling = sampling or Sampling()
         bad = next((t for t, _ in sampling.logit_bias if t >= self.vocab_size), None)
         if bad is not None:
@@ -233,6 +245,7 @@ class Engine:
             detokenize=detokenize or any(stop),
             logprobs=logprobs,
             guide=guide,
+            echo=echo and logprobs is not None,
         )
         if self.text is not None and req.detokenize:
             req.decoder = self.text.stream()
@@ -391,7 +404,8 @@ class Engine:
                 break
             req = self._queue[0]
             context = req.context()
-            found = self.pages.lookup(context)
+            scoring = req.echo and not req.tokens  # every prompt position is computed
+            found = [] if scoring else self.pages.lookup(context)
             need = blocks(len(context), self.stride) - len(found)
             if need > self.pages.free_count:
                 self.pages.free(found)
@@ -478,6 +492,8 @@ class Engine:
         budget = self.prefill_chunk or None
         work = []
         for r in self._prefilling:
+            if r.echo and not r.tokens:
+                continue  # scored whole (_score)
             context = r.context()
             take = len(context) - r.prefilled
             if budget is not None:
@@ -492,6 +508,8 @@ class Engine:
     def _prefill(self) -> None:
         for r in [r for r in self._prefilling if r.cancelled]:
             self._finish(r, Status.INTERRUPTED, "cancelled")
+        for r in [r for r in self._prefilling if r.echo and not r.tokens]:
+            self._score(r)
         # similar lengths together: less padding up to the longest chunk of a call
         pending = sorted(self._chunks(), key=lambda w: len(w[1]))
         for bs in split(self.prefill_sizes, len(pending)):
@@ -520,6 +538,32 @@ class Engine:
                     continue
                 r.set_status(Status.PREFILLED)
                 self._emit(r, *row_logits(out, row, len(r.prompt) - 1))
+
+    def _score(self, r: Request) -> None:
+        """Prefill an echo request's prompt in one score_bs1 call, keeping its logprobs."""
+        context = r.context()
+        last, chosen, values, ids = self.session.score(
+            *prefill_arrays([context], [r.pages], 1, self.stride)
+        )
+        top = r.logprobs or 0
+        r.prompt_logprobs = [
+            (
+                float(chosen[0, i]),
+                tuple(
+                    (int(t), float(v))
+                    for t, v in zip(ids[0, i, :top], values[0, i, :top], strict=True)
+                ),
+            )
+            for i in range(len(context) - 1)
+        ]
+        self.metrics.inc("prefill_calls_total", bs="1")
+        self.metrics.inc("prompt_tokens_total", len(context))
+        r.prefilled = len(context)
+        self._prefilling.remove(r)
+        self.pages.register(context, r.pages)
+        self._running.append(r)
+        r.set_status(Status.PREFILLED)
+        self._emit(r, *row_logits(last, 0, len(context) - 1))
 
     def _decode(self) -> None:
         for r in [r for r in self._running if r.cancelled]:

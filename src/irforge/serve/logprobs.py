@@ -53,3 +53,22 @@ def chat_logprobs(
             for t, (lp, top) in zip(tokens, rows, strict=True)
         ]
     }
+
+
+def echo_logprobs(
+    text: TextCodec | None,
+    prompt: Sequence[int],
+    prompt_rows: Sequence[Row],
+    tokens: Sequence[int],
+    rows: Sequence[Row],
+) -> dict[str, Any]:
+    """completion_logprobs over the prompt and then the completion, as `echo` returns them:
+    the prompt's first token has no log-probability (None), as OpenAI's and vLLM's."""
+    scored = completion_logprobs(text, [*prompt[1:], *tokens], [*prompt_rows, *rows])
+    first = _piece(text, prompt[0])
+    return {
+        "tokens": [first, *scored["tokens"]],
+        "token_logprobs": [None, *scored["token_logprobs"]],
+        "top_logprobs": [None, *scored["top_logprobs"]],
+        "text_offset": [0, *(o + len(first) for o in scored["text_offset"])],
+    }

@@ -16,7 +16,7 @@ from .errors import BadRequest, ModelNotFound
 from .guided import GuidedSpec
 from .handlers import EventStream, check_finished, sse, submit_all, wait_all
 from .limits import MAX_PROMPTS
-from .logprobs import chat_logprobs, completion_logprobs
+from .logprobs import chat_logprobs, completion_logprobs, echo_logprobs
 from .request import Request as EngineRequest
 from .schemas import ChatMessage, ChatRequest, CompletionRequest, OpenAISampling
 from .text import TextCodec
@@ -60,6 +60,7 @@ def _submit(
     logprobs: int | None = None,
     copies: int = 1,
     call: GuidedSpec | None = None,
+    echo: bool = False,
 ) -> list[EngineRequest]:
     """`copies` requests per prompt (n, or best_of), prompt by prompt; copy j of a seeded
     request samples with seed + j, so the choices differ and still reproduce."""
@@ -96,6 +97,7 @@ def _submit(
                 stop_token_ids=tuple(body.stop_token_ids or ()),
                 logprobs=logprobs,
                 guided=guided,
+                echo=echo,
             )
             jobs.append((p, options))
     return submit_all(_engine(http), jobs)
@@ -158,8 +160,10 @@ def _reason(r: EngineRequest) -> str:
 @router.post("/completions", response_model=None)
 async def completions(body: CompletionRequest, http: Request) -> Response | dict[str, Any]:
     _check_model(http, body.model)
-    if body.echo or body.suffix:
-        raise BadRequest("echo and suffix are not supported", "echo" if body.echo else "suffix")
+    if body.suffix:
+        raise BadRequest("suffix is not supported", "suffix")
+    if body.echo and body.stream:
+        raise BadRequest("echo cannot be streamed yet; send stream: false", "echo")
     copies = body.best_of or body.n
     if copies < body.n:
         raise BadRequest(f"best_of ({copies}) must be at least n ({body.n})", "best_of")
@@ -169,7 +173,7 @@ async def completions(body: CompletionRequest, http: Request) -> Response | dict
     logprobs = body.logprobs if body.logprobs is not None or copies == body.n else 0
     # tokenizing may take a while: off the event loop, so /health and streams keep going
     reqs = await run_in_threadpool(
-        _submit, http, body, body.prompts(), body.max_tokens, logprobs, copies
+        _submit, http, body, body.prompts(), body.max_tokens, logprobs, copies, None, body.echo
     )
     head = {
         "id": f"cmpl-{uuid.uuid4().hex}",
@@ -189,13 +193,25 @@ async def completions(body: CompletionRequest, http: Request) -> Response | dict
     choices = [
         {
             "index": i,
-            "text": r.text,
-            "logprobs": _completion_lp(text, r, 0, len(r.tokens)) if shown else None,
+            "text": (_prompt_text(text, r) if body.echo else "") + r.text,
+            "logprobs": (
+                None
+                if not shown
+                else echo_logprobs(text, r.prompt, r.prompt_logprobs, r.tokens, r.token_logprobs)
+                if body.echo
+                else _completion_lp(text, r, 0, len(r.tokens))
+            ),
             "finish_reason": _reason(r),
         }
         for i, r in enumerate(_best(reqs, copies, body.n))
     ]
     return {**head, "choices": choices, "usage": _usage(reqs)}  # usage counts every copy
+
+
+def _prompt_text(text: TextCodec | None, r: EngineRequest) -> str:
+    if r.prompt_text is not None:
+        return r.prompt_text
+    return text.decode(r.prompt) if text is not None else ""
 
 
 def _completion_lp(

@@ -59,6 +59,8 @@ class Request:
     logprobs: int | None = None
     token_logprobs: list[tuple[float, tuple[tuple[int, float], ...]]] = field(default_factory=list)
     guide: Any = field(default=None, repr=False)  # guided.Guide: the grammar the output keeps
+    echo: bool = False  # score the prompt too: prompt_logprobs[i] is about prompt[i + 1]
+    prompt_logprobs: list[tuple[float, tuple[tuple[int, float], ...]]] = field(default_factory=list)
     prefilled: int = 0  # positions of context() in the cache (found there or computed)
     cached_tokens: int = 0  # of the prompt, found in the prefix cache at admission
     decoder: TextStream | None = field(default=None, repr=False)  # streaming detokenizer
