@@ -36,17 +36,25 @@ LLAMA3_SPLIT = (
     r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 
+# Mistral-Nemo's tokenizer.json (tekken): case-split letters, single digits, no contractions
+TEKKEN_SPLIT = (
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+"
+    r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*"
+    r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+SPLITS = {"llama-bpe": LLAMA3_SPLIT, "tekken": TEKKEN_SPLIT}
+
 
 def _hf_folder(folder: Path, style: str) -> Path:
-    """irforge's tiny byte-level BPE, as GPT-2 ("gpt2") or Llama 3 ("llama-bpe") splits words."""
+    """irforge's tiny byte-level BPE, splitting words as GPT-2, Llama 3 or tekken does."""
     write_tokenizer(folder, 288)
-    if style == "llama-bpe":
+    if style in SPLITS:
         doc = json.loads((folder / "tokenizer.json").read_text())
         doc["model"]["ignore_merges"] = True
         tok = Tokenizer.from_str(json.dumps(doc))
         tok.pre_tokenizer = pre_tokenizers.Sequence(
             [
-                pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated"),
+                pre_tokenizers.Split(Regex(SPLITS[style]), behavior="isolated"),
                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
             ]
         )
@@ -73,7 +81,7 @@ def _write_gguf(hf: Path, path: Path, pre: str) -> None:
     w.close()
 
 
-@pytest.mark.parametrize("pre", ["gpt2", "llama-bpe"])
+@pytest.mark.parametrize("pre", ["gpt2", "llama-bpe", "tekken"])
 def test_rebuilt_tokenizer_gives_the_same_ids_and_text(tmp_path: Path, pre: str) -> None:
     hf = _hf_folder(tmp_path / "hf", pre)
     _write_gguf(hf, tmp_path / "m.gguf", pre)
@@ -91,14 +99,17 @@ def test_rebuilt_tokenizer_gives_the_same_ids_and_text(tmp_path: Path, pre: str)
     assert config["chat_template"] == CHAT_TEMPLATE
 
 
-def test_the_patterns_differ_where_llama3_splits_digits(tmp_path: Path) -> None:
-    """The two pre-tokenizers are told apart (a GPT-2 split would pass the Llama 3 corpus
-    only by luck): 12345 is one word for GPT-2 and 123|45 for Llama 3."""
-    gpt2 = _hf_folder(tmp_path / "a", "gpt2")
-    llama = _hf_folder(tmp_path / "b", "llama-bpe")
-    a = Tokenizer.from_file(str(gpt2 / "tokenizer.json")).pre_tokenizer
-    b = Tokenizer.from_file(str(llama / "tokenizer.json")).pre_tokenizer
-    assert len(a.pre_tokenize_str("12345")) == 1 and len(b.pre_tokenize_str("12345")) == 2
+def test_the_patterns_differ_where_they_split_digits_and_case(tmp_path: Path) -> None:
+    """The pre-tokenizers are told apart (one split would pass another's corpus only by
+    luck): 12345 is one word for GPT-2, 123|45 for Llama 3, five for tekken."""
+    split = {
+        style: Tokenizer.from_file(
+            str(_hf_folder(tmp_path / style, style) / "tokenizer.json")
+        ).pre_tokenizer.pre_tokenize_str
+        for style in ("gpt2", "llama-bpe", "tekken")
+    }
+    assert [len(split[s]("12345")) for s in ("gpt2", "llama-bpe", "tekken")] == [1, 2, 5]
+    assert len(split["tekken"]("HelloWorld")) == 2 and len(split["gpt2"]("HelloWorld")) == 1
 
 
 def test_convert_of_a_gguf_writes_its_tokenizer(tmp_path: Path, llama_gguf) -> None:

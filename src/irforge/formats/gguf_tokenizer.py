@@ -21,12 +21,20 @@ _LLAMA3_SPLIT = (
     r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|"""
     r""" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
 )
+# Mistral's tekken (Mistral-Nemo): case-split letter runs, one digit at a time, no
+# contractions; the pattern of its tokenizer.json, as llama.cpp's vocabulary code quotes it
+_TEKKEN_SPLIT = (
+    r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+|"""
+    r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*|"""
+    r"""\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+)
 # tokenizer.ggml.pre -> (split pattern, ignore_merges: a whole word in the vocabulary is kept)
 PRE_TOKENIZERS = {
     "default": (_GPT2_SPLIT, False),
     "gpt2": (_GPT2_SPLIT, False),
     "llama-bpe": (_LLAMA3_SPLIT, True),
     "llama3": (_LLAMA3_SPLIT, True),
+    "tekken": (_TEKKEN_SPLIT, True),
 }
 _CONTROL, _USER_DEFINED = 3, 4  # llama.cpp's token types
 
