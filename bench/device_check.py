@@ -552,11 +552,15 @@ def run(args: argparse.Namespace) -> int:
     name = device_name(args.device)
     bandwidth, source = copy_bandwidth(args.device, name)
     print(f"device: {name}; bandwidth {bandwidth / 1e9:.0f} GB/s ({source})", flush=True)
+    from irforge.runtime.device_memory import free_bytes
+
     report: dict[str, Any] = {
         "device": name,
         "driver": args.device,
         "bandwidth_gbs": bandwidth / 1e9,
         "bandwidth_source": source,
+        # what serve's default cache size reads (runtime/device_memory.py): None = unknown
+        "free_bytes": free_bytes(args.device, 0),
         "errors": [],
     }
     # Each part reports its own failure and the next one still runs: one call must say it all.

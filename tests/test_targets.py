@@ -155,3 +155,18 @@ def test_iree_compile_option_checks_the_binary(llama_artifacts: Path, tmp_path: 
     result = runner.invoke(app, ["compile", str(llama_artifacts), "--iree-compile", str(fake)])
     assert result.exit_code == 2 and "does not print an IREE compiler version" in result.stderr
     assert not list(llama_artifacts.glob("*.iree*.vmfb.tmp*"))
+
+
+def test_default_cache_takes_a_share_of_free_gpu_memory() -> None:
+    """On a GPU the cache takes CACHE_SHARE of the least free device; where the driver cannot
+    say (this machine: no NVML, no HIP), the export's page count stays."""
+    from irforge.runtime.device_memory import CACHE_SHARE, default_pages, free_bytes
+
+    gib = 2**30
+    assert default_pages([80 * gib, 60 * gib], 2**21) == int(CACHE_SHARE * 60 * gib) // 2**21
+    assert default_pages([gib, None], 2**21) is None
+    assert default_pages([100], 2**21) == 2  # never below the scratch page and one more
+    assert free_bytes("local-task", 0) is None
+    for driver in ("cuda", "hip"):
+        got = free_bytes(driver, 0)
+        assert got is None or got > 0  # None here; a number on a machine with the GPU

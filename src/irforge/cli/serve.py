@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from ..runtime.batching import DEFAULT_PREFILL_CHUNK
+from ..runtime.device_memory import CACHE_SHARE
 from ._options import DeviceIdsOpt, DeviceOpt, parse_device_ids
 
 
@@ -23,7 +24,8 @@ def serve_cmd(
     kv_cache_pages: Annotated[
         int | None,
         typer.Option(
-            help="KV-cache pages per device (default: the export's --device-block-count).",
+            help=f"KV-cache pages per device (default: on cuda/hip, {CACHE_SHARE:.0%} of the "
+            "memory the weights leave free; elsewhere the export's --device-block-count).",
             min=2,
         ),
     ] = None,

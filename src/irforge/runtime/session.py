@@ -14,6 +14,7 @@ from ..compile.targets import runtime_version, version_text
 from ..errors import InputError, ManifestError
 from ..formats.irpa import read_irpa
 from ..manifest import Compiled, Manifest
+from .device_memory import default_pages, free_bytes
 from .devices import allocate_cache, cache_bytes, iree_reason, normalize_driver, open_devices
 from .pages import PageAllocator
 
@@ -42,7 +43,9 @@ class Session:
         device: IREE driver name: local-task (CPU), cuda or hip.
         device_ids: which devices of that driver (default: the first N).
         vmfb: a VMFB to use instead of the manifest's match for the device.
-        page_count: cache pages to allocate (default: the export's device_block_count).
+        page_count: cache pages to allocate (default on cuda/hip: CACHE_SHARE of the memory
+            free once the weights are loaded, on the least free device; elsewhere, or if the
+            driver does not say, the export's device_block_count).
         cache_gib: instead of page_count, as many pages as fit in this many GiB per device.
         parameters: a ready iree.runtime.ParameterIndex to use instead of the folder's archives
             (benchmarks fill one with random weights in memory).
@@ -101,9 +104,14 @@ class Session:
         # One slab per device, each holding that device's share of the kv heads.
         page_elements = self.config.page_elements(self.options.block_seq_stride, self.tp)
         cache_dtype = self.options.kv_cache_dtype or self.config.dtype  # manifests hold it resolved
+        page_bytes = page_elements * cache_bytes(cache_dtype)
         self.page_count = page_count or self.options.device_block_count
         if cache_gib is not None:
-            self.page_count = int(cache_gib * 2**30 // (page_elements * cache_bytes(cache_dtype)))
+            self.page_count = int(cache_gib * 2**30 // page_bytes)
+        elif page_count is None:  # on a GPU: a share of what the weights left free
+            ids = device_ids or list(range(self.tp))
+            found = default_pages([free_bytes(device, i) for i in ids], page_bytes)
+            self.page_count = found or self.page_count
         if self.page_count < 2:
             raise InputError(
                 f"a KV cache of {self.page_count} pages holds nothing: page 0 is scratch, so "
