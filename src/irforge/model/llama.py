@@ -237,7 +237,10 @@ class PagedLlama(nn.Module):
         """
         logits = self.prefill(tokens, start_pos, seq_lens, seq_block_ids, cache, all_positions=True)
         logp = torch.log_softmax(logits.float(), dim=-1)  # [N, S, vocab]
-        following = torch.roll(tokens, -1, dims=1)
+        # each position's next token (a gather: roll's slices become copies of the input)
+        s = tokens.shape[1]
+        after = torch.remainder(torch.arange(s, device=tokens.device) + 1, s)
+        following = tokens.index_select(1, after)
         chosen = logp.gather(-1, following.unsqueeze(-1)).squeeze(-1)  # [N, S]
         values, ids = torch.topk(logp, SCORE_TOP, dim=-1)
         return last_positions(logits, seq_lens - start_pos), chosen, values, ids
