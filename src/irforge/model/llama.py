@@ -101,11 +101,12 @@ class Attention(nn.Module):
         k = apply_rope(k, cos, sin, interleaved=self.interleaved)
         keys, values = kv(self.layer, k, v)  # [N, KV, Sk, D]: this step's or the pages'
         ad = self.attn_dtype
-        # a prefill's many queries always take the fused kernel: O(S) memory, not O(S^2)
-        kind = "sdpa" if isinstance(kv, PrefillKV) else self.kind
-        out = attend(q.transpose(1, 2).to(ad), keys.to(ad), values.to(ad), allowed, kind=kind).to(
-            x.dtype
-        )  # [N, H, S, D]
+        # Prefill takes the export's kind too: IREE 3.13 cannot compile the fused kernel with
+        # a mask for gfx942 at 32/8 heads ("failed to distribute"); the decomposed form
+        # compiles everywhere, and chunked prefill bounds its scores to [chunk, keys].
+        out = attend(
+            q.transpose(1, 2).to(ad), keys.to(ad), values.to(ad), allowed, kind=self.kind
+        ).to(x.dtype)  # [N, H, S, D]
         return self.wo(out.transpose(1, 2).reshape(n, s, -1))  # [N, S, dim]
 
 
