@@ -57,8 +57,9 @@ def export_cmd(
     attention: Annotated[
         Attention,
         typer.Option(
-            help="Decode's attention: decomposed (reads each cached K/V once) or sdpa. "
-            "Prefill always uses one fused causal attention."
+            help="Prefill's and decode's attention: decomposed (compiles for every target; "
+            "reads each cached K/V once) or sdpa (one fused kernel with a mask; IREE 3.13 "
+            "cannot compile it for gfx942 at 32/8 heads)."
         ),
     ] = DEFAULT_ATTENTION,
     top_k: Annotated[

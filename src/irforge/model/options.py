@@ -19,10 +19,10 @@ TORCH_DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat
 class ModelOptions:
     """Run-time choices for PagedLlama; None dtypes follow the config / the activations.
 
-    `attention` is decode's: `"decomposed"` writes QK^T, softmax and V as separate ops, with
-    each kv head's query heads folded into rows so every cached K/V is read once (the default;
-    it was also the only form IREE 3.9 compiled for gfx942). `"sdpa"` uses torch's
-    scaled_dot_product_attention. Prefill always uses a fused causal SDPA (O(S) memory).
+    `attention` (prefill's and decode's): `"decomposed"` writes QK^T, softmax and V as
+    separate ops, with each kv head's query heads folded into rows so every cached K/V is
+    read once (the default; the form IREE compiles for gfx942). `"sdpa"` uses torch's
+    scaled_dot_product_attention with an explicit mask.
     """
 
     block_seq_stride: int = DEFAULTS.block_seq_stride
