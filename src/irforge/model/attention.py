@@ -51,7 +51,8 @@ def _decomposed(
     total = e.sum(dim=-1, keepdim=True).flatten(0, 1)  # [N·KV, rep·Sq, 1]
     # bmm on explicitly flattened batches: matmul's 4-D folding gives the output symbolic
     # strides that export cannot prove contiguous.
-    out = torch.bmm(e.to(v.dtype).flatten(0, 1), v.reshape(n * kv_heads, -1, d))  # [N·KV, rep·Sq, D]
+    # [N·KV, rep·Sq, D]
+    out = torch.bmm(e.to(v.dtype).flatten(0, 1), v.reshape(n * kv_heads, -1, d))
     out = (out.float() / total).to(v.dtype)
     out = out.view(n, kv_heads, heads // kv_heads, sq, d)  # [N, KV, rep, Sq, D]
     return out.flatten(1, 2)  # [N, H, Sq, D]
