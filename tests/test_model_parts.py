@@ -220,3 +220,23 @@ def test_torch_export_with_dynamic_batch_and_pages() -> None:
     with torch.no_grad():
         torch.testing.assert_close(decode(*args, traced_slab), model.decode(*args, eager_slab))
     torch.testing.assert_close(traced_slab[real], eager_slab[real])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_decomposed_attention_over_long_context_stays_in_range(dtype: torch.dtype) -> None:
+    """Normalizing after the PV product sums Sk unnormalized terms: at 16k keys of |v| = 8 that
+    is 131072, past f16's range, where torch's SDPA (f32, the reference) gives v's mean."""
+    from irforge.model.attention import attend
+
+    torch.manual_seed(0)
+    keys = 16384
+    q = torch.randn(1, 4, 3, 64) * 0.01  # near-uniform attention: the largest sum
+    k = torch.randn(1, 2, keys, 64)
+    v = 8.0 + torch.rand(1, 2, keys, 64)
+    allowed = torch.ones(1, 3, keys, dtype=torch.bool)
+    out = attend(q.to(dtype), k.to(dtype), v.to(dtype), allowed, kind="decomposed")
+    ref = torch.nn.functional.scaled_dot_product_attention(
+        q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1)
+    )
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out.float(), ref, rtol=1e-2, atol=0.0)

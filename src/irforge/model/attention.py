@@ -49,11 +49,13 @@ def _decomposed(
     # a 4096-token prefill; unfused, the same attention runs 12x faster (bench/RESULTS.md).
     e = torch.exp(scores - scores.amax(dim=-1, keepdim=True))  # [N, KV, rep·Sq, Sk]
     total = e.sum(dim=-1, keepdim=True).flatten(0, 1)  # [N·KV, rep·Sq, 1]
+    # The unnormalized product grows with the key count (up to Sk·max|v|): past f16's 65504
+    # it would overflow, so an f16 model takes it in f32; bf16 has f32's range.
+    pv = torch.float32 if v.dtype == torch.float16 else v.dtype
     # bmm on explicitly flattened batches: matmul's 4-D folding gives the output symbolic
     # strides that export cannot prove contiguous.
-    # [N·KV, rep·Sq, D]
-    out = torch.bmm(e.to(v.dtype).flatten(0, 1), v.reshape(n * kv_heads, -1, d))
-    out = (out.float() / total).to(v.dtype)
+    out = torch.bmm(e.to(pv).flatten(0, 1), v.reshape(n * kv_heads, -1, d).to(pv))
+    out = (out.float() / total).to(v.dtype)  # [N·KV, rep·Sq, D]
     out = out.view(n, kv_heads, heads // kv_heads, sq, d)  # [N, KV, rep, Sq, D]
     return out.flatten(1, 2)  # [N, H, Sq, D]
 
