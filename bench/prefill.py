@@ -63,6 +63,24 @@ def build(args: argparse.Namespace) -> Path:
     return folder
 
 
+def hf_config(cfg: Any, max_positions: int, **extra: Any) -> Any:
+    """The transformers LlamaConfig of one of irforge's configs (a benchmark shape)."""
+    import transformers
+
+    return transformers.LlamaConfig(
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.embedding_length,
+        intermediate_size=cfg.feed_forward_length,
+        num_hidden_layers=cfg.block_count,
+        num_attention_heads=cfg.attention_head_count,
+        num_key_value_heads=cfg.attention_head_count_kv,
+        head_dim=cfg.head_dim,
+        max_position_embeddings=max_positions,
+        tie_word_embeddings=cfg.tie_word_embeddings,
+        **extra,
+    )
+
+
 def _best_s(repeat: int, fn: Any) -> float:
     fn()  # warm-up
     times = []
@@ -100,18 +118,7 @@ def child(args: argparse.Namespace, folder: Path) -> dict[str, float]:
         import transformers
 
         cfg = decode_steps.SHAPES[args.shape].config()
-        hf_cfg = transformers.LlamaConfig(
-            vocab_size=cfg.vocab_size,
-            hidden_size=cfg.embedding_length,
-            intermediate_size=cfg.feed_forward_length,
-            num_hidden_layers=cfg.block_count,
-            num_attention_heads=cfg.attention_head_count,
-            num_key_value_heads=cfg.attention_head_count_kv,
-            head_dim=cfg.head_dim,
-            max_position_embeddings=max(args.lengths),
-            tie_word_embeddings=cfg.tie_word_embeddings,
-        )
-        model = transformers.LlamaForCausalLM(hf_cfg).eval()
+        model = transformers.LlamaForCausalLM(hf_config(cfg, max(args.lengths))).eval()
         ids_t = torch.from_numpy(rng.integers(0, cfg.vocab_size, (1, n)))
         base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -124,8 +125,18 @@ def stop(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-def load(url: str, work: list[list[int]], max_tokens: int, clients: int) -> tuple[float, list]:
-    """`clients` threads take prompts from `work` until none is left: (tokens/s, latencies)."""
+def load(
+    url: str,
+    work: list[list[int]],
+    max_tokens: int,
+    clients: int,
+    generate: Callable[[str, list[int], int, float], list] = shortfin_server.generate,
+    timeout_s: float = REQUEST_TIMEOUT_S,
+) -> tuple[float, list]:
+    """`clients` threads take prompts from `work` until none is left: (tokens/s, latencies).
+
+    `generate(url, prompt, max_tokens, timeout_s)` returns the generated ids (shortfin's
+    /generate by default; bench/scale.py passes llama.cpp's API)."""
     lock, latencies, tokens, errors = threading.Lock(), [], [0], []
     queue = list(reversed(work))
 
@@ -137,7 +148,7 @@ def load(url: str, work: list[list[int]], max_tokens: int, clients: int) -> tupl
                 prompt = queue.pop()
             t0 = time.perf_counter()
             try:
-                out = shortfin_server.generate(url, prompt, max_tokens, REQUEST_TIMEOUT_S)
+                out = generate(url, prompt, max_tokens, timeout_s)
             except RuntimeError as e:
                 errors.append(e)
                 return
@@ -177,12 +188,14 @@ def pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q))
 
 
-def transformers_generate(model: Any, work: list[list[int]], max_tokens: int) -> dict[int, float]:
+def transformers_generate(
+    model: Any, work: list[list[int]], max_tokens: int, levels: Iterable[int] = CONCURRENCY
+) -> dict[int, float]:
     """Output tokens/s of one static batch of `c` prompts (left padded), greedy, no eos stop."""
     import torch
 
     out = {}
-    for c in CONCURRENCY:
+    for c in levels:
         batch = work[:c]
         width = max(map(len, batch))
         ids = torch.tensor([[0] * (width - len(p)) + p for p in batch])

@@ -161,8 +161,14 @@ def write_gguf(
     quant: dict[str, gguf.GGMLQuantizationType] | None = None,
     float_type: gguf.GGMLQuantizationType = gguf.GGMLQuantizationType.F32,
     rope_freqs: bool = True,
+    spm_vocab: bool = False,
 ) -> dict[str, np.ndarray]:
-    """Write an HF Llama as llama.cpp would; returns the float32 arrays written, by name."""
+    """Write an HF Llama as llama.cpp would; returns the float32 arrays written, by name.
+
+    The vocabulary is placeholder tokens `t{i}` as a byte-level list, which irforge reads;
+    `spm_vocab` writes a sentencepiece-style list instead (<unk>, <s>, </s>, 256 byte tokens,
+    then placeholders), which llama.cpp itself can load: it refuses a byte-level vocabulary
+    without merges."""
     cfg = model.config
     heads, kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
     w = gguf.GGUFWriter(str(path), "llama")
@@ -177,10 +183,20 @@ def write_gguf(
     w.add_rope_freq_base(theta)
     w.add_rope_dimension_count(cfg.hidden_size // heads)
     w.add_vocab_size(cfg.vocab_size)
-    w.add_bos_token_id(cfg.bos_token_id)
-    w.add_eos_token_id(cfg.eos_token_id)
-    w.add_tokenizer_model("gpt2")
-    w.add_token_list([f"t{i}" for i in range(cfg.vocab_size)])
+    if spm_vocab:
+        specials = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
+        tokens = specials + [f"\u2581t{i}" for i in range(cfg.vocab_size - len(specials))]
+        w.add_bos_token_id(1)
+        w.add_eos_token_id(2)
+        w.add_tokenizer_model("llama")
+        w.add_token_list(tokens)
+        w.add_token_scores([0.0] * len(tokens))
+        w.add_token_types([2, 3, 3] + [6] * 256 + [1] * (len(tokens) - len(specials)))
+    else:
+        w.add_bos_token_id(cfg.bos_token_id)
+        w.add_eos_token_id(cfg.eos_token_id)
+        w.add_tokenizer_model("gpt2")
+        w.add_token_list([f"t{i}" for i in range(cfg.vocab_size)])
     written: dict[str, np.ndarray] = {}
     for hf_name, t in model.state_dict().items():
         name = gguf_name(hf_name)
