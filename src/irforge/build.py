@@ -10,9 +10,11 @@ from .archive import rank_path
 from .artifacts import ARCHIVE_NAME, MLIR_NAME, SHORTFIN_CONFIG_NAME, TOKENIZER_JSON, vmfb_name
 from .build_steps import BuildResult, Step, run_steps
 from .compile import compile_folder, get_target
+from .compile.targets import check_fp8
 from .errors import ConfigError
 from .formats.locks import output_lock
 from .manifest import DEFAULTS, ExportOptions
+from .quantization import scheme
 
 TINY = "tiny"
 
@@ -62,6 +64,7 @@ def build(
     tp: int = 1,
     bs: Sequence[int] = (1, 4),
     dtype: str | None = None,
+    quantize: str | None = None,
     block_seq_stride: int = DEFAULTS.block_seq_stride,
     device_block_count: int = DEFAULTS.device_block_count,
     revision: str | None = None,
@@ -86,6 +89,9 @@ def build(
     """
     out_dir = Path(out_dir)
     presets = [get_target(t) for t in targets]  # validate before doing anything
+    if quantize is not None:
+        for preset in presets:
+            check_fp8(preset, {"weights": scheme(quantize).storage})
     if len({t.name for t in presets}) != len(presets):
         raise ConfigError(f"a target is named twice in {list(targets)}")
     steps, local = _source_steps(source, out_dir, revision)
@@ -96,19 +102,24 @@ def build(
 
         cmd = ["irforge", "shard", str(local), "--tp", str(tp), "-o", str(archive)]
         run_weights: Callable[[], object] = lambda: shard(  # noqa: E731
-            local, tp=tp, out=archive, dtype=dtype
+            local, tp=tp, out=archive, dtype=dtype, quantize=quantize
         )
     else:
         from .convert import convert
 
         cmd = ["irforge", "convert", str(local), "-o", str(archive)]
-        run_weights = lambda: convert(local, out=archive, dtype=dtype)  # noqa: E731
+        run_weights = lambda: convert(  # noqa: E731
+            local, out=archive, dtype=dtype, quantize=quantize
+        )
     if dtype:
         cmd += ["--dtype", dtype]
+    if quantize:
+        cmd += ["--quantize", quantize]
     steps.append(
         Step(
             "shard" if tp > 1 else "convert",
-            {"tp": tp, "dtype": dtype},
+            # quantize only when asked: earlier builds' records stay valid
+            {"tp": tp, "dtype": dtype, **({"quantize": quantize} if quantize else {})},
             [local],
             weights,
             cmd,

@@ -22,6 +22,15 @@ METADATA_KEY = "__irforge_config__"
 
 SUPPORTED_ARCHITECTURES = ("llama",)
 FLOAT_DTYPES = ("f32", "f16", "bf16")
+# fp8 KV caches, by the name options take -> the dtype table's name (formats/dtypes.py):
+# e4m3fn elsewhere, e4m3fnuz on MI300 (gfx942), as shark-ai's fp8 builds for it used.
+FP8_DTYPES = {"fp8": "f8_e4m3fn", "fp8-fnuz": "f8_e4m3fnuz"}
+KV_CACHE_DTYPES = (*FLOAT_DTYPES, *FP8_DTYPES)
+
+
+def storage_dtype(name: str) -> str:
+    """The dtype table's name of an options dtype ('fp8' -> 'f8_e4m3fn'; 'f16' stays)."""
+    return FP8_DTYPES.get(name, name)
 
 
 @dataclass(frozen=True)
@@ -80,6 +89,9 @@ class ModelConfig:
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = ()
     dtype: str = "f32"
+    # Weight-only quantization of the linear layers (quantization.SCHEMES), None: none.
+    # `dtype` stays the activations' (and the embeddings' and norms') dtype.
+    quantization: str | None = None
     source: str = ""
 
     def __post_init__(self) -> None:
@@ -126,6 +138,10 @@ class ModelConfig:
             )
         if self.dtype not in FLOAT_DTYPES:
             raise ConfigError(f"dtype must be one of {FLOAT_DTYPES}, got {self.dtype!r}")
+        if self.quantization is not None:
+            from .quantization import scheme
+
+            scheme(self.quantization)
         if self.rope_freq_factors is not None:
             if self.rope_scaling is not None:
                 raise ConfigError("rope_scaling and rope_freq_factors are exclusive")

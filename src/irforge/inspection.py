@@ -9,10 +9,12 @@ from typing import Any
 
 from .archive import open_archive
 from .artifacts import folder_file
+from .config import ModelConfig
 from .errors import InputError
 from .formats.sources import open_source
 from .formats.tensor_ref import TensorRef
 from .manifest import MANIFEST_NAME, Manifest
+from .quantization import SCHEMES
 
 # Arrays longer than this (GGUF tokenizer vocabularies) are summarized, not listed.
 MAX_LISTED_ITEMS = 16
@@ -58,6 +60,12 @@ def summarize(value: Any) -> Any:
     return value
 
 
+def _quantization(config: ModelConfig | None) -> str:
+    if config is None or config.quantization is None:
+        return "none"
+    return f"{config.quantization}: {SCHEMES[config.quantization].about}"
+
+
 def inspect_path(path: Path) -> Inspection:
     """Read the header of a .gguf, .safetensors, safetensors index, HF folder or .irpa.
 
@@ -75,6 +83,7 @@ def inspect_path(path: Path) -> Inspection:
                 "tensor_parallelism_size": archive.metadata.tensor_parallelism_size,
                 "source": archive.metadata.source,
                 "producer": archive.metadata.producer,
+                "quantization": _quantization(archive.config),
                 "config": None if archive.config is None else archive.config.to_dict(),
             }
         files = [path, *archive.rank_paths]

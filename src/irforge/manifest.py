@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .artifacts import MLIR_NAME, is_bare_name
-from .config import FLOAT_DTYPES, ModelConfig
+from .config import FLOAT_DTYPES, KV_CACHE_DTYPES, ModelConfig
 from .errors import ConfigError, ManifestError
 from .formats.atomic import AtomicFile
 
@@ -85,9 +85,10 @@ class ExportOptions:
         _check_int("max_seq_len", self.max_seq_len, 0, 2**24)
         _check_int("tensor_parallelism_size", self.tensor_parallelism_size, 1, 64)
         for name in ("activation_dtype", "kv_cache_dtype", "attention_dtype"):
-            if getattr(self, name) not in (*FLOAT_DTYPES, None):
+            allowed = KV_CACHE_DTYPES if name == "kv_cache_dtype" else FLOAT_DTYPES
+            if getattr(self, name) not in (*allowed, None):
                 raise ConfigError(
-                    f"{name} must be one of {', '.join(FLOAT_DTYPES)}, got {getattr(self, name)!r}"
+                    f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}"
                 )
         if self.attention not in ATTENTION_KINDS:
             raise ConfigError(

@@ -35,6 +35,8 @@ class TensorKind:
     module: str
     shape: Callable[[ModelConfig], tuple[int, ...]]
     split_dim: int | None = None
+    # A linear layer's weight [out, in]: what weight-only quantization stores quantized.
+    linear: bool = False
 
     @property
     def per_block(self) -> bool:
@@ -60,6 +62,7 @@ KINDS: tuple[TensorKind, ...] = (
         "output.weight",
         lambda c: (c.vocab_size, c.embedding_length),
         ROW,
+        linear=True,
     ),
     TensorKind(
         "blk.{i}.attn_norm.weight",
@@ -73,6 +76,7 @@ KINDS: tuple[TensorKind, ...] = (
         "blk.{i}.attn.wq.weight",
         lambda c: (_q(c), c.embedding_length),
         COLUMN,
+        linear=True,
     ),
     TensorKind(
         "blk.{i}.attn_k.weight",
@@ -80,6 +84,7 @@ KINDS: tuple[TensorKind, ...] = (
         "blk.{i}.attn.wk.weight",
         lambda c: (_kv(c), c.embedding_length),
         COLUMN,
+        linear=True,
     ),
     TensorKind(
         "blk.{i}.attn_v.weight",
@@ -87,6 +92,7 @@ KINDS: tuple[TensorKind, ...] = (
         "blk.{i}.attn.wv.weight",
         lambda c: (_kv(c), c.embedding_length),
         COLUMN,
+        linear=True,
     ),
     TensorKind(
         "blk.{i}.attn_output.weight",
@@ -94,6 +100,7 @@ KINDS: tuple[TensorKind, ...] = (
         "blk.{i}.attn.wo.weight",
         lambda c: (c.embedding_length, _q(c)),
         ROW,
+        linear=True,
     ),
     TensorKind(
         "blk.{i}.ffn_norm.weight",
@@ -107,6 +114,7 @@ KINDS: tuple[TensorKind, ...] = (
         "blk.{i}.ffn.w_gate.weight",
         lambda c: (c.feed_forward_length, c.embedding_length),
         COLUMN,
+        linear=True,
     ),
     TensorKind(
         "blk.{i}.ffn_up.weight",
@@ -114,6 +122,7 @@ KINDS: tuple[TensorKind, ...] = (
         "blk.{i}.ffn.w_up.weight",
         lambda c: (c.feed_forward_length, c.embedding_length),
         COLUMN,
+        linear=True,
     ),
     TensorKind(
         "blk.{i}.ffn_down.weight",
@@ -121,6 +130,7 @@ KINDS: tuple[TensorKind, ...] = (
         "blk.{i}.ffn.w_down.weight",
         lambda c: (c.embedding_length, c.feed_forward_length),
         ROW,
+        linear=True,
     ),
 )
 
@@ -129,7 +139,55 @@ def _pattern(template: str) -> re.Pattern[str]:
     return re.compile("^" + re.escape(template).replace(re.escape("{i}"), r"(?P<i>\d+)") + "$")
 
 
-_BY_CANONICAL = [(_pattern(k.canonical), k) for k in KINDS]
+def _scale_kind(k: TensorKind) -> TensorKind:
+    """The per-output-channel scale of a quantized linear kind: its rows, so it splits with
+    a column-parallel weight and is replicated beside a row-parallel one."""
+    from .quantization import SCALE_SUFFIX
+
+    rows = k.shape
+    return TensorKind(
+        k.canonical + SCALE_SUFFIX,
+        k.hf + SCALE_SUFFIX,
+        k.module + SCALE_SUFFIX,
+        lambda c: (rows(c)[0],),
+        COLUMN if k.split_dim == COLUMN else None,
+    )
+
+
+def _block_scale_kind(k: TensorKind) -> TensorKind:
+    """The per-block scales [out, in / block] of a block-quantized linear kind: split as
+    the weight is (a row-parallel weight's columns take their blocks with them)."""
+    from .quantization import BLOCK_SCALE_SUFFIX, scheme
+
+    def shape(c: ModelConfig) -> tuple[int, ...]:
+        out, cols = k.shape(c)
+        block = scheme(c.quantization).block if c.quantization else None
+        return (out, cols // (block or cols))
+
+    return TensorKind(
+        k.canonical + BLOCK_SCALE_SUFFIX,
+        k.hf + BLOCK_SCALE_SUFFIX,
+        k.module + BLOCK_SCALE_SUFFIX,
+        shape,
+        k.split_dim,
+    )
+
+
+SCALE_KINDS: tuple[TensorKind, ...] = tuple(_scale_kind(k) for k in KINDS if k.linear)
+BLOCK_SCALE_KINDS: tuple[TensorKind, ...] = tuple(_block_scale_kind(k) for k in KINDS if k.linear)
+ALL_KINDS = KINDS + SCALE_KINDS + BLOCK_SCALE_KINDS
+
+
+def kinds_for(config: ModelConfig) -> tuple[TensorKind, ...]:
+    """The kinds a config's archive holds: the weights, and its scheme's scales if any."""
+    if config.quantization is None:
+        return KINDS
+    from .quantization import scheme
+
+    return KINDS + (SCALE_KINDS if scheme(config.quantization).block is None else BLOCK_SCALE_KINDS)
+
+
+_BY_CANONICAL = [(_pattern(k.canonical), k) for k in ALL_KINDS]
 
 
 def kind_of(canonical: str) -> tuple[TensorKind, str | None] | None:
@@ -144,13 +202,14 @@ def kind_of(canonical: str) -> tuple[TensorKind, str | None] | None:
 def _named(config: ModelConfig, name: Callable[[TensorKind], str]) -> dict[str, tuple[int, ...]]:
     """Model-level tensors, then block by block (the order checkpoints are written in)."""
     tied = config.tie_word_embeddings
+    kinds = kinds_for(config)
     out = {
         name(k): k.shape(config)
-        for k in KINDS
-        if not k.per_block and not (tied and k.canonical == "output.weight")
+        for k in kinds
+        if not k.per_block and not (tied and k.canonical.startswith("output.weight"))
     }
     for i in range(config.block_count):
-        out.update({name(k).replace("{i}", str(i)): k.shape(config) for k in KINDS if k.per_block})
+        out.update({name(k).replace("{i}", str(i)): k.shape(config) for k in kinds if k.per_block})
     return out
 
 

@@ -25,6 +25,8 @@ from .formats.gguf_tokenizer import UnsupportedTokenizer, tokenizer_config_text,
 from .formats.irpa import OutputEntry, tensor_metadata
 from .formats.sources import Source, open_source, read_json_file
 from .formats.tensor_ref import TensorRef, read_range
+from .quantization import SCALE_DTYPE, Scheme, quantize_rows, row_scales, scheme
+from .tensor_kinds import kind_of
 from .tensor_names import HF_IGNORED, check_tensors, hf_to_canonical
 
 # Elements converted per step: bounds peak memory whatever the tensor size.
@@ -38,23 +40,39 @@ class PlannedTensor:
     name: str  # canonical output name
     ref: TensorRef  # where the source bytes are
     dtype: str  # output dtype
-    how: str  # "copy" | "cast" | "dequantize"
+    how: str  # "copy" | "cast" | "dequantize" | "quantize" | "scale" (quantize's scales)
+    scheme: Scheme | None = None  # for "quantize" and "scale"
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return self.ref.shape
+        if self.how != "scale":
+            return self.ref.shape
+        assert self.scheme is not None
+        if self.scheme.block is None:
+            return (self.ref.shape[0],)
+        return (self.ref.shape[0], self.out_cols)
 
     @property
+    def out_cols(self) -> int:
+        """Elements each source row becomes: its scales, or the row itself."""
+        if self.how != "scale":
+            return self.cols
+        assert self.scheme is not None
+        return 1 if self.scheme.block is None else self.cols // self.scheme.block
+
+    # A vector is rows of one element: a per-channel scale splits along its rows.
+    @property
     def rows(self) -> int:
-        return math.prod(self.shape[:-1]) if len(self.shape) > 1 else 1
+        shape = self.ref.shape
+        return math.prod(shape[:-1]) if len(shape) > 1 else math.prod(shape)
 
     @property
     def cols(self) -> int:
-        return self.shape[-1] if self.shape else 1
+        return self.ref.shape[-1] if len(self.ref.shape) > 1 else 1
 
     @property
     def nbytes(self) -> int:
-        return self.ref.numel * BY_NAME[self.dtype].itemsize
+        return self.rows * self.out_cols * BY_NAME[self.dtype].itemsize
 
     def _source_row_bytes(self) -> int:
         if self.ref.is_quantized:
@@ -69,6 +87,11 @@ class PlannedTensor:
             values = dequantize(self.ref, raw)
         else:
             values = raw.view(BY_NAME[self.ref.dtype].numpy)
+        if self.scheme is not None:
+            rows = values.reshape(r1 - r0, self.cols)
+            if self.how == "scale":
+                return row_scales(rows, self.scheme).reshape(r1 - r0, self.out_cols)
+            return quantize_rows(rows, self.scheme)
         if self.how != "copy":
             # Through float32, as torch does: exact from f16/bf16, one rounding to the target.
             values = values.astype(np.float32).astype(BY_NAME[self.dtype].numpy)
@@ -91,7 +114,7 @@ class PlannedTensor:
     def rows_entry(self, name: str, r0: int, r1: int, shape: tuple[int, ...]) -> OutputEntry:
         """Rows [r0, r1) (a dim-0 shard of a matrix): a plain byte range when copying."""
         meta = tensor_metadata(self.dtype, shape)
-        nbytes = (r1 - r0) * self.cols * BY_NAME[self.dtype].itemsize
+        nbytes = (r1 - r0) * self.out_cols * BY_NAME[self.dtype].itemsize
         if self.how == "copy":
             step = self._source_row_bytes()
             sub = replace(self.ref, offset=self.ref.offset + r0 * step, nbytes=(r1 - r0) * step)
@@ -183,14 +206,43 @@ def _read_model_config(
     return None
 
 
-def plan(source: Path, *, dtype: str | None = None, config: Path | None = None) -> Plan:
+def _quantized(tensors: list[PlannedTensor], s: Scheme) -> list[PlannedTensor]:
+    """Each linear weight as the scheme's storage, followed by its scales (quantization.py)."""
+    out = []
+    for t in tensors:
+        found = kind_of(t.name)
+        if found is None or not found[0].linear:
+            out.append(t)
+            continue
+        out.append(PlannedTensor(t.name, t.ref, s.storage, "quantize", s))
+        out.append(PlannedTensor(s.scale_name(t.name), t.ref, SCALE_DTYPE, "scale", s))
+    return out
+
+
+def _all_linear_q8_0(tensors: list[PlannedTensor]) -> bool:
+    """A GGUF whose every linear weight is Q8_0: kept so (q8_0) instead of widened to f16."""
+    linear = [t for t in tensors if (found := kind_of(t.name)) is not None and found[0].linear]
+    return bool(linear) and all(t.ref.dtype == "q8_0" for t in linear)
+
+
+def plan(
+    source: Path,
+    *,
+    dtype: str | None = None,
+    config: Path | None = None,
+    quantize: str | None = None,
+) -> Plan:
     """Open and validate a checkpoint; decide every output tensor's name, dtype and reader.
+
+    `quantize` names a weight-only scheme (quantization.SCHEMES) for the linear layers;
+    `dtype` is then the activations' (embeddings', norms') dtype.
 
     Raises:
         InputError, ConfigError, UnsupportedModelError.
     """
     if dtype is not None and dtype not in CONVERTIBLE:
         raise ConfigError(f"--dtype must be one of {', '.join(CONVERTIBLE)}, got {dtype!r}")
+    quant = scheme(quantize) if quantize is not None else None
     src = open_source(Path(source))
     notes: list[str] = []
     named: dict[str, TensorRef] = {}
@@ -210,7 +262,18 @@ def plan(source: Path, *, dtype: str | None = None, config: Path | None = None) 
         if cfg.tie_word_embeddings and "output.weight" in named:
             tensors = [t for t in tensors if t.name != "output.weight"]
             notes.append("dropped output.weight: the config ties it to token_embd.weight")
+        if quant is None and _all_linear_q8_0(tensors):
+            quant = scheme("q8_0")
+            notes.append("kept the Q8_0 linear weights as int8 blocks with their scales (q8_0)")
+        if quant is not None:
+            tensors = _quantized(tensors, quant)
+            cfg = cfg.replace(quantization=quant.name)
         check_tensors(cfg, {t.name: t.shape for t in tensors}, str(src.path))
+    elif quant is not None:
+        raise ConfigError(
+            f"{src.path}: quantizing needs the model's config (which tensors are linear "
+            "layers); pass `--config config.json`"
+        )
     else:
         notes.append(
             "no config.json beside the source: the archive has no hyperparameters; "

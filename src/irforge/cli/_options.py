@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from irforge.quantization import SCHEMES
+
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document for scripts.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")]
 OutIrpaOpt = Annotated[
@@ -26,6 +28,16 @@ DeviceIdsOpt = Annotated[
         "--device-ids",
         help="Which devices of that driver, comma separated (one per TP rank): 0,1. "
         "Default: the first ones.",
+    ),
+]
+QuantizeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--quantize",
+        help="Store the linear layers' weights quantized, dequantized inside the program ("
+        + "; ".join(f"{s.name}: {s.about}" for s in SCHEMES.values())
+        + "). Embeddings and norms keep the float dtype (--dtype). Default: none.",
+        show_default=False,
     ),
 ]
 DTypeOpt = Annotated[

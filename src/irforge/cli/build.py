@@ -9,7 +9,7 @@ import typer
 
 from irforge.manifest import DEFAULTS
 
-from ._options import QuietOpt, batch_sizes
+from ._options import QuantizeOpt, QuietOpt, batch_sizes
 
 
 def build_cmd(
@@ -29,6 +29,7 @@ def build_cmd(
     tp: Annotated[int, typer.Option("--tp", help="Tensor-parallel devices.", min=1)] = 1,
     bs: Annotated[str, typer.Option(help="Batch sizes for prefill and decode.")] = "1,4",
     dtype: Annotated[str | None, typer.Option(help="Cast weights to f32, f16 or bf16.")] = None,
+    quantize: QuantizeOpt = None,
     block_seq_stride: Annotated[
         int, typer.Option(help="Tokens per KV-cache page.")
     ] = DEFAULTS.block_seq_stride,
@@ -63,6 +64,7 @@ def build_cmd(
             tp=tp,
             bs=batch_sizes(bs, "--bs"),
             dtype=dtype,
+            quantize=quantize,
             block_seq_stride=block_seq_stride,
             device_block_count=device_block_count,
             revision=revision,

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from ._options import OutIrpaOpt, QuietOpt
+from ._options import OutIrpaOpt, QuantizeOpt, QuietOpt
 
 
 class DType(StrEnum):
@@ -46,6 +46,7 @@ def convert_cmd(
             dir_okay=False,
         ),
     ] = None,
+    quantize: QuantizeOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Convert GGUF/safetensors weights to an IRPA archive with canonical tensor names.
@@ -64,6 +65,7 @@ def convert_cmd(
             out=out,
             dtype=dtype.value if dtype else None,
             config=config,
+            quantize=quantize,
             on_plan=on_plan,
             on_bytes=on_bytes,
         )
@@ -72,7 +74,9 @@ def convert_cmd(
     if not quiet:
         err.print(
             f"{result.tensors} tensors ({result.copied} copied, {result.converted} cast, "
-            f"{result.dequantized} dequantized), {result.bytes_written / 2**20:.1f} MiB",
+            f"{result.dequantized} dequantized"
+            + (f", {result.quantized} quantized to {quantize}" if quantize else "")
+            + f"), {result.bytes_written / 2**20:.1f} MiB",
             highlight=False,
         )
     typer.echo(result.out)

@@ -45,7 +45,11 @@ def export_cmd(
     ] = DEFAULTS.device_block_count,
     activation_dtype: DTypeOpt = None,
     kv_cache_dtype: Annotated[
-        str | None, typer.Option(help="KV-cache dtype: f32, f16 or bf16 (default: activations).")
+        str | None,
+        typer.Option(
+            help="KV-cache dtype: f32, f16, bf16, fp8 (e4m3fn) or fp8-fnuz (e4m3fnuz, for MI300); "
+            "default: the activations'."
+        ),
     ] = None,
     attention_dtype: Annotated[
         str | None,

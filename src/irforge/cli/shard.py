@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ._options import OutIrpaOpt, QuietOpt
+from ._options import OutIrpaOpt, QuantizeOpt, QuietOpt
 
 
 def shard_cmd(
@@ -29,13 +29,15 @@ def shard_cmd(
     config: Annotated[
         Path | None, typer.Option(help="HF config.json for a source without one.", dir_okay=False)
     ] = None,
+    quantize: QuantizeOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Write OUT.irpa (metadata, replicated weights) and OUT.rank{i}.irpa (shard i of each).
 
     Column-parallel weights (attn_q/k/v, ffn_gate/up) split their rows, row-parallel ones
     (attn_output, ffn_down, output) their columns; shard i is stored as `<name>.shard.{i}`.
-    Memory stays at one chunk whatever the model size.
+    Memory stays at one chunk whatever the model size. A quantized archive's scales follow
+    their weights' rows: split with column-parallel weights, replicated with row-parallel ones.
     """
     from irforge.sharding import shard
     from irforge.sharding import unshard as unshard_archive
@@ -47,7 +49,14 @@ def shard_cmd(
         return
     with byte_progress("shard", quiet=quiet) as (on_plan, on_bytes):
         result = shard(
-            source, tp=tp, out=out, dtype=dtype, config=config, on_plan=on_plan, on_bytes=on_bytes
+            source,
+            tp=tp,
+            out=out,
+            dtype=dtype,
+            config=config,
+            quantize=quantize,
+            on_plan=on_plan,
+            on_bytes=on_bytes,
         )
     for message in result.notes:
         note(message)

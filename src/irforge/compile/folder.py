@@ -6,12 +6,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..artifacts import folder_file, vmfb_name
+from ..config import storage_dtype
 from ..errors import ManifestError
 from ..formats.atomic import sha256_file
 from ..formats.locks import locked
 from ..manifest import Compiled, Manifest
+from ..quantization import SCHEMES
 from .driver import CompileResult, find_iree_compile, run_iree_compile
-from .targets import Target, compiler_version, get_target, version_text
+from .targets import Target, check_fp8, compiler_version, get_target, version_text
 
 
 @locked("folder", create=False)
@@ -44,6 +46,7 @@ def compile_folder(
     folder = Path(folder)
     preset = get_target(target)  # a misspelt target fails before anything is read
     manifest = Manifest.load(folder)
+    check_fp8(preset, _element_types(manifest))
     tp = manifest.options.tensor_parallelism_size
     devices = tp if devices is None else devices
     if devices != tp:
@@ -70,6 +73,16 @@ def compile_folder(
     if out.parent.resolve() == folder.resolve():
         register_compiled(folder, preset, devices, out.name, source_digest, result.compiler_version)
     return result
+
+
+def _element_types(manifest: Manifest) -> dict[str, str]:
+    """The dtype-table names of the program's quantized weights and its KV cache."""
+    uses = {}
+    if manifest.config.quantization is not None:
+        uses["weights"] = SCHEMES[manifest.config.quantization].storage
+    kv = manifest.options.kv_cache_dtype or manifest.config.dtype
+    uses["KV cache"] = storage_dtype(kv)
+    return uses
 
 
 def register_compiled(

@@ -23,6 +23,7 @@ class ConvertResult:
     copied: int = 0  # tensors copied byte for byte
     converted: int = 0  # tensors cast to another float dtype
     dequantized: int = 0
+    quantized: int = 0  # linear weights stored quantized (`quantize`)
     tokenizer_files: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -34,6 +35,7 @@ def convert(
     out: Path,
     dtype: str | None = None,
     config: Path | None = None,
+    quantize: str | None = None,
     on_bytes: Callable[[int], None] | None = None,
     on_plan: Callable[[int], None] | None = None,
 ) -> ConvertResult:
@@ -45,6 +47,8 @@ def convert(
         dtype: "f32", "f16" or "bf16" to cast float tensors; None keeps them as stored.
             Quantized GGUF tensors are dequantized to this dtype (default f16).
         config: an HF config.json to use instead of the source's (needed for lone files).
+        quantize: a weight-only scheme for the linear layers ("int8": per-output-channel
+            scales; see quantization.py); the archive's config records it.
         on_bytes / on_plan: progress callbacks (bytes written; total bytes planned).
 
     Returns:
@@ -59,7 +63,7 @@ def convert(
     out = Path(out)
     if out.suffix != ".irpa":
         raise ConfigError(f"output {out} must end in .irpa")
-    p = plan(Path(source), dtype=dtype, config=config)
+    p = plan(Path(source), dtype=dtype, config=config, quantize=quantize)
     src = p.source
     meta = ArchiveMetadata(config=p.config, source=source_record(src))
     entries = [t.entry() for t in p.tensors] + [meta.entry()]
@@ -74,6 +78,7 @@ def convert(
         copied=sum(t.how == "copy" for t in p.tensors),
         converted=sum(t.how == "cast" for t in p.tensors),
         dequantized=sum(t.how == "dequantize" for t in p.tensors),
+        quantized=sum(t.how == "quantize" for t in p.tensors),
         tokenizer_files=copy_tokenizer(src, out),
         notes=p.notes,
     )

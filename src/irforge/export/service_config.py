@@ -12,7 +12,13 @@ from ..config import ModelConfig
 from ..manifest import ExportOptions
 
 # shortfin names dtypes as torch does.
-SHORTFIN_DTYPES = {"f32": "float32", "f16": "float16", "bf16": "bfloat16"}
+SHORTFIN_DTYPES = {
+    "f32": "float32",
+    "f16": "float16",
+    "bf16": "bfloat16",
+    "fp8": "float8_e4m3fn",
+    "fp8-fnuz": "float8_e4m3fnuz",
+}
 
 
 def shortfin_config(

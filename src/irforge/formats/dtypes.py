@@ -30,7 +30,7 @@ class DType:
     @property
     def numpy(self) -> np.dtype:
         """The numpy dtype (ml_dtypes supplies bfloat16 and float8, which numpy lacks)."""
-        if self.name in ("bf16", "f8_e4m3fn", "f8_e5m2"):
+        if self.name in ("bf16", "f8_e4m3fn", "f8_e4m3fnuz", "f8_e5m2"):
             import ml_dtypes
 
             return np.dtype(getattr(ml_dtypes, self.turbine))
@@ -52,6 +52,8 @@ _TABLE = [
     DType("bf16", 2, "f", "BF16", "bfloat16"),
     DType("f8_e4m3fn", 1, "f", "F8_E4M3", "float8_e4m3fn"),
     DType("f8_e5m2", 1, "f", "F8_E5M2", "float8_e5m2"),
+    # AMD MI300's fp8 (no negative zero, bias 8); safetensors has no name for it
+    DType("f8_e4m3fnuz", 1, "f", "F8_E4M3FNUZ", "float8_e4m3fnuz"),
     DType("i64", 8, "i", "I64", "int64"),
     DType("i32", 4, "i", "I32", "int32"),
     DType("i16", 2, "i", "I16", "int16"),

@@ -59,6 +59,13 @@ class PagedKVCache:
         """A zeroed slab [page_count, page_elements]."""
         return torch.zeros(page_count, self.page_elements, dtype=self.dtype, device=device)
 
+    def _stored(self, kv: torch.Tensor) -> torch.Tensor:
+        """kv in the cache's dtype; fp8 saturates, since torch casts what it cannot hold to NaN."""
+        if self.dtype.itemsize == 1:
+            most = torch.finfo(self.dtype).max
+            kv = kv.float().clamp(-most, most)
+        return kv.to(self.dtype)
+
     def pages(self, slab: torch.Tensor) -> torch.Tensor:
         """The 6-D view [pages, layers, 2, kv_heads, stride, head_dim] sharing slab's storage."""
         if slab.dim() != 2 or slab.shape[1] != self.page_elements:
@@ -80,7 +87,7 @@ class PagedKVCache:
         kv = kv.unflatten(1, (-1, self.block_seq_stride))  # [N, B, stride, L, 2, KV, D]
         kv = kv.permute(0, 1, 3, 4, 5, 2, 6).flatten(0, 1)  # [N·B, L, 2, KV, stride, D]
         # whole pages: one index over the leading dim, one scatter into the slab
-        self.pages(slab).index_put_((seq_block_ids.flatten(),), kv.to(self.dtype))
+        self.pages(slab).index_put_((seq_block_ids.flatten(),), self._stored(kv))
 
     def write_token(
         self,
@@ -100,7 +107,7 @@ class PagedKVCache:
         head = torch.arange(self.kv_heads, device=dev).view(1, 1, 1, -1)
         kv = torch.stack([torch.stack(p, dim=1) for p in zip(k, v, strict=True)], dim=1)
         # indices broadcast to [N, L, 2, KV]; kv is [N, L, 2, KV, D]
-        self.pages(slab).index_put_((page, layer, part, head, offset), kv.to(self.dtype))
+        self.pages(slab).index_put_((page, layer, part, head, offset), self._stored(kv))
 
     def gather(
         self, slab: torch.Tensor, layer: int, seq_block_ids: torch.Tensor, dtype: torch.dtype

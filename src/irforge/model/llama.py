@@ -18,6 +18,8 @@ from torch import nn
 from ..artifacts import SCORE_TOP
 from ..config import ModelConfig
 from ..errors import ConfigError
+from ..formats.dtypes import BY_NAME
+from ..quantization import SCALE_DTYPE, Scheme, scheme
 from .attention import attend, decode_mask
 from .kv_cache import DecodeKV, PagedKVCache, PrefillKV
 from .options import ModelOptions
@@ -40,6 +42,53 @@ class Linear(nn.Linear):
         return F.linear(x.reshape(-1, x.shape[-1]), self.weight).view(*x.shape[:-1], -1)
 
 
+class QuantLinear(nn.Module):
+    """A linear layer whose weight is stored quantized (quantization.py: int8 or fp8 rows and
+    f32 scales, per output channel or per block of a row) and rebuilt in the activation dtype
+    inside the program.
+
+    The rebuild is an elementwise op on the matmul's operand, which IREE fuses into the
+    matmul's dispatch (its dequantization-like pattern): the step reads the stored bytes.
+    """
+
+    def __init__(self, in_features: int, out_features: int, scheme: Scheme, dtype: torch.dtype):
+        super().__init__()
+        store = BY_NAME[scheme.storage].torch
+        self.block = scheme.block
+        self.weight = nn.Parameter(
+            torch.zeros(out_features, in_features, dtype=store), requires_grad=False
+        )
+        scales = (
+            (out_features,) if self.block is None else (out_features, in_features // self.block)
+        )
+        scale = nn.Parameter(
+            torch.ones(scales, dtype=BY_NAME[SCALE_DTYPE].torch), requires_grad=False
+        )
+        # the parameter's name is the archive's suffix (weight_scale / weight_block_scale)
+        self.scale_attr = scheme.scale_name("weight")
+        self.register_parameter(self.scale_attr, scale)
+        self.dtype = dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = getattr(self, self.scale_attr).to(self.dtype)
+        if self.block is None:
+            w = self.weight.to(self.dtype) * scale[:, None]
+        else:
+            out, cols = self.weight.shape
+            blocks = self.weight.view(out, cols // self.block, self.block).to(self.dtype)
+            w = (blocks * scale[..., None]).view(out, cols)
+        return F.linear(x.reshape(-1, x.shape[-1]), w).view(*x.shape[:-1], -1)
+
+
+def linear(
+    config: ModelConfig, in_features: int, out_features: int, dtype: torch.dtype
+) -> nn.Module:
+    """The model's linear layer: quantized when the config says its weights are."""
+    if config.quantization is None:
+        return Linear(in_features, out_features, bias=False, dtype=dtype)
+    return QuantLinear(in_features, out_features, scheme(config.quantization), dtype)
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float, dtype: torch.dtype):
         super().__init__()
@@ -59,9 +108,9 @@ class FeedForward(nn.Module):
     def __init__(self, config: ModelConfig, dtype: torch.dtype):
         super().__init__()
         dim, hidden = config.embedding_length, config.feed_forward_length
-        self.w_gate = Linear(dim, hidden, bias=False, dtype=dtype)
-        self.w_up = Linear(dim, hidden, bias=False, dtype=dtype)
-        self.w_down = Linear(hidden, dim, bias=False, dtype=dtype)
+        self.w_gate = linear(config, dim, hidden, dtype)
+        self.w_up = linear(config, dim, hidden, dtype)
+        self.w_down = linear(config, hidden, dim, dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.w_down(F.silu(self.w_gate(x)) * self.w_up(x))
@@ -80,10 +129,10 @@ class Attention(nn.Module):
         self.attn_dtype = options.attention_torch_dtype(config)
         dim = config.embedding_length
         q_dim, kv_dim = self.heads * self.head_dim, self.kv_heads * self.head_dim
-        self.wq = Linear(dim, q_dim, bias=False, dtype=dtype)
-        self.wk = Linear(dim, kv_dim, bias=False, dtype=dtype)
-        self.wv = Linear(dim, kv_dim, bias=False, dtype=dtype)
-        self.wo = Linear(q_dim, dim, bias=False, dtype=dtype)
+        self.wq = linear(config, dim, q_dim, dtype)
+        self.wk = linear(config, dim, kv_dim, dtype)
+        self.wv = linear(config, dim, kv_dim, dtype)
+        self.wo = linear(config, q_dim, dim, dtype)
 
     def forward(
         self,
@@ -149,9 +198,11 @@ class PagedLlama(nn.Module):
         layers = range(config.block_count)
         self.blk = nn.ModuleList(Block(config, i, self.options, self.dtype) for i in layers)
         self.output_norm = RMSNorm(dim, config.rms_norm_eps, self.dtype)
-        self.output = Linear(dim, vocab, bias=False, dtype=self.dtype)
-        if config.tie_word_embeddings:
+        if config.tie_word_embeddings:  # the embedding table, which stays unquantized
+            self.output: nn.Module = Linear(dim, vocab, bias=False, dtype=self.dtype)
             self.output.weight = self.token_embd.weight
+        else:
+            self.output = linear(config, dim, vocab, self.dtype)
         # Plain floats, not a buffer: export builds the model on the meta device, where a
         # buffer would have no data to put in the program (see rope.inv_freq_tensor).
         self.inv_freq_values = tuple(inv_frequencies(config).tolist())

@@ -7,11 +7,11 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config import FLOAT_DTYPES, ModelConfig
+from ..config import FLOAT_DTYPES, KV_CACHE_DTYPES, ModelConfig, storage_dtype
 from ..errors import ConfigError
+from ..formats.dtypes import BY_NAME
 from ..manifest import ATTENTION_KINDS, DEFAULTS, ExportOptions
 
-KV_CACHE_DTYPES = FLOAT_DTYPES
 TORCH_DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -38,8 +38,9 @@ class ModelOptions:
             )
         for name in ("activation_dtype", "kv_cache_dtype", "attention_dtype"):
             value = getattr(self, name)
-            if value is not None and value not in TORCH_DTYPES:
-                raise ConfigError(f"{name} must be one of {FLOAT_DTYPES} or None, got {value!r}")
+            allowed = KV_CACHE_DTYPES if name == "kv_cache_dtype" else FLOAT_DTYPES
+            if value is not None and value not in allowed:
+                raise ConfigError(f"{name} must be one of {allowed} or None, got {value!r}")
         if self.attention not in ATTENTION_KINDS:
             raise ConfigError(f"attention must be one of {ATTENTION_KINDS}, got {self.attention!r}")
 
@@ -55,4 +56,6 @@ class ModelOptions:
         return TORCH_DTYPES[self.attention_dtype or self.activation_dtype or config.dtype]
 
     def kv_cache_torch_dtype(self, config: ModelConfig) -> torch.dtype:
-        return TORCH_DTYPES[self.kv_cache_dtype or self.activation_dtype or config.dtype]
+        return BY_NAME[
+            storage_dtype(self.kv_cache_dtype or self.activation_dtype or config.dtype)
+        ].torch

@@ -19,7 +19,7 @@ from ..config import ModelConfig
 from ..errors import ConfigError
 from ..sharding.spec import check_tp, shard_name, split_dim
 from .kv_cache import DecodeKV, PagedKVCache, PrefillKV
-from .llama import Block, Linear, RMSNorm, decode_inputs, last_positions, prefill_inputs
+from .llama import Block, RMSNorm, decode_inputs, last_positions, linear, prefill_inputs
 from .options import ModelOptions
 from .rope import inv_freq_tensor, inv_frequencies, rope_tables
 from .weights import canonical_name
@@ -52,7 +52,7 @@ class Rank(nn.Module):
         self.blk = nn.ModuleList(Block(local, i, options, dtype) for i in range(config.block_count))
         self.output_norm = RMSNorm(dim, config.rms_norm_eps, dtype)
         if not self.tied:
-            self.output = Linear(dim // tp, config.vocab_size, bias=False, dtype=dtype)
+            self.output = linear(config, dim // tp, config.vocab_size, dtype)
         self.kv_cache = PagedKVCache.for_model(local, options)
 
     def block(self, layer: int) -> Block:

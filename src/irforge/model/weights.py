@@ -10,13 +10,13 @@ import torch
 
 from ..config import ModelConfig
 from ..errors import InputError, UnsupportedModelError
-from ..tensor_kinds import KINDS
+from ..tensor_kinds import ALL_KINDS
 
 if TYPE_CHECKING:
     from .llama import PagedLlama
 
 # Canonical name -> PagedLlama parameter name; `{i}` is the block index.
-CANONICAL_TO_MODULE: dict[str, str] = {k.canonical: k.module for k in KINDS}
+CANONICAL_TO_MODULE: dict[str, str] = {k.canonical: k.module for k in ALL_KINDS}
 
 # Tensors whose content the config already carries (GGUF's rope divisors: rope_freq_factors).
 IGNORED = frozenset({"rope_freqs.weight"})
@@ -55,36 +55,44 @@ def load_canonical(
     *,
     device: torch.device | str | None = None,
 ) -> None:
-    """Replace model's parameters by `tensors` (canonical names), cast to the activation dtype.
+    """Replace model's parameters by `tensors` (canonical names), each cast to its parameter's
+    dtype (the activation dtype; a quantized model's int8 weights and f32 scales stay so).
 
     Tensors already in that dtype and device are used without a copy. With tied embeddings
     the output projection is token_embd.weight; a stored output.weight is then ignored.
 
     Raises:
-        InputError: a tensor is missing, unknown, not floating point or of the wrong shape.
+        InputError: a tensor is missing, unknown, of the wrong kind of dtype or shape.
     """
     tied = model.config.tie_word_embeddings
-    expected = {k: v.shape for k, v in model.state_dict().items()}
+    params = model.state_dict()
+    expected = {k: v.shape for k, v in params.items()}
     if tied:
-        del expected["output.weight"]
+        for name in [k for k in expected if k.startswith("output.weight")]:
+            del expected[name]
     state: dict[str, torch.Tensor] = {}
     unknown = []
     for name, tensor in tensors.items():
         target = module_name(name)
-        if name in IGNORED or (tied and target == "output.weight"):
+        if name in IGNORED or (tied and target is not None and target.startswith("output.weight")):
             continue
         if target not in expected:
             unknown.append(name)
             continue
         tensor = torch.as_tensor(tensor)
-        if not tensor.is_floating_point():
+        want = params[target].dtype
+        if want.is_floating_point and not tensor.is_floating_point():
             raise InputError(f"tensor {name} has dtype {tensor.dtype}, expected floating point")
+        if not want.is_floating_point and tensor.dtype != want:
+            raise InputError(
+                f"tensor {name} has dtype {tensor.dtype}, the quantized model stores it as {want}"
+            )
         if tuple(tensor.shape) != tuple(expected[target]):
             raise InputError(
                 f"tensor {name} has shape {tuple(tensor.shape)}, the model config expects "
                 f"{tuple(expected[target])}"
             )
-        state[target] = tensor.to(device=device, dtype=model.dtype)
+        state[target] = tensor.to(device=device, dtype=want)
     missing = sorted(set(expected) - set(state))
     problems = []
     if missing:

@@ -6,6 +6,7 @@ import re
 from typing import Any
 
 from ..compile.targets import TARGETS
+from ..config import storage_dtype
 from ..errors import ConfigError
 from ..formats.dtypes import BY_NAME
 
@@ -14,7 +15,13 @@ from ..formats.dtypes import BY_NAME
 DRIVERS = tuple(dict.fromkeys(t.driver for t in TARGETS.values()))
 DRIVER_ALIASES = {"cpu": "local-task", "rocm": "hip", "amdgpu": "hip", "nvidia": "cuda"}
 # Element types of a KV cache, by irforge's dtype name.
-_CACHE_ELEMENT = {"f32": "FLOAT_32", "f16": "FLOAT_16", "bf16": "BFLOAT_16"}
+_CACHE_ELEMENT = {
+    "f32": "FLOAT_32",
+    "f16": "FLOAT_16",
+    "bf16": "BFLOAT_16",
+    "fp8": "FLOAT_8_E4M3_FN",
+    "fp8-fnuz": "FLOAT_8_E4M3_FNUZ",
+}
 
 
 def normalize_driver(name: str) -> str:
@@ -92,7 +99,7 @@ def cache_bytes(dtype: str) -> int:
         raise ConfigError(
             f"unsupported KV-cache dtype {dtype!r}; known: {', '.join(_CACHE_ELEMENT)}"
         )
-    return BY_NAME[dtype].itemsize
+    return BY_NAME[storage_dtype(dtype)].itemsize
 
 
 def allocate_cache(device: Any, pages: int, page_elements: int, dtype: str) -> Any:

@@ -36,10 +36,15 @@ class ShardResult:
     notes: list[str] = field(default_factory=list)
 
 
-def _plan(source: Path, dtype: str | None, config: Path | None) -> Plan:
+def _plan(source: Path, dtype: str | None, config: Path | None, quantize: str | None) -> Plan:
     if source.suffix == ".irpa":
+        if quantize is not None:
+            raise ConfigError(
+                f"{source} is an archive already: quantize while converting "
+                "(`irforge convert SOURCE --quantize ...`), then shard that archive"
+            )
         return plan_archive(source, dtype=dtype)
-    return plan(source, dtype=dtype, config=config)
+    return plan(source, dtype=dtype, config=config, quantize=quantize)
 
 
 def _rank_entry(t: PlannedTensor, dim: int, rank: int, tp: int) -> OutputEntry:
@@ -59,6 +64,7 @@ def shard(
     out: Path,
     dtype: str | None = None,
     config: Path | None = None,
+    quantize: str | None = None,
     on_bytes: Callable[[int], None] | None = None,
     on_plan: Callable[[int], None] | None = None,
 ) -> ShardResult:
@@ -77,7 +83,7 @@ def shard(
     out = Path(out)
     if out.suffix != ".irpa":
         raise ConfigError(f"output {out} must end in .irpa")
-    p = _plan(Path(source), dtype, config)
+    p = _plan(Path(source), dtype, config, quantize)
     if p.config is None:
         raise ShardingError(f"{source}: no model config, so the split sizes are unknown")
     check_tp(p.config, tp)

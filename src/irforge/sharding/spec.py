@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from ..config import ModelConfig
 from ..errors import ShardingError
+from ..quantization import scheme
 from ..tensor_kinds import kind_of
 
 MAX_TP = 8
@@ -41,3 +42,16 @@ def check_tp(config: ModelConfig, tp: int) -> None:
     for what, size in sizes.items():
         if size % tp:
             raise ShardingError(f"tensor-parallel size {tp} must divide {what}={size}")
+    block = scheme(config.quantization).block if config.quantization else None
+    if block and tp > 1:  # row-parallel weights split their columns, whole blocks each
+        cols = {
+            "attention_head_count * head_dim": config.attention_head_count * config.head_dim,
+            "feed_forward_length": config.feed_forward_length,
+            "embedding_length": config.embedding_length,
+        }
+        for what, size in cols.items():
+            if (size // tp) % block:
+                raise ShardingError(
+                    f"{config.quantization} blocks of {block}: {what}={size} / {tp} ranks "
+                    f"is not a whole number of blocks"
+                )

@@ -1,0 +1,110 @@
+"""Quantized weights on the CPU, in one run (issue 17): f16 against int8 and fp8.
+
+The Llama-3.2-1B-shaped checkpoint of bench/scale.py (random seeded weights, bf16 safetensors,
+made there if missing) is converted three ways: `--dtype f16`, `--dtype f16 --quantize int8`
+and `--dtype f16 --quantize fp8` (activations, embeddings and norms f16 in all three). Each is
+exported (prefill bs 1, decode bs 1/8), compiled for the CPU and served by `irforge serve`;
+for each: archive size, convert time, one client's decode step, and output tokens/s at 1 and
+8 concurrent clients. Target: int8 decode >= 1.6x f16 at one client (it reads half the bytes).
+
+    .venv/bin/python bench/quant.py [--schemes none,int8,fp8] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import scale  # noqa: E402  (the checkpoint, build, server and client helpers)
+import serve as serve_bench  # noqa: E402
+
+CLIENTS = (1, 8)
+EXPORT = dict(
+    prefill_batch_sizes=(1,),
+    decode_batch_sizes=(1, 8),
+    device_block_count=256,
+    max_seq_len=4096,
+)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--schemes", default="none,int8,fp8", help="none = plain f16")
+    p.add_argument("--dtype", default="f16", help="activations, embeddings and norms")
+    p.add_argument("--max-tokens", type=int, default=32)
+    p.add_argument("--tmpfs", type=Path, default=Path("/dev/shm/irforge-scale/1b"))
+    p.add_argument("--work", type=Path, default=Path("/tmp/irforge-quant"))
+    p.add_argument("--json", type=Path)
+    return p.parse_args(argv)
+
+
+def measure(art: Path, max_tokens: int) -> dict[str, Any]:
+    port = serve_bench._free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc, _ = serve_bench.start(serve_bench.irforge_command(art, port), url, timeout_s=600)
+    try:
+        return scale.decode_rates(url, max_tokens, CLIENTS, np.random.default_rng(2))
+    finally:
+        serve_bench.stop(proc)
+
+
+def markdown(r: dict[str, Any]) -> str:
+    lines = [
+        f"{scale.SHAPE.about.replace('bf16', r['dtype'] + ' activations')}, IREE {r['iree']}, CPU",
+        "",
+        "| weights | archive | convert | decode step (1 client) | tokens/s, 1 client | "
+        "8 clients | 1-client speed-up over the float archive |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    base = r["runs"][0]["step_s"]
+    for run in r["runs"]:
+        t = run["tokens_per_s"]
+        lines.append(
+            f"| {run['scheme']} | {run['archive_bytes'] / 2**30:.2f} GiB "
+            f"| {run['convert_s']:.0f} s | {run['step_s'] * 1e3:.0f} ms "
+            f"| {t['1']:.1f} | {t['8']:.1f} "
+            f"| {base / run['step_s']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    args.work.mkdir(parents=True, exist_ok=True)
+    hf = args.tmpfs / "hf"
+    scale.write_weights(hf)
+    report: dict[str, Any] = {
+        "iree": version("iree-base-compiler"),
+        "dtype": args.dtype,
+        "runs": [],
+    }
+    for name in args.schemes.split(","):
+        quantize = None if name == "none" else name
+        art, seconds = scale.build(
+            hf, args.work, dtype=args.dtype, quantize=quantize, options=EXPORT
+        )
+        print(f"{name}: serving", flush=True)
+        run = measure(art, args.max_tokens)
+        run["tokens_per_s"] = {str(k): v for k, v in run["tokens_per_s"].items()}
+        run.update(
+            scheme=name if quantize else args.dtype,
+            archive_bytes=(art / "model.irpa").stat().st_size,
+            convert_s=seconds,
+        )
+        report["runs"].append(run)
+    print("\n" + markdown(report))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
