@@ -99,6 +99,111 @@ def test_rebuilt_tokenizer_gives_the_same_ids_and_text(tmp_path: Path, pre: str)
     assert config["chat_template"] == CHAT_TEMPLATE
 
 
+def _sentencepiece_source(folder: Path) -> Path:
+    """A SentencePiece BPE model trained here (byte fallback, as Llama 2's), with the
+    tokenizer_config.json and config.json a Hugging Face Llama 2 folder has beside it."""
+    spm = pytest.importorskip("sentencepiece")
+    folder.mkdir()
+    text = folder / "corpus.txt"
+    text.write_text(
+        "The quick brown fox jumps over the lazy dog. Hello, world! How are you today?\n"
+        "It's a fine day, isn't it? We're going to the market; they've got apples.\n"
+        "Llamas live in the Andes. Numbers like 12, 345 and 6789 appear. Caf\u00e9 na\u00efve.\n"
+        * 20
+    )
+    spm.SentencePieceTrainer.train(
+        input=str(text),
+        model_prefix=str(folder / "tokenizer"),
+        vocab_size=400,
+        model_type="bpe",
+        byte_fallback=True,
+        character_coverage=1.0,
+        split_digits=True,
+        normalization_rule_name="identity",  # Llama 2's: text is not normalized
+        remove_extra_whitespaces=False,
+        allow_whitespace_only_pieces=True,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        minloglevel=2,
+    )
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "LlamaTokenizer",
+                "bos_token": "<s>",
+                "eos_token": "</s>",
+                "unk_token": "<unk>",
+                "add_bos_token": True,
+                "legacy": False,
+                "chat_template": CHAT_TEMPLATE,
+            }
+        )
+    )
+    (folder / "config.json").write_text(json.dumps({"bos_token_id": 1, "eos_token_id": 2}))
+    return folder
+
+
+def _write_sentencepiece_gguf(source: Path, path: Path) -> None:
+    """As llama.cpp's converter writes a SentencePiece vocabulary: each piece with its score
+    and type, read through sentencepiece itself."""
+    import sentencepiece
+
+    sp = sentencepiece.SentencePieceProcessor(model_file=str(source / "tokenizer.model"))
+    n = sp.vocab_size()
+    kinds = [
+        (sp.is_unknown, gguf.TokenType.UNKNOWN),
+        (sp.is_control, gguf.TokenType.CONTROL),
+        (sp.is_unused, gguf.TokenType.UNUSED),
+        (sp.is_byte, gguf.TokenType.BYTE),
+    ]
+    types = [next((t for test, t in kinds if test(i)), gguf.TokenType.NORMAL) for i in range(n)]
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_tokenizer_model("llama")
+    w.add_tokenizer_pre("default")
+    w.add_token_list([sp.id_to_piece(i) for i in range(n)])
+    w.add_token_scores([sp.get_score(i) for i in range(n)])
+    w.add_token_types(types)
+    gguf.SpecialVocab(source, load_merges=False, n_vocab=n).add_to_gguf(w)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def test_a_sentencepiece_vocabulary_is_rebuilt(tmp_path: Path) -> None:
+    """Llama 2-style GGUF (scores, byte pieces, no merges) against the tokenizer transformers
+    converts from the same tokenizer.model, and sentencepiece itself, over the corpus."""
+    pytest.importorskip("google.protobuf")  # transformers' tokenizer.model conversion
+    import sentencepiece
+    import transformers
+
+    source = _sentencepiece_source(tmp_path / "spm")
+    _write_sentencepiece_gguf(source, tmp_path / "m.gguf")
+    text, config = tokenizer_from_gguf(read_gguf(tmp_path / "m.gguf").metadata)
+    ours = Tokenizer.from_str(text)
+    theirs = transformers.AutoTokenizer.from_pretrained(source)
+    sp = sentencepiece.SentencePieceProcessor(model_file=str(source / "tokenizer.model"))
+    merged = 0
+    for line in CORPUS:
+        want = theirs(line, add_special_tokens=True).input_ids
+        got = ours.encode(line).ids
+        assert got == want, line
+        # sentencepiece does not parse control tokens in text, and transformers' conversion
+        # (the reference: the tokenizer serve would have had) splits a leading run of spaces
+        # differently from it
+        if "<s>" not in line and not line.startswith("  "):
+            assert got[1:] == sp.encode(line), line
+        assert ours.decode(want, skip_special_tokens=True) == theirs.decode(
+            want, skip_special_tokens=True
+        )
+        merged += sum(len(t) > 1 and not t.startswith("<") for t in ours.encode(line).tokens)
+    assert merged > 20  # merges were applied, not only bytes and characters
+    assert config["bos_token"] == "<s>" and config["eos_token"] == "</s>"
+    assert config["add_bos_token"] is True and config["chat_template"] == CHAT_TEMPLATE
+
+
 def test_the_patterns_differ_where_they_split_digits_and_case(tmp_path: Path) -> None:
     """The pre-tokenizers are told apart (one split would pass another's corpus only by
     luck): 12345 is one word for GPT-2, 123|45 for Llama 3, five for tekken."""
@@ -129,7 +234,9 @@ def test_convert_of_a_gguf_writes_its_tokenizer(tmp_path: Path, llama_gguf) -> N
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"tokenizer.ggml.model": "llama"}, "'llama'"),
+        ({"tokenizer.ggml.model": "t5"}, "'t5'"),
+        ({"tokenizer.ggml.model": "llama", "tokenizer.ggml.scores": [0.0]}, "differ in length"),
+        ({"tokenizer.ggml.model": "llama", "tokenizer.ggml.scores": [0, "x", 1]}, "not a number"),
         ({"tokenizer.ggml.pre": "qwen2"}, "'qwen2'"),
         ({"tokenizer.ggml.tokens": []}, "no tokenizer.ggml.tokens"),
         ({"tokenizer.ggml.merges": ["ab"]}, "not two tokens"),
