@@ -29,6 +29,15 @@ from ..errors import ConfigError
 from .options import ModelOptions
 
 
+def widen(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """t in dtype; fp8 reaches f16 through f32, as llvm-cpu (IREE 3.13) has no f8 -> f16
+    extension ("failed to legalize arith.extf ... vector<16xf8E4M3FN> -> vector<16xf16>";
+    f8 -> bf16 and f8 -> f32 compile, and gfx942 compiles either)."""
+    if t.dtype.itemsize == 1 and t.dtype.is_floating_point and dtype == torch.float16:
+        t = t.to(torch.float32)
+    return t.to(dtype)
+
+
 @dataclass(frozen=True)
 class PagedKVCache:
     """Page layout of one device's slab; the methods read and write a given slab."""
@@ -119,7 +128,7 @@ class PagedKVCache:
         rows = seq_block_ids * self.layers + layer  # [N, B]: this layer's part of each page
         kv = pages[rows]  # [N, B, 2, KV, stride, D]
         kv = kv.permute(2, 0, 3, 1, 4, 5).flatten(3, 4)  # [2, N, KV, B·stride, D]
-        return kv[0].to(dtype), kv[1].to(dtype)
+        return widen(kv[0], dtype), widen(kv[1], dtype)
 
 
 class PrefillKV:

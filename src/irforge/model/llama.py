@@ -21,7 +21,7 @@ from ..errors import ConfigError
 from ..formats.dtypes import BY_NAME
 from ..quantization import SCALE_DTYPE, Scheme, scheme
 from .attention import attend, decode_mask
-from .kv_cache import DecodeKV, PagedKVCache, PrefillKV
+from .kv_cache import DecodeKV, PagedKVCache, PrefillKV, widen
 from .options import ModelOptions
 from .rope import apply_rope, inv_freq_tensor, inv_frequencies, rope_tables
 from .weights import load_archive, load_canonical
@@ -48,7 +48,10 @@ class QuantLinear(nn.Module):
     inside the program.
 
     The rebuild is an elementwise op on the matmul's operand, which IREE fuses into the
-    matmul's dispatch (its dequantization-like pattern): the step reads the stored bytes.
+    matmul's dispatch (its dequantization-like pattern): the step reads the stored bytes. On
+    llvm-cpu that fused matmul is compute-bound: int8 decode is slower than f16 on the 1B
+    shape (bench/RESULTS.md). Scaling the product instead of the weight was 20% faster there
+    but can overflow f16 (|x . w| up to 127x larger before the scale), so it is not done.
     """
 
     def __init__(self, in_features: int, out_features: int, scheme: Scheme, dtype: torch.dtype):
@@ -72,10 +75,10 @@ class QuantLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         scale = getattr(self, self.scale_attr).to(self.dtype)
         if self.block is None:
-            w = self.weight.to(self.dtype) * scale[:, None]
+            w = widen(self.weight, self.dtype) * scale[:, None]
         else:
             out, cols = self.weight.shape
-            blocks = self.weight.view(out, cols // self.block, self.block).to(self.dtype)
+            blocks = widen(self.weight.view(out, cols // self.block, self.block), self.dtype)
             w = (blocks * scale[..., None]).view(out, cols)
         return F.linear(x.reshape(-1, x.shape[-1]), w).view(*x.shape[:-1], -1)
 
