@@ -264,6 +264,56 @@ def test_echo_scores_the_prompt_like_transformers(
     assert plain.choices[0].text.startswith(TEXT) and plain.choices[0].logprobs is None
 
 
+def test_generate_return_logprob_is_transformers_log_softmax(
+    server: str, llama_dir: Path, llama_artifacts: Path
+) -> None:
+    """shortfin's /generate with return_logprob (SGLang's fields, which shortfin declares):
+    [logprob, id, text] per generated and per prompt token from logprob_start_len, equal to
+    transformers' f32 log-softmax (1e-4); the prompt's first token has None."""
+    import torch
+    import transformers
+
+    prompt = [5, 17, 3, 99, 42, 7, 250, 1, 8, 64, 33, 12]
+    body = {
+        "input_ids": prompt,
+        "sampling_params": {"max_completion_tokens": 3},
+        "return_logprob": True,
+        "logprob_start_len": 0,
+        "top_logprobs_num": 2,
+        "return_text_in_logprobs": True,
+    }
+    status, _, answer = post(f"{server}/generate", body)
+    assert status == 200
+    meta = answer["responses"][0]["responses"][0]["meta_info"]
+    out = meta["output_token_logprobs"]
+    tokens = [t for _, t, _ in out]
+    hf = transformers.AutoModelForCausalLM.from_pretrained(llama_dir).eval()
+    with torch.no_grad():
+        logits = hf(torch.tensor([prompt + tokens])).logits[0].float()
+    want = torch.log_softmax(logits, dim=-1)
+    codec = TextCodec(llama_artifacts)
+    assert len(out) == 3 and meta["completion_tokens"] == 3
+    for step, (lp, token, piece) in enumerate(out):
+        row = want[len(prompt) - 1 + step]
+        assert token == int(row.argmax()) and abs(lp - row[token].item()) < 1e-4
+        assert piece == codec.piece(token)
+        top = meta["output_top_logprobs"][step]
+        assert [t for _, t, _ in top] == [int(i) for i in row.topk(2).indices]
+    given = meta["input_token_logprobs"]
+    assert [t for _, t, _ in given] == prompt and given[0][0] is None
+    assert meta["input_top_logprobs"][0] is None
+    for j in range(1, len(prompt)):
+        assert abs(given[j][0] - want[j - 1, prompt[j]].item()) < 1e-4
+    later = post(f"{server}/generate", {**body, "logprob_start_len": 5})[2]
+    later_meta = later["responses"][0]["responses"][0]["meta_info"]
+    assert [t for _, t, _ in later_meta["input_token_logprobs"]] == prompt[5:]
+    # no return_logprob: shortfin's plain answer
+    plain = post(f"{server}/generate", {"input_ids": prompt})[2]
+    assert "meta_info" not in plain["responses"][0]["responses"][0]
+    clash = post(f"{server}/generate", {**body, "return_input_ids": True})
+    assert clash[0] == 400 and "return_input_ids" in json.dumps(clash[2])
+
+
 def test_n_choices_and_best_of(client: openai.OpenAI) -> None:
     """n seeded choices are the n single requests seeded seed, seed + 1, ...; best_of returns
     the candidate with the highest cumulative logprob (OpenAI's and vLLM's ranking)."""

@@ -164,7 +164,11 @@ class GenerateRequest(_Body):
     ) = Field(default_factory=_one_sampling)
     rid: str | list[str] | None = None
     return_input_ids: bool = False
+    # SGLang's logprob fields, which shortfin's GenerateReqInput declares (and 3.9 ignores)
     return_logprob: bool = False
+    logprob_start_len: int = Field(-1, ge=-1)  # -1: no prompt logprobs
+    top_logprobs_num: int = Field(0, ge=0)
+    return_text_in_logprobs: bool = False
     stream: bool = False
 
     @model_validator(mode="after")

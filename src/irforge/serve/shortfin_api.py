@@ -12,6 +12,7 @@ from ..runtime.sampling import Sampling
 from .engine import Engine, check_sampling
 from .errors import BadRequest
 from .handlers import check_finished, submit_all, wait_all
+from .logprobs import Row
 from .request import Request as EngineRequest
 from .schemas import GenerateRequest, SamplingParams
 
@@ -52,6 +53,12 @@ async def generate(body: GenerateRequest, http: Request) -> Response:
             )
     else:
         params = [params] * len(prompts)
+    if body.return_logprob and body.return_input_ids:
+        raise BadRequest(
+            "return_input_ids answers with bare id lists, which have no room for logprobs; "
+            "drop one of them",
+            "return_logprob",
+        )
     rids = body.rid if isinstance(body.rid, list) else [body.rid] * len(prompts)
     if len(rids) != len(prompts):
         raise BadRequest(f"{len(rids)} rids for {len(prompts)} prompts", "rid")
@@ -65,6 +72,8 @@ async def generate(body: GenerateRequest, http: Request) -> Response:
                 ignore_eos=p.ignore_eos,
                 request_id=rid,
                 detokenize=not body.return_input_ids,
+                logprobs=body.top_logprobs_num if body.return_logprob else None,
+                echo=body.return_logprob and body.logprob_start_len >= 0,
             ),
         )
         for prompt, p, rid in zip(prompts, params, rids, strict=False)
@@ -77,8 +86,54 @@ async def generate(body: GenerateRequest, http: Request) -> Response:
         # shortfin: one list of ids per beam for each prompt; a lone prompt is not wrapped
         per_prompt: list[Any] = [[r.tokens] for r in reqs]
         return JSONResponse(per_prompt if body.batched else per_prompt[0])
-    responses = [{"prompt": _prompt_text(engine, r), "responses": [{"text": r.text}]} for r in reqs]
+    responses = [
+        {
+            "prompt": _prompt_text(engine, r),
+            "responses": [
+                {
+                    "text": r.text,
+                    **(
+                        {"meta_info": _meta_info(engine, r, body)} if r.logprobs is not None else {}
+                    ),
+                }
+            ],
+        }
+        for r in reqs
+    ]
     return JSONResponse({"responses": responses})
+
+
+def _meta_info(engine: Engine, r: EngineRequest, body: GenerateRequest) -> dict[str, Any]:
+    """SGLang's logprob fields: [logprob, token id, text or None] per token, the prompt's
+    from position logprob_start_len (its first token has no logprob: None)."""
+
+    text = engine.text if body.return_text_in_logprobs else None
+
+    def entry(lp: float | None, token: int) -> list[Any]:
+        return [lp, token, text.piece(token) if text is not None else None]
+
+    out: dict[str, Any] = {
+        "prompt_tokens": len(r.prompt),
+        "completion_tokens": len(r.tokens),
+        "finish_reason": r.finish_reason,
+        "output_token_logprobs": [
+            entry(lp, t) for t, (lp, _) in zip(r.tokens, r.token_logprobs, strict=True)
+        ],
+    }
+    if body.top_logprobs_num:
+        out["output_top_logprobs"] = [[entry(v, i) for i, v in top] for _, top in r.token_logprobs]
+    if body.logprob_start_len >= 0:
+        start = min(body.logprob_start_len, len(r.prompt))
+        rows: list[Row | None] = [None, *r.prompt_logprobs]  # rows[j]: about prompt[j]
+        picked = [(r.prompt[j], rows[j]) for j in range(start, len(r.prompt))]
+        out["input_token_logprobs"] = [
+            entry(row[0] if row is not None else None, t) for t, row in picked
+        ]
+        if body.top_logprobs_num:
+            out["input_top_logprobs"] = [
+                [entry(v, i) for i, v in row[1]] if row is not None else None for _, row in picked
+            ]
+    return out
 
 
 def _prompt_text(engine: Engine, r: EngineRequest) -> str | None:
