@@ -58,7 +58,7 @@ def measure(art: Path, max_tokens: int) -> dict[str, Any]:
 
 def markdown(r: dict[str, Any]) -> str:
     lines = [
-        f"{scale.SHAPE.about.replace('bf16', r['dtype'] + ' activations')}, IREE {r['iree']}, CPU",
+        f"{scale.SHAPE.about.replace('f32', r['dtype'] + ' activations')}, IREE {r['iree']}, CPU",
         "",
         "| weights | archive | convert | decode step (1 client) | tokens/s, 1 client | "
         "8 clients | 1-client speed-up over the float archive |",
