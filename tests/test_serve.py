@@ -262,6 +262,17 @@ def test_echo_scores_the_prompt_like_transformers(
     # without logprobs, echo only prepends the prompt's text
     plain = client.completions.create(model="tiny", prompt=TEXT, max_tokens=3, echo=True, seed=0)
     assert plain.choices[0].text.startswith(TEXT) and plain.choices[0].logprobs is None
+    # streamed, as vLLM streams it: the prompt (and its logprobs) first, then the tokens;
+    # joined, the same text and logprobs as the whole answer
+    args = dict(model="tiny", prompt=prompt, max_tokens=4, temperature=0, logprobs=2, echo=True)
+    whole = client.completions.create(**args).choices[0]
+    chunks = [c.choices[0] for c in client.completions.create(**args, stream=True)]
+    assert chunks[0].text == codec.decode(prompt)
+    assert len(chunks[0].logprobs.tokens) == len(prompt)
+    assert "".join(c.text for c in chunks) == whole.text
+    parts = [c.logprobs for c in chunks if c.logprobs]
+    for field in ("tokens", "token_logprobs", "text_offset"):
+        assert [x for p in parts for x in getattr(p, field)] == getattr(whole.logprobs, field)
 
 
 def test_generate_return_logprob_is_transformers_log_softmax(

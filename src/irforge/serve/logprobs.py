@@ -55,6 +55,28 @@ def chat_logprobs(
     }
 
 
+def prompt_logprobs(
+    text: TextCodec | None, prompt: Sequence[int], rows: Sequence[Row]
+) -> dict[str, Any]:
+    """The prompt's part of `echo` logprobs (rows[i] is about prompt[i + 1]): its first token
+    has no log-probability (None), as OpenAI's and vLLM's."""
+    first = _piece(text, prompt[0])
+    scored = completion_logprobs(text, prompt[1:], rows, offset=len(first))
+    return {
+        "tokens": [first, *scored["tokens"]],
+        "token_logprobs": [None, *scored["token_logprobs"]],
+        "top_logprobs": [None, *scored["top_logprobs"]],
+        "text_offset": [0, *scored["text_offset"]],
+    }
+
+
+def text_end(logprobs: dict[str, Any]) -> int:
+    """Where the text of the last token of completion_logprobs-shaped `logprobs` ends."""
+    if not logprobs["tokens"]:
+        return 0
+    return int(logprobs["text_offset"][-1]) + len(logprobs["tokens"][-1])
+
+
 def echo_logprobs(
     text: TextCodec | None,
     prompt: Sequence[int],
@@ -62,13 +84,7 @@ def echo_logprobs(
     tokens: Sequence[int],
     rows: Sequence[Row],
 ) -> dict[str, Any]:
-    """completion_logprobs over the prompt and then the completion, as `echo` returns them:
-    the prompt's first token has no log-probability (None), as OpenAI's and vLLM's."""
-    scored = completion_logprobs(text, [*prompt[1:], *tokens], [*prompt_rows, *rows])
-    first = _piece(text, prompt[0])
-    return {
-        "tokens": [first, *scored["tokens"]],
-        "token_logprobs": [None, *scored["token_logprobs"]],
-        "top_logprobs": [None, *scored["top_logprobs"]],
-        "text_offset": [0, *(o + len(first) for o in scored["text_offset"])],
-    }
+    """completion_logprobs over the prompt and then the completion, as `echo` returns them."""
+    head = prompt_logprobs(text, prompt, prompt_rows)
+    tail = completion_logprobs(text, tokens, rows, text_end(head))
+    return {k: [*head[k], *tail[k]] for k in head}

@@ -16,7 +16,13 @@ from .errors import BadRequest, ModelNotFound
 from .guided import GuidedSpec
 from .handlers import EventStream, check_finished, sse, submit_all, wait_all
 from .limits import MAX_PROMPTS
-from .logprobs import chat_logprobs, completion_logprobs, echo_logprobs
+from .logprobs import (
+    chat_logprobs,
+    completion_logprobs,
+    echo_logprobs,
+    prompt_logprobs,
+    text_end,
+)
 from .request import Request as EngineRequest
 from .schemas import ChatMessage, ChatRequest, CompletionRequest, OpenAISampling
 from .text import TextCodec
@@ -162,8 +168,6 @@ async def completions(body: CompletionRequest, http: Request) -> Response | dict
     _check_model(http, body.model)
     if body.suffix:
         raise BadRequest("suffix is not supported", "suffix")
-    if body.echo and body.stream:
-        raise BadRequest("echo cannot be streamed yet; send stream: false", "echo")
     copies = body.best_of or body.n
     if copies < body.n:
         raise BadRequest(f"best_of ({copies}) must be at least n ({body.n})", "best_of")
@@ -184,7 +188,8 @@ async def completions(body: CompletionRequest, http: Request) -> Response | dict
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         text = _engine(http).text
-        return EventStream(_completion_events(head, reqs[0], include_usage, text), reqs)
+        events = _completion_events(head, reqs[0], include_usage, text, body.echo)
+        return EventStream(events, reqs)
     if not await wait_all(reqs, http):
         return Response(status_code=CLIENT_GONE)
     check_finished(reqs)
@@ -230,26 +235,46 @@ def _chat_lp(text: TextCodec | None, r: EngineRequest, a: int, b: int) -> Any:
 
 
 async def _completion_events(
-    head: dict[str, Any], req: EngineRequest, include_usage: bool, codec: TextCodec | None
+    head: dict[str, Any],
+    req: EngineRequest,
+    include_usage: bool,
+    codec: TextCodec | None,
+    echo: bool = False,
 ) -> AsyncIterator[str]:
     sent = offset = 0  # tokens whose logprobs went out (held-back ones ride with the next text)
+
+    def event(text: str, lp: Any, reason: str | None) -> str:
+        choice = {"index": 0, "text": text, "logprobs": lp, "finish_reason": reason}
+        return sse({**head, "choices": [choice]})
 
     def chunk(text: str, reason: str | None, upto: int) -> str:
         nonlocal sent, offset
         lp, sent = _completion_lp(codec, req, sent, upto, offset), upto
         if lp and lp["tokens"]:
-            offset = lp["text_offset"][-1] + len(lp["tokens"][-1])
-        choice = {"index": 0, "text": text, "logprobs": lp, "finish_reason": reason}
-        return sse({**head, "choices": [choice]})
+            offset = text_end(lp)
+        return event(text, lp, reason)
+
+    def prompt_chunk() -> str:
+        # echo: the prompt (and its logprobs, scored by the prefill) before the first token
+        nonlocal offset, echo
+        echo, lp = False, None
+        if req.logprobs is not None:
+            lp = prompt_logprobs(codec, req.prompt, req.prompt_logprobs)
+            offset = text_end(lp)
+        return event(_prompt_text(codec, req), lp, None)
 
     seen = 0
     async for delta in req.astream():
         seen += 1
+        if echo:
+            yield prompt_chunk()
         if delta.text:
             yield chunk(delta.text, None, seen)
+    if echo and req.finish_reason in ("stop", "length"):
+        yield prompt_chunk()
     last = chunk("", _reason(req), len(req.tokens))
-    async for event in _close(head, req, last, include_usage):
-        yield event
+    async for out in _close(head, req, last, include_usage):
+        yield out
 
 
 async def _close(
