@@ -443,6 +443,23 @@ def test_forced_tool_calls_parse_in_the_openai_client(client: openai.OpenAI) -> 
             jsonschema.validate(args, WEATHER)
         else:
             assert choice == "required" and call.function.name == "noop"
+    # streamed: the call arrives as one tool_calls delta with the same name and arguments
+    args = dict(model="tiny", messages=messages, tools=TOOLS, tool_choice=named, seed=0)
+    whole = client.chat.completions.create(**args, max_tokens=200).choices[0].message
+    chunks = list(client.chat.completions.create(**args, max_tokens=200, stream=True))
+    deltas = [c.choices[0].delta for c in chunks if c.choices]
+    assert not "".join(d.content or "" for d in deltas)  # nothing leaks out as text
+    (streamed,) = [call for d in deltas for call in d.tool_calls or []]
+    assert streamed.index == 0 and streamed.id.startswith("call_")
+    assert streamed.function.name == whole.tool_calls[0].function.name
+    assert streamed.function.arguments == whole.tool_calls[0].function.arguments
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "tool_calls"
+    # "auto" with an answer that is not a call: streamed as text, as without tools
+    plain = dict(model="tiny", messages=messages, tools=TOOLS, max_tokens=6, temperature=0)
+    want = client.chat.completions.create(**plain).choices[0].message
+    assert want.tool_calls is None and want.content
+    got = client.chat.completions.create(**plain, stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in got if c.choices) == want.content
     # "none": no tools offered, a plain answer
     done = client.chat.completions.create(
         model="tiny", messages=messages, tools=TOOLS, tool_choice="none", max_tokens=4

@@ -26,7 +26,7 @@ from .logprobs import (
 from .request import Request as EngineRequest
 from .schemas import ChatMessage, ChatRequest, CompletionRequest, OpenAISampling
 from .text import TextCodec
-from .tools import forced, parse_tools, tool_calls
+from .tools import Tool, forced, may_become_call, parse_tools, tool_calls
 
 router = APIRouter(prefix="/v1")
 CLIENT_GONE = 499  # nginx's and shortfin's status for a request whose client left
@@ -316,8 +316,6 @@ async def chat_completions(body: ChatRequest, http: Request) -> Response | dict[
     if engine.text is None:
         raise BadRequest(f"{engine.folder} has no tokenizer.json: chat needs one", "messages")
     offered, call = forced(parse_tools(body.tools), body.tool_choice)
-    if offered and body.stream:
-        raise BadRequest("tools cannot be streamed yet; send stream: false", "stream")
     tools = [t for t in body.tools or [] if t["function"]["name"] in {o.name for o in offered}]
     messages = [_message_dict(m) for m in body.messages]
     ids = await run_in_threadpool(engine.text.chat_ids, messages, tools or None)
@@ -335,7 +333,8 @@ async def chat_completions(body: ChatRequest, http: Request) -> Response | dict[
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         chunk_head = {**head, "object": "chat.completion.chunk"}
-        return EventStream(_chat_events(chunk_head, reqs[0], include_usage, engine.text), reqs)
+        events = _chat_events(chunk_head, reqs[0], include_usage, engine.text, offered)
+        return EventStream(events, reqs)
     if not await wait_all(reqs, http):
         return Response(status_code=CLIENT_GONE)
     check_finished(reqs)
@@ -357,22 +356,43 @@ async def chat_completions(body: ChatRequest, http: Request) -> Response | dict[
 
 
 async def _chat_events(
-    head: dict[str, Any], req: EngineRequest, include_usage: bool, codec: TextCodec | None
+    head: dict[str, Any],
+    req: EngineRequest,
+    include_usage: bool,
+    codec: TextCodec | None,
+    offered: list[Tool] | None = None,
 ) -> AsyncIterator[str]:
     sent = 0
 
-    def chunk(delta: dict[str, str], reason: str | None, upto: int) -> str:
+    def chunk(delta: dict[str, Any], reason: str | None, upto: int) -> str:
         nonlocal sent
         lp, sent = _chat_lp(codec, req, sent, upto), upto
         choice = {"index": 0, "delta": delta, "logprobs": lp, "finish_reason": reason}
         return sse({**head, "choices": [choice]})
 
     yield chunk({"role": "assistant", "content": ""}, None, 0)
+    # With tools offered, text that may still become a call (it opens with "{" or the
+    # python tag) is held back; the whole call goes out as one tool_calls delta at the end.
+    held, holding = "", bool(offered)
     seen = 0
     async for delta in req.astream():
         seen += 1
-        if delta.text:
-            yield chunk({"content": delta.text}, None, seen)
-    last = chunk({}, _reason(req), len(req.tokens))
+        if holding:
+            held += delta.text
+            if may_become_call(held):
+                continue
+            holding, delta_text = False, held
+        else:
+            delta_text = delta.text
+        if delta_text:
+            yield chunk({"content": delta_text}, None, seen)
+    calls = tool_calls(held, offered) if holding and offered else None
+    if calls:
+        delta_calls = [{"index": i, **c} for i, c in enumerate(calls)]
+        last = chunk({"tool_calls": delta_calls}, "tool_calls", len(req.tokens))
+    else:
+        if holding and held:
+            yield chunk({"content": held}, None, len(req.tokens))
+        last = chunk({}, _reason(req), len(req.tokens))
     async for event in _close(head, req, last, include_usage):
         yield event

@@ -19,6 +19,7 @@ from .errors import BadRequest
 from .guided import GuidedSpec
 
 MAX_TOOLS = 128
+PYTHON_TAG = "<|python_tag|>"  # Llama 3.1 may open a call with it
 
 
 @dataclass(frozen=True)
@@ -73,10 +74,18 @@ def _call_schema(tool: Tool) -> dict[str, Any]:
     }
 
 
+def may_become_call(text: str) -> bool:
+    """Whether an answer that begins with `text` can still turn out to be a call (streaming
+    holds such text back): nothing but space yet, a JSON object, or the python tag."""
+    start = text.lstrip()
+    body = start.removeprefix(PYTHON_TAG).lstrip()
+    return not start or PYTHON_TAG.startswith(start) or body[:1] in ("", "{")
+
+
 def tool_calls(text: str, tools: list[Tool]) -> list[dict[str, Any]] | None:
     """OpenAI's `tool_calls` for an answer that is a call to an offered tool, else None."""
     try:
-        doc = json.loads(text.strip().removeprefix("<|python_tag|>"))
+        doc = json.loads(text.strip().removeprefix(PYTHON_TAG))
     except ValueError:
         return None
     if not isinstance(doc, dict) or doc.get("name") not in {t.name for t in tools}:
