@@ -277,13 +277,14 @@ def test_q8_0_gguf_keeps_its_blocks(llama_dir: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.iree
-@pytest.mark.parametrize("quantize", ["fp8", "fp8-fnuz"])
 def test_fp8_under_f16_activations_compiles_for_cpu_and_matches_transformers(
-    quantize: str, llama_dir: Path, tmp_path: Path
+    llama_dir: Path, tmp_path: Path
 ) -> None:
     """llvm-cpu has no f8 -> f16 extension ("failed to legalize arith.extf"), so the program
     widens fp8 weights and cache through f32 (kv_cache.widen): an f16 program with fp8 weights
-    and an fp8 cache compiles for the CPU and stays near transformers' f32 logits."""
+    and an fp8 cache compiles for the CPU and stays near transformers' f32 logits. (e4m3fnuz,
+    MI300's; e4m3fn failed and passes the same way, checked once: one compile is CI's share.)"""
+    quantize = "fp8-fnuz"
     from test_export_run import PROMPT as PROMPT_20
     from test_export_run import assert_close_rel, reference, run_cli
 
