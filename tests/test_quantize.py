@@ -15,7 +15,7 @@ prompt), as max |logits - transformers' f32 logits| / max |logit|, and greedy to
 | q8_0 (int8, blocks of 32) | f32 | 0.009 | 12 | 0.025 | 10 |
 
 Under f16 activations (6 greedy steps): fp8 weights and cache 0.039, fp8-fnuz 0.033, 6 of 6
-tokens equal each (allowed 0.08, 4 tokens).
+tokens equal each; the compiled fp8-fnuz case runs in f16 (allowed 0.08, 5 of 9 tokens).
 """
 
 from __future__ import annotations
@@ -163,17 +163,20 @@ def test_quantized_tp2_equals_tp1(quantize: str, llama_tp4_dir: Path, tmp_path: 
 
 @pytest.mark.iree
 @pytest.mark.parametrize(
-    "quantize, kv, element, rel, same_tokens",
+    "quantize, kv, dtype, element, rel, same_tokens",
     [
-        ("int8", None, "xi8>", 0.025, 8),
-        ("q8_0", None, "xi8>", 0.025, 8),
-        ("fp8-fnuz", "fp8-fnuz", "xf8E4M3FNUZ>", 0.08, 5),
-        ("fp8", "fp8", "xf8E4M3FN>", 0.08, 5),
+        ("int8", None, None, "xi8>", 0.025, 8),
+        ("q8_0", None, None, "xi8>", 0.025, 8),
+        # f16 activations: llvm-cpu has no f8 -> f16 extension ("failed to legalize
+        # arith.extf"), so the program widens fp8 through f32 (kv_cache.widen)
+        ("fp8-fnuz", "fp8-fnuz", "f16", "xf8E4M3FNUZ>", 0.08, 5),
+        ("fp8", "fp8", None, "xf8E4M3FN>", 0.08, 5),
     ],
 )
 def test_quantized_program_matches_transformers_on_cpu_and_its_gpu_targets(
     quantize: str,
     kv: str | None,
+    dtype: str | None,
     element: str,
     rel: float,
     same_tokens: int,
@@ -187,7 +190,8 @@ def test_quantized_program_matches_transformers_on_cpu_and_its_gpu_targets(
     from irforge.export import export
     from irforge.manifest import ExportOptions
 
-    archive = convert(llama_dir, out=tmp_path / "src" / "m.irpa", quantize=quantize).out
+    src = tmp_path / "src" / "m.irpa"
+    archive = convert(llama_dir, out=src, dtype=dtype, quantize=quantize).out
     art = tmp_path / "art"
     options = ExportOptions(
         block_seq_stride=16, prefill_batch_sizes=(1,), decode_batch_sizes=(1,), kv_cache_dtype=kv
@@ -274,36 +278,3 @@ def test_q8_0_gguf_keeps_its_blocks(llama_dir: Path, tmp_path: Path) -> None:
     seqs, logits = mh.greedy(model, cache, [PROMPT], [list(range(1, 8))], 4)
     with torch.no_grad():
         assert mh.rel_err(logits[0], mh.hf_logits(hf, seqs[0])) < 0.025
-
-
-@pytest.mark.iree
-def test_fp8_under_f16_activations_compiles_for_cpu_and_matches_transformers(
-    llama_dir: Path, tmp_path: Path
-) -> None:
-    """llvm-cpu has no f8 -> f16 extension ("failed to legalize arith.extf"), so the program
-    widens fp8 weights and cache through f32 (kv_cache.widen): an f16 program with fp8 weights
-    and an fp8 cache compiles for the CPU and stays near transformers' f32 logits. (e4m3fnuz,
-    MI300's; e4m3fn failed and passes the same way, checked once: one compile is CI's share.)"""
-    quantize = "fp8-fnuz"
-    from test_export_run import PROMPT as PROMPT_20
-    from test_export_run import assert_close_rel, reference, run_cli
-
-    from irforge.compile import compile_folder
-    from irforge.export import export
-    from irforge.manifest import ExportOptions
-
-    src = tmp_path / "src" / "m.irpa"
-    archive = convert(llama_dir, out=src, dtype="f16", quantize=quantize).out
-    art = tmp_path / "art"
-    options = ExportOptions(
-        block_seq_stride=16,
-        prefill_batch_sizes=(1,),
-        decode_batch_sizes=(1,),
-        kv_cache_dtype=quantize,
-    )
-    export(archive, out_dir=art, options=options)
-    compile_folder(art, target="cpu")
-    doc = run_cli(art, PROMPT_20, 6, tmp_path / "logits.npy")
-    want_tokens, want_logits = reference(llama_dir, PROMPT_20, 6)
-    assert_close_rel(np.load(tmp_path / "logits.npy"), want_logits, rel=0.08)
-    assert sum(a == b for a, b in zip(doc["tokens"], want_tokens, strict=True)) >= 4

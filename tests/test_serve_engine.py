@@ -8,6 +8,7 @@ import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -482,15 +483,26 @@ def test_a_long_prompt_is_prefilled_between_decode_steps(llama_artifacts: Path) 
     """With one-page chunks, a 5-page prompt arriving while a stream decodes takes 5 engine
     steps to prefill, and the stream gets a token in each of them."""
     with Engine(llama_artifacts, prefill_chunk=16, prefix_caching=False) as engine:
+        # the stream's length at each prefill call, recorded on the engine's own thread (a
+        # poll from this thread raced it under CI's load)
+        seen: list[int] = []
+        prefill = engine.session.prefill
+        holder: list[Any] = []
+
+        def recording(*args: Any) -> Any:
+            if holder:
+                seen.append(len(holder[0].tokens))
+            return prefill(*args)
+
+        engine.session.prefill = recording  # type: ignore[method-assign]
         running = engine.submit(BASE, max_tokens=40, ignore_eos=True)
+        holder.append(running)
         while len(running.tokens) < 2:
             time.sleep(0.01)
-        before = len(running.tokens)
         long = engine.submit([7] * 70 + BASE[:10], max_tokens=2, ignore_eos=True)
-        while not long.tokens and not long.done:
-            time.sleep(0.001)
-        during = len(running.tokens) - before  # read late if anything: never too few
         long.wait(60)
+        calls = seen[-5:]  # the long prompt's five one-page chunks
+        during = calls[-1] - calls[0]
         assert running.wait(60).tokens == _solo(llama_artifacts, BASE, 40, eos=False)
         assert long.tokens == _solo(llama_artifacts, [7] * 70 + BASE[:10], 2, eos=False)
         # 2 calls for the stream's 20 tokens, 5 one-page calls for the 80, each followed by a
