@@ -25,14 +25,28 @@ FORMATS = {"local": re.compile(r"embedded-elf-x86_64|embedded-elf-arm_64"), "hip
 FORMATS["cuda"] = "cuda-nvptx-fb"
 
 
+@pytest.fixture(scope="module")
+def compiled(gguf_artifacts: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A copy of the GGUF model's folder and a function that compiles it for a target into
+    the folder (once per target: the driver tests reuse the GPU programs)."""
+    folder = tmp_path_factory.mktemp("targets") / "art"
+    shutil.copytree(gguf_artifacts, folder)
+    done: dict[str, Path] = {}
+
+    def compile_for(name: str) -> Path:
+        if name not in done:
+            done[name] = compile_folder(folder, target=name).vmfb
+        return done[name]
+
+    return folder, compile_for
+
+
 @pytest.mark.parametrize("name", sorted(TARGETS))
-def test_every_target_compiles_with_its_executable_format(
-    name: str, gguf_artifacts: Path, tmp_path: Path
-) -> None:
+def test_every_target_compiles_with_its_executable_format(name: str, compiled) -> None:
     from test_export_run import dump_module
 
     target = TARGETS[name]
-    out = compile_folder(gguf_artifacts, target=name, out=tmp_path / f"m.{name}.vmfb").vmfb
+    out = compiled[1](name)
     listing = dump_module(out)
     want = FORMATS[target.device]
     found = want.search(listing) if isinstance(want, re.Pattern) else want in listing
@@ -59,15 +73,12 @@ def _driver_starts(driver: str) -> bool:
 
 
 @pytest.mark.parametrize("device", ["cuda", "hip"])
-def test_gpu_device_without_its_driver_is_one_line(
-    device: str, llama_artifacts: Path, tmp_path: Path
-) -> None:
+def test_gpu_device_without_its_driver_is_one_line(device: str, compiled) -> None:
     if _driver_starts(device):
         pytest.skip(f"this machine has a {device} driver")
     # A program for the device must exist, so the error is about the device, not the folder.
-    folder = tmp_path / "art"
-    shutil.copytree(llama_artifacts, folder)
-    compile_folder(folder, target={"cuda": "sm_80", "hip": "gfx942"}[device])
+    folder, compile_for = compiled
+    compile_for({"cuda": "sm_80", "hip": "gfx942"}[device])
     for args in (
         ["run", str(folder), "--prompt-ids", "1,2"],
         ["serve", str(folder), "--port", "0"],

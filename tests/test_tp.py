@@ -123,7 +123,9 @@ def test_eager_sharded_model_matches_unsharded(tp: int, tp4_archive: Path) -> No
 
 
 @pytest.mark.iree
-@pytest.mark.parametrize("tp", [2, 4])
+# TP=4 only: TP=2's program is the same code with fewer devices (its eager model is tested
+# above, and quantized TP=2 in test_quantize.py), and each compile is 40 s of CI
+@pytest.mark.parametrize("tp", [4])
 def test_tp_program_on_cpu_devices_matches_transformers(
     tp: int, tp4_archive: Path, llama_tp4_dir: Path, tmp_path: Path
 ) -> None:
