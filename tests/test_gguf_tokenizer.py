@@ -136,7 +136,7 @@ def _sentencepiece_source(folder: Path) -> Path:
                 "eos_token": "</s>",
                 "unk_token": "<unk>",
                 "add_bos_token": True,
-                "legacy": False,
+                "legacy": True,  # Llama 2's tokenizer.json: a prefix after special tokens too
                 "chat_template": CHAT_TEMPLATE,
             }
         )

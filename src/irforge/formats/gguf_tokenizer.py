@@ -146,10 +146,12 @@ def _sentencepiece(meta: dict[str, Any], tokens: list[Any], types: list[Any]) ->
     tok = Tokenizer(
         models.BPE(vocab=vocab, merges=merges, unk_token=unknown, fuse_unk=True, byte_fallback=True)
     )
-    # llama.cpp's key: a space before the text's first word (SentencePiece's dummy prefix)
+    # llama.cpp's key: SentencePiece's dummy prefix, a space before each run of text, after
+    # special tokens too (llama.cpp, Llama 2's own tokenizer.json and Meta's encoder do so;
+    # "first" would tokenize "<s>[INST]" unlike the model was trained)
     prefix = bool(meta.get("tokenizer.ggml.add_space_prefix", True))
     tok.pre_tokenizer = pre_tokenizers.Metaspace(
-        replacement="\u2581", prepend_scheme="first" if prefix else "never", split=False
+        replacement="\u2581", prepend_scheme="always" if prefix else "never", split=False
     )
     steps = [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()]
     if prefix:
