@@ -323,6 +323,7 @@ def test_generate_return_logprob_is_transformers_log_softmax(
     assert "meta_info" not in plain["responses"][0]["responses"][0]
     clash = post(f"{server}/generate", {**body, "return_input_ids": True})
     assert clash[0] == 400 and "return_input_ids" in json.dumps(clash[2])
+    assert post(f"{server}/generate", {**body, "top_logprobs_num": 21})[0] == 422
 
 
 def test_n_choices_and_best_of(client: openai.OpenAI) -> None:

@@ -26,7 +26,7 @@ from .logprobs import (
 from .request import Request as EngineRequest
 from .schemas import ChatMessage, ChatRequest, CompletionRequest, OpenAISampling
 from .text import TextCodec
-from .tools import Tool, forced, may_become_call, parse_tools, tool_calls
+from .tools import Tool, forced, opens_call, parse_tools, tool_calls
 
 router = APIRouter(prefix="/v1")
 CLIENT_GONE = 499  # nginx's and shortfin's status for a request whose client left
@@ -373,13 +373,15 @@ async def _chat_events(
     yield chunk({"role": "assistant", "content": ""}, None, 0)
     # With tools offered, text that may still become a call (it opens with "{" or the
     # python tag) is held back; the whole call goes out as one tool_calls delta at the end.
-    held, holding = "", bool(offered)
+    held, holding, opened = "", bool(offered), None
     seen = 0
     async for delta in req.astream():
         seen += 1
         if holding:
             held += delta.text
-            if may_become_call(held):
+            if opened is None:  # decided once: no rescan of the held text per token
+                opened = opens_call(held)
+            if opened is not False:
                 continue
             holding, delta_text = False, held
         else:

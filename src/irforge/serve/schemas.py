@@ -6,6 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
+from ..runtime.sampling import MAX_LOGPROBS
 from .limits import MAX_MESSAGES, MAX_PROMPTS, MAX_STOP, MAX_STOP_CHARS
 
 StopString = Annotated[str, StringConstraints(max_length=MAX_STOP_CHARS)]
@@ -167,7 +168,7 @@ class GenerateRequest(_Body):
     # SGLang's logprob fields, which shortfin's GenerateReqInput declares (and 3.9 ignores)
     return_logprob: bool = False
     logprob_start_len: int = Field(-1, ge=-1)  # -1: no prompt logprobs
-    top_logprobs_num: int = Field(0, ge=0)
+    top_logprobs_num: int = Field(0, ge=0, le=MAX_LOGPROBS)
     return_text_in_logprobs: bool = False
     stream: bool = False
 

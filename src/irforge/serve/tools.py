@@ -74,12 +74,14 @@ def _call_schema(tool: Tool) -> dict[str, Any]:
     }
 
 
-def may_become_call(text: str) -> bool:
-    """Whether an answer that begins with `text` can still turn out to be a call (streaming
-    holds such text back): nothing but space yet, a JSON object, or the python tag."""
+def opens_call(text: str) -> bool | None:
+    """Whether an answer that begins with `text` opens a call (a JSON object, maybe after the
+    python tag): True, False, or None while only space or part of the tag has come."""
     start = text.lstrip()
+    if not start or (PYTHON_TAG.startswith(start) and start != PYTHON_TAG):
+        return None
     body = start.removeprefix(PYTHON_TAG).lstrip()
-    return not start or PYTHON_TAG.startswith(start) or body[:1] in ("", "{")
+    return None if not body else body.startswith("{")
 
 
 def tool_calls(text: str, tools: list[Tool]) -> list[dict[str, Any]] | None:
