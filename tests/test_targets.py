@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from irforge.cli.main import app
 from irforge.compile import TARGETS, compile_folder
+from irforge.compile.targets import CPU_DATA_TILING
 
 pytestmark = pytest.mark.iree
 runner = CliRunner()
@@ -39,6 +40,14 @@ def compiled(gguf_artifacts: Path, tmp_path_factory: pytest.TempPathFactory):
         return done[name]
 
     return folder, compile_for
+
+
+def test_cpu_data_tiling_only_for_the_releases_it_was_verified_on() -> None:
+    """IREE 3.13's data tiling is the CPU preset's; 3.9 (shortfin's compiler) goes without."""
+    tiling = set(CPU_DATA_TILING)
+    assert tiling <= set(TARGETS["cpu"].flags(1, (3, 13)))
+    assert not tiling & set(TARGETS["cpu"].flags(1, (3, 9)))
+    assert not tiling & set(TARGETS["gfx942"].flags(1, (3, 13)))
 
 
 @pytest.mark.parametrize("name", sorted(TARGETS))

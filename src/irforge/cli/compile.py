@@ -30,7 +30,11 @@ def compile_cmd(
     ] = None,
     iree_flag: Annotated[
         list[str] | None,
-        typer.Option("--iree-flag", help="Extra iree-compile flag, repeatable."),
+        typer.Option(
+            "--iree-flag",
+            help="Extra iree-compile flag, repeatable; the last of a repeated flag wins, e.g. "
+            "--iree-global-opt-data-tiling=false drops the CPU preset's packed weight copy.",
+        ),
     ] = None,
     iree_compile: Annotated[
         Path | None,

@@ -8,6 +8,12 @@ from dataclasses import dataclass
 
 from ..errors import ConfigError, ToolNotFoundError
 
+# Data tiling packs each matmul's operands into the CPU's register tiles (weights once, at
+# load) and runs mmt4d ukernels: 1B-shaped prefill 2.1-2.3x faster on IREE 3.13 (bench/RESULTS.md).
+# Verified on 3.13 only. It costs a packed copy of the weights in memory; pass
+# `--iree-flag=--iree-global-opt-data-tiling=false` to go without (the last occurrence wins).
+CPU_DATA_TILING = ["--iree-global-opt-data-tiling", "--iree-llvmcpu-enable-ukernels=mmt4d"]
+
 
 @dataclass(frozen=True)
 class Target:
@@ -60,13 +66,6 @@ class Target:
 # IREE embeds PTX, not machine code, and the CUDA driver JIT-compiles PTX for any newer chip, so a
 # Hopper program is compiled for the newest chip the table knows in every release we support.
 _CUDA_COMPILE_ARCH = {"sm_90": "sm_80"}
-
-
-# Data tiling packs each matmul's operands into the CPU's register tiles (weights once, at
-# load) and runs mmt4d ukernels: 1B-shaped prefill 2.1-2.3x faster on IREE 3.13 (bench/RESULTS.md).
-# Verified on 3.13 only. It costs a packed copy of the weights in memory; pass
-# `--iree-flag=--iree-global-opt-data-tiling=false` to go without (the last occurrence wins).
-CPU_DATA_TILING = ["--iree-global-opt-data-tiling", "--iree-llvmcpu-enable-ukernels=mmt4d"]
 
 
 def cuda_compile_arch(arch: str) -> str:
