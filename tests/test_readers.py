@@ -10,8 +10,10 @@ import pytest
 import safetensors
 import torch
 
+from irforge.errors import OutputError
+from irforge.formats.atomic import StridedRange
 from irforge.formats.gguf import read_gguf
-from irforge.formats.irpa import OutputEntry, read_irpa, tensor_metadata, write_irpa
+from irforge.formats.irpa import OutputEntry, read_irpa, tensor_metadata, write_irpa, write_irpas
 from irforge.formats.safetensors import read_folder_weights, read_safetensors
 from irforge.formats.tensor_ref import read_tensor
 
@@ -105,6 +107,62 @@ def test_irpa_empty_and_zero_sized_entries(tmp_path: Path) -> None:
     (entry,) = read_irpa(out)
     assert entry.ref.shape == (0, 4) and entry.ref.nbytes == 0
     assert read_tensor(entry.ref).shape == (0, 4)
+
+
+def test_column_slices_gathered_across_windows_and_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Shard's row-parallel path: a few rows mapped at a time, every file's slice from them.
+
+    The matrix sits at an offset no page boundary divides and the window is 3 rows, so the
+    window arithmetic (map base, last partial window) is exercised; numpy's slicing of the
+    same bytes is the reference, IREE's parser reads the files back.
+    """
+    import iree.runtime as rt
+
+    from irforge.formats import atomic
+
+    monkeypatch.setattr(atomic, "COPY_CHUNK", 3 * 40)  # 3 rows of 40 bytes per window
+    rows, cols, ranks = 11, 20, 4  # f16: a 40-byte stride, 10-byte slices
+    matrix = np.random.default_rng(0).standard_normal((rows, cols)).astype(np.float16)
+    src = tmp_path / "src.bin"
+    src.write_bytes(b"x" * 4100 + matrix.tobytes() + b"y" * 7)
+    per = cols // ranks
+    files = []
+    for r in range(ranks):
+        where = StridedRange(src, 4100 + r * per * 2, rows, cols * 2, per * 2)
+        meta = tensor_metadata("f16", (rows, per))
+        plain = matrix[:2].tobytes()  # an ordinary entry beside it, written by another thread
+        files.append(
+            (
+                tmp_path / f"r{r}.irpa",
+                [
+                    OutputEntry("w", where.nbytes, where, meta),
+                    OutputEntry(
+                        "p", len(plain), (lambda b=plain: [b]), tensor_metadata("f16", (2, cols))
+                    ),
+                ],
+            )
+        )
+    write_irpas(files)
+    for r, (path, _) in enumerate(files):
+        got = {e.ref.name: read_tensor(e.ref).numpy() for e in read_irpa(path)}
+        np.testing.assert_array_equal(got["w"], matrix[:, r * per : (r + 1) * per])
+        np.testing.assert_array_equal(got["p"], matrix[:2])
+        index = rt.ParameterIndex()
+        index.load(str(path))
+        assert sorted(k for k, _ in index.items()) == ["p", "w"]
+
+
+def test_a_failed_entry_writes_none_of_the_files(tmp_path: Path) -> None:
+    def broken() -> list[bytes]:
+        raise OSError(28, "No space left on device")
+
+    ok = OutputEntry("a", 4, lambda: [b"abcd"], tensor_metadata("u8", (4,)))
+    bad = OutputEntry("b", 4, broken, tensor_metadata("u8", (4,)))
+    with pytest.raises(OutputError, match="No space left"):
+        write_irpas([(tmp_path / "one.irpa", [ok]), (tmp_path / "two.irpa", [ok, bad])])
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_numpy_dequantize_reference_for_q8_0(llama_gguf: tuple[Path, dict]) -> None:

@@ -156,20 +156,20 @@ def test_tp_program_on_cpu_devices_matches_transformers(
 def test_failed_shard_leaves_no_files(
     tp4_archive: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import importlib
+    import os
 
-    shard_module = importlib.import_module("irforge.sharding.shard")  # the module, not the function
+    real, renamed = os.replace, []
 
-    real = shard_module.write_irpa
+    def fail_on_main(src: str, dst: str) -> None:
+        if ".rank" not in Path(dst).name:
+            raise KeyboardInterrupt  # interrupted after every rank file was renamed into place
+        real(src, dst)
+        renamed.append(dst)
 
-    def fail_on_main(path: Path, *args: object, **kwargs: object) -> None:
-        if ".rank" not in path.name:
-            raise KeyboardInterrupt  # interrupted after every rank file was written
-        real(path, *args, **kwargs)
-
-    monkeypatch.setattr(shard_module, "write_irpa", fail_on_main)
+    monkeypatch.setattr(os, "replace", fail_on_main)
     with pytest.raises(KeyboardInterrupt):
         shard(tp4_archive, tp=2, out=tmp_path / "out" / "s.irpa")
+    assert len(renamed) == 2  # both rank files were in place: the main file is renamed last
     assert list((tmp_path / "out").iterdir()) == []
 
 
@@ -193,15 +193,15 @@ def test_an_interrupted_reshard_leaves_one_whole_sharding(
         "import importlib\n"
         "m = importlib.import_module('irforge.sharding.shard')\n"
         f"when = {when!r}\n"
-        "real_write, real_link = m.write_irpa, m.link_or_copy\n"
-        "def write(path, *a, **k):\n"
-        "    real_write(path, *a, **k)\n"
-        "    if when.startswith('after the first') and '.rank0.' in path.name:\n"
+        "real_replace, real_link = os.replace, m.link_or_copy\n"
+        "def replace(src, dst):\n"
+        "    real_replace(src, dst)\n"
+        "    if when.startswith('after the first') and '.rank0.' in str(dst):\n"
         "        os.kill(os.getpid(), signal.SIGKILL)\n"
         "def link(src, dst):\n"
         "    real_link(src, dst)\n"
         "    os.kill(os.getpid(), signal.SIGKILL)\n"
-        "m.write_irpa, m.link_or_copy = write, link\n"
+        "os.replace, m.link_or_copy = replace, link\n"
         "from irforge.cli.main import main\n"
         f"sys.argv = ['irforge', 'shard', {str(llama_tp4_dir)!r}, '--tp', '2', '-o', "
         f"{str(out)!r}, '-q']\n"

@@ -18,7 +18,7 @@ import numpy as np
 from .artifacts import TOKENIZER_CONFIG, TOKENIZER_JSON, copy_tokenizer_files, tokenizer_files
 from .config import ModelConfig
 from .errors import ConfigError, InputError, UnsupportedModelError
-from .formats.atomic import AtomicFile
+from .formats.atomic import AtomicFile, StridedRange
 from .formats.dtypes import BY_NAME, CONVERTIBLE
 from .formats.ggml_quants import dequantize, row_bytes
 from .formats.gguf_tokenizer import UnsupportedTokenizer, tokenizer_config_text, tokenizer_from_gguf
@@ -124,9 +124,20 @@ class PlannedTensor:
     def cols_entry(self, name: str, c0: int, c1: int) -> OutputEntry:
         """Columns [c0, c1) of every row (a dim-1 shard of a matrix)."""
         shape = (*self.shape[:-1], c1 - c0)
-        nbytes = self.rows * (c1 - c0) * BY_NAME[self.dtype].itemsize
-        chunks = self.row_chunks(0, self.rows, slice(c0, c1))
-        return OutputEntry(name, nbytes, chunks, tensor_metadata(self.dtype, shape))
+        itemsize = BY_NAME[self.dtype].itemsize
+        nbytes = self.rows * (c1 - c0) * itemsize
+        meta = tensor_metadata(self.dtype, shape)
+        if self.how == "copy" and not self.ref.is_quantized:
+            step = self._source_row_bytes()
+            where = StridedRange(
+                self.ref.path,
+                self.ref.offset + c0 * itemsize,
+                self.rows,
+                step,
+                (c1 - c0) * itemsize,
+            )
+            return OutputEntry(name, nbytes, where, meta)
+        return OutputEntry(name, nbytes, self.row_chunks(0, self.rows, slice(c0, c1)), meta)
 
 
 @dataclass

@@ -9,11 +9,16 @@ lays out the header first and then streams each tensor into place, so memory sta
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
+import os
 import struct
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from ..errors import InputError, OutputError
 from . import atomic
@@ -29,6 +34,7 @@ ENTRY_SKIP, ENTRY_SPLAT, ENTRY_DATA, ENTRY_EXTERNAL = 0, 1, 2, 3
 ENTRY_ALIGNMENT = 16
 DATA_ALIGNMENT = 64
 FILE_ALIGNMENT = 4096
+WRITE_THREADS = 4  # files written side by side (write_irpas)
 # iree-turbine's ParameterArchive reads this metadata prefix to rebuild torch tensors.
 TORCH_METADATA_PREFIX = "PYTORCH:"
 
@@ -176,8 +182,9 @@ def _parse_entries(
 
 # -- writing ------------------------------------------------------------------------------
 
-# A source of bytes for one entry: a byte range of a file to copy, or chunks to write.
-ByteSource = TensorRef | Callable[[], Iterable[bytes | memoryview]]
+# A source of bytes for one entry: a byte range of a file to copy, a strided one (a column
+# slice) to gather, or chunks to write.
+ByteSource = TensorRef | atomic.StridedRange | Callable[[], Iterable[bytes | memoryview]]
 
 
 @dataclass
@@ -278,45 +285,118 @@ def write_irpa(
     Raises:
         OutputError: the output cannot be written, or would overwrite an input.
     """
-    names = [e.name for e in entries]
-    if len(set(names)) != len(names):
-        dup = next(n for n in names if names.count(n) > 1)
-        raise OutputError(f"two tensors would be written under the same name {dup!r}")
-    header, offsets, total = _layout(entries)
-    atomic.refuse_overwriting_inputs(path, inputs)
-    out = atomic.AtomicFile(path)
-    with out as f:
-        f.write(header)
-        for e, off in zip(entries, offsets, strict=True):
-            written = _write_entry(f, e, off, on_bytes)
-            if written != e.nbytes:
-                raise OutputError(
-                    f"tensor {e.name!r}: produced {written} bytes, expected {e.nbytes}"
-                )
-        f.truncate(total)
-        f.flush()
-        _verify(out.tmp_path, entries)
+    write_irpas([(path, entries)], on_bytes=on_bytes, inputs=inputs)
+
+
+def write_irpas(
+    files: Sequence[tuple[Path, Sequence[OutputEntry]]],
+    *,
+    on_bytes: Callable[[int], None] | None = None,
+    inputs: Iterable[Path] = (),
+) -> None:
+    """Write several IRPAs in one pass, each atomically (see write_irpa).
+
+    Where entry i of the files are column slices of one matrix (a row-parallel weight's
+    shards), its rows are read once for all of them. Either every file is replaced or, on
+    an error, none is; they are renamed into place last file first.
+
+    Raises:
+        OutputError: a file cannot be written, or would overwrite an input.
+    """
+    inputs = list(inputs)
+    layouts = []
+    for path, entries in files:
+        names = [e.name for e in entries]
+        if len(set(names)) != len(names):
+            dup = next(n for n in names if names.count(n) > 1)
+            raise OutputError(f"two tensors would be written under the same name {dup!r}")
+        atomic.refuse_overwriting_inputs(path, inputs)
+        layouts.append(_layout(entries))
+    with contextlib.ExitStack() as stack:
+        outs = [atomic.AtomicFile(path) for path, _ in files]
+        handles = [stack.enter_context(out) for out in outs]
+        jobs: list[Callable[[], object]] = []
+        for f, (header, _, _) in zip(handles, layouts, strict=True):
+            f.write(header)
+            f.flush()  # from here on every write names its offset (pwrite): no file position
+        for i in range(max((len(entries) for _, entries in files), default=0)):
+            row = [
+                (f, entries[i], layout[1][i])
+                for f, (_, entries), layout in zip(handles, files, layouts, strict=True)
+                if i < len(entries)
+            ]
+            jobs += _row_jobs(row, on_bytes)
+        # One file's writes serialize on its inode: threads help it only where there is
+        # work besides the copy (casts, quantization).
+        computed = any(callable(e.source) for _, entries in files for e in entries)
+        threads = WRITE_THREADS if len(files) > 1 or computed else 1
+        _run(jobs, min(threads, os.cpu_count() or 1))
+        for f, out, (_, entries), (_, _, total) in zip(handles, outs, files, layouts, strict=True):
+            f.truncate(total)
+            _verify(out.tmp_path, entries)
+
+
+def _row_jobs(
+    row: list[tuple[BinaryIO, OutputEntry, int]], on_bytes: Callable[[int], None] | None
+) -> list[Callable[[], object]]:
+    """Entry i of each file: strided slices of one source as one job, the rest one job each."""
+    strided = [(e.source, f, off) for f, e, off in row if isinstance(e.source, atomic.StridedRange)]
+    jobs: list[Callable[[], object]] = []
+    if len(strided) > 1 and len({(s.path, s.rows, s.stride) for s, _, _ in strided}) == 1:
+        jobs.append(functools.partial(atomic.copy_strided, strided, on_bytes))
+        row = [r for r in row if not isinstance(r[1].source, atomic.StridedRange)]
+    jobs += [functools.partial(_write_checked, f, e, off, on_bytes) for f, e, off in row]
+    return jobs
+
+
+def _run(jobs: list[Callable[[], object]], workers: int) -> None:
+    """Run the jobs on `workers` threads; the first error cancels what has not started.
+
+    Writes into different files run side by side: tmpfs serializes writes into one file, not
+    into two (2 threads copy a 2.5 GB model into 2 files in 0.50 s, into one in 1.00 s; cp
+    0.94 s). Jobs are queued file by file within an entry, so threads work on different files.
+    """
+    if workers <= 1 or len(jobs) <= 1:
+        for job in jobs:
+            job()
+        return
+    with ThreadPoolExecutor(workers) as pool:
+        futures = [pool.submit(job) for job in jobs]
+        try:
+            for fut in futures:
+                fut.result()
+        except BaseException:
+            for fut in futures:
+                fut.cancel()
+            raise
+
+
+def _write_checked(
+    f: BinaryIO, e: OutputEntry, off: int, on_bytes: Callable[[int], None] | None
+) -> None:
+    written = _write_entry(f, e, off, on_bytes)
+    if written != e.nbytes:
+        raise OutputError(f"tensor {e.name!r}: produced {written} bytes, expected {e.nbytes}")
 
 
 def _write_entry(f, e: OutputEntry, off: int, on_bytes: Callable[[int], None] | None) -> int:
     if isinstance(e.source, TensorRef):
         return atomic.copy_range(e.source.path, e.source.offset, e.nbytes, f, off, on_bytes)
-    f.seek(off)
+    if isinstance(e.source, atomic.StridedRange):
+        return atomic.copy_strided([(e.source, f, off)], on_bytes)
     written = 0
     for chunk in e.source():
-        f.write(chunk)
-        n = memoryview(chunk).nbytes
-        written += n
+        view = memoryview(chunk).cast("B")
+        atomic.pwrite_all(f.fileno(), view, off + written)
+        written += view.nbytes
         if on_bytes:
-            on_bytes(n)
+            on_bytes(view.nbytes)
     return written
 
 
 def _verify(tmp_path: str, entries: Sequence[OutputEntry]) -> None:
     """Reopen with IREE's own parser: names and sizes must be exactly what was planned."""
-    import iree.runtime as rt
-
-    index = rt.ParameterIndex()
+    index = _parameter_index()
     try:
         index.load(tmp_path, format="irpa")
     except Exception as e:  # the runtime raises plain ValueError/RuntimeError
@@ -325,3 +405,16 @@ def _verify(tmp_path: str, entries: Sequence[OutputEntry]) -> None:
     want = {e.name: e.nbytes for e in entries}
     if got != want:
         raise OutputError("IREE reads back different entries than were written (internal error)")
+
+
+def _parameter_index():
+    """IREE's ParameterIndex, from the native module when it can be had alone.
+
+    `import iree.runtime` loads ml_dtypes, 0.6 s here: half of what a cp of a 1B model takes,
+    paid by every convert and shard for one header parse.
+    """
+    try:
+        from iree._runtime.libs import _runtime  # the module iree.runtime re-exports
+    except ImportError:
+        import iree.runtime as _runtime
+    return _runtime.ParameterIndex()

@@ -12,7 +12,7 @@ import numpy as np
 from ..archive import ArchiveMetadata, open_archive, rank_entry, rank_path
 from ..errors import ConfigError, InputError, ShardingError, ToolchainError
 from ..formats.atomic import link_or_copy
-from ..formats.irpa import OutputEntry, tensor_metadata, write_irpa
+from ..formats.irpa import OutputEntry, tensor_metadata, write_irpa, write_irpas
 from ..formats.locks import locked
 from ..tensor_plan import (
     CHUNK_ELEMENTS,
@@ -104,12 +104,6 @@ def shard(
     names = [f"{out.stem}.rank{i}.{shard_id[:12]}{out.suffix}" for i in range(tp if tp > 1 else 0)]
     previous = _previous_rank_files(out)
     try:
-        for rank, name in enumerate(names):
-            entries = [_rank_entry(t, d, rank, tp) for t, d in split if d is not None]
-            entries.append(rank_entry(shard_id, rank, tp))
-            path = out.with_name(name)
-            write_irpa(path, entries, on_bytes=on_bytes, inputs=inputs)
-            result.rank_files.append(path)
         meta = ArchiveMetadata(
             p.config,
             tensor_parallelism_size=tp,
@@ -117,9 +111,15 @@ def shard(
             shard_id=shard_id,
             rank_files=tuple(names),
         )
-        write_irpa(
-            out, [t.entry() for t in replicated] + [meta.entry()], on_bytes=on_bytes, inputs=inputs
-        )
+        # Every file in one pass, side by side: each row-parallel weight is read once for all
+        # ranks. NAME.irpa comes first, so it is the last to be renamed into place.
+        files = [(out, [t.entry() for t in replicated] + [meta.entry()])]
+        for rank, name in enumerate(names):
+            entries = [_rank_entry(t, d, rank, tp) for t, d in split if d is not None]
+            entries.append(rank_entry(shard_id, rank, tp))
+            files.append((out.with_name(name), entries))
+        result.rank_files = [path for path, _ in files[1:]]
+        write_irpas(files, on_bytes=on_bytes, inputs=inputs)
     except BaseException:
         # Each file is atomic; a failed run also takes back the rank files it completed.
         for path in result.rank_files:
