@@ -8,6 +8,7 @@ prompt), as max |logits - transformers' f32 logits| / max |logit|, and greedy to
 | --- | --- | --- | --- | --- | --- |
 | f16 (for scale) | f32 | 0.0005 | 12 | | |
 | int8 | f32 | 0.009 | 12 | 0.025 | 10 |
+| w8a8 (int8, activations int8 per token) | f32 | 0.013 | 12 | 0.03 | 10 |
 | fp8 (e4m3fn) | f32 | 0.041 | 12 | 0.08 | 8 |
 | fp8-fnuz (e4m3fnuz) | f32 | 0.038 | 8 | 0.08 | 7 |
 | f32 | fp8 / fp8-fnuz | 0.010 | 12 | 0.025 | 10 |
@@ -104,6 +105,7 @@ def test_int8_archive_is_smaller_than_f16(llama_dir: Path, tmp_path: Path) -> No
     "quantize, kv, rel, same_tokens",
     [
         ("int8", None, 0.025, 10),
+        ("w8a8", None, 0.03, 10),
         ("q8_0", None, 0.025, 10),
         ("fp8", None, 0.08, 8),
         ("fp8-fnuz", None, 0.08, 7),
@@ -131,14 +133,14 @@ def test_quantized_model_matches_transformers(
     assert same >= same_tokens
 
 
-@pytest.mark.parametrize("quantize", ["int8", "q8_0"])
+@pytest.mark.parametrize("quantize", ["int8", "q8_0", "w8a8"])
 def test_quantized_tp2_equals_tp1(quantize: str, llama_tp4_dir: Path, tmp_path: Path) -> None:
     one = convert(llama_tp4_dir, out=tmp_path / "one" / "m.irpa", quantize=quantize).out
     two = shard(one, tp=2, out=tmp_path / "two" / "m.irpa").out
     sharded = _tensors(two)
     assert sharded["blk.0.attn_q.weight.shard.1"].dtype == torch.int8
     assert sharded["blk.0.attn_output.weight.shard.0"].shape == (64, 32)
-    if quantize == "int8":  # per-row scales: split with column-parallel weights, else replicated
+    if quantize != "q8_0":  # per-row scales: split with column-parallel weights, else replicated
         assert sharded["blk.0.attn_q.weight_scale.shard.1"].shape == (32,)
         assert sharded["blk.0.attn_output.weight_scale"].shape == (64,)
     else:  # per-block scales split as their weight does: row-parallel ones by columns
@@ -158,7 +160,13 @@ def test_quantized_tp2_equals_tp1(quantize: str, llama_tp4_dir: Path, tmp_path: 
     with torch.no_grad():
         want = reference.prefill(tokens, start, seq_lens, ids, reference.allocate_cache(4))
         caches = [r.kv_cache.allocate(4) for r in model.ranks]
-        torch.testing.assert_close(model.prefill(tokens, start, seq_lens, ids, caches), want)
+        got = model.prefill(tokens, start, seq_lens, ids, caches)
+    if quantize == "w8a8":
+        # each rank rounds its own slice of a row-parallel layer's input with its own scale:
+        # 0.0096 measured, the size of w8a8's own error against f32 (0.013)
+        assert mh.rel_err(got, want) < 0.025
+    else:
+        torch.testing.assert_close(got, want)
 
 
 @pytest.mark.iree
@@ -166,6 +174,7 @@ def test_quantized_tp2_equals_tp1(quantize: str, llama_tp4_dir: Path, tmp_path: 
     "quantize, kv, dtype, element, rel, same_tokens",
     [
         ("int8", None, None, "xi8>", 0.025, 8),
+        ("w8a8", None, None, "xi8>", 0.03, 8),
         ("q8_0", None, None, "xi8>", 0.025, 8),
         # f16 activations: llvm-cpu has no f8 -> f16 extension ("failed to legalize
         # arith.extf"), so the program widens fp8 through f32 (kv_cache.widen)
@@ -184,7 +193,7 @@ def test_quantized_program_matches_transformers_on_cpu_and_its_gpu_targets(
     tmp_path: Path,
 ) -> None:
     from test_export_run import PROMPT as PROMPT_20
-    from test_export_run import assert_close_rel, dump_module, reference, run_cli
+    from test_export_run import assert_close_rel, dump_module, run_cli
 
     from irforge.compile import compile_folder
     from irforge.export import export
@@ -200,9 +209,15 @@ def test_quantized_program_matches_transformers_on_cpu_and_its_gpu_targets(
     assert f"tensor<128x64{element}" in (art / "model.mlir").read_text()  # stored weights
     compile_folder(art, target="cpu")
     doc = run_cli(art, PROMPT_20, 9, tmp_path / "logits.npy")
-    want_tokens, want_logits = reference(llama_dir, PROMPT_20, 9)
+    # transformers on the program's own tokens: once a near tie flips one greedy token (w8a8
+    # here: margin 0.003 against an error of 0.01), free-running sequences stop being comparable
+    with torch.no_grad():
+        seq = PROMPT_20 + doc["tokens"]
+        want_logits = mh.hf_logits(_hf(llama_dir), seq[:-1])[len(PROMPT_20) - 1 :].numpy()
     assert_close_rel(np.load(tmp_path / "logits.npy"), want_logits, rel=rel)
-    assert sum(a == b for a, b in zip(doc["tokens"], want_tokens, strict=True)) >= same_tokens
+    # greedy agreement on the same prefix: the token transformers would have picked
+    picked = want_logits.argmax(-1).tolist()
+    assert sum(a == b for a, b in zip(doc["tokens"], picked, strict=True)) >= same_tokens
     if quantize == "fp8":  # OCP e4m3fn: gfx942 computes e4m3fnuz only; refused before compiling
         result = runner.invoke(app, ["compile", str(art), "--target", "gfx942"])
         assert result.exit_code == 2

@@ -8,6 +8,13 @@ dtype plus f32 scales, symmetric:
 - in blocks of B along each row (GGUF's Q8_0 is int8 in blocks of 32): `<weight>_block_scale
   [out, in / B]`, one scale per block. Block scales split along whichever dim the weight does.
 Embeddings and norms stay in the activation dtype.
+
+A scheme may also quantize the matmul's other operand inside the program (`activations`):
+`w8a8` stores what `int8` stores, and its program rounds each row of activations to int8 with
+its own scale (max |x| / 127, computed per token at run time, nothing calibrated) so the matmul
+is int8 x int8 -> int32, what CPUs (VNNI), MI300 and CUDA run natively; the int32 product is
+scaled by both scales back to the activation dtype. llm-compressor and vLLM call this W8A8
+with dynamic per-token activations; `int8` is their W8A16.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ class Scheme:
     qmax: float  # the largest magnitude the storage holds (symmetric)
     about: str
     block: int | None = None  # elements per scale along a row; None: one scale per row
+    activations: str | None = None  # "i8": rows of activations rounded to int8 per token
 
     def scale_name(self, weight: str) -> str:
         return weight + (SCALE_SUFFIX if self.block is None else BLOCK_SCALE_SUFFIX)
@@ -40,6 +48,14 @@ SCHEMES: dict[str, Scheme] = {
     s.name: s
     for s in (
         Scheme("int8", "i8", 127.0, "int8 weights, f32 scale per output channel (symmetric)"),
+        Scheme(
+            "w8a8",
+            "i8",
+            127.0,
+            "int8 weights as int8 stores them; activations rounded to int8 per token inside the"
+            " program, so matmuls run int8 x int8 -> int32",
+            activations="i8",
+        ),
         Scheme("fp8", "f8_e4m3fn", 448.0, "fp8 e4m3fn weights, f32 scale per output channel"),
         # MI300 (gfx942) computes in this variant of e4m3, not the OCP one above
         Scheme(

@@ -44,20 +44,26 @@ class Linear(nn.Linear):
 
 class QuantLinear(nn.Module):
     """A linear layer whose weight is stored quantized (quantization.py: int8 or fp8 rows and
-    f32 scales, per output channel or per block of a row) and rebuilt in the activation dtype
-    inside the program.
+    f32 scales, per output channel or per block of a row).
 
-    The rebuild is an elementwise op on the matmul's operand, which IREE fuses into the
-    matmul's dispatch (its dequantization-like pattern): the step reads the stored bytes. On
-    llvm-cpu that fused matmul is compute-bound: int8 decode is slower than f16 on the 1B
-    shape (bench/RESULTS.md). Scaling the product instead of the weight was 20% faster there
-    but can overflow f16 (|x . w| up to 127x larger before the scale), so it is not done.
+    Weight-only schemes rebuild the weight in the activation dtype inside the program: an
+    elementwise op on the matmul's operand, which IREE fuses into the matmul's dispatch (its
+    dequantization-like pattern), so the step reads the stored bytes. On llvm-cpu that fused
+    matmul is compute-bound (int8 decode slower than f16 on the 1B shape, bench/RESULTS.md).
+    Scaling the product instead of the weight was 20% faster there but can overflow f16 (|x .
+    w| up to 127x larger before the scale), so it is not done.
+
+    `w8a8` rounds the activations to int8 too and multiplies integers (`torch._int_mm`, which
+    IREE imports as an i8 x i8 -> i32 matmul and packs for its s8s8s32 ukernel on the CPU):
+    the int32 sum is exact and is scaled in f32, so nothing overflows.
     """
 
     def __init__(self, in_features: int, out_features: int, scheme: Scheme, dtype: torch.dtype):
         super().__init__()
         store = BY_NAME[scheme.storage].torch
         self.block = scheme.block
+        self.integer = scheme.activations == "i8"
+        self.qmax = scheme.qmax
         self.weight = nn.Parameter(
             torch.zeros(out_features, in_features, dtype=store), requires_grad=False
         )
@@ -73,6 +79,9 @@ class QuantLinear(nn.Module):
         self.dtype = dtype
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, x.shape[-1])
+        if self.integer:
+            return self._integer(rows).view(*x.shape[:-1], -1)
         scale = getattr(self, self.scale_attr).to(self.dtype)
         if self.block is None:
             w = widen(self.weight, self.dtype) * scale[:, None]
@@ -80,7 +89,15 @@ class QuantLinear(nn.Module):
             out, cols = self.weight.shape
             blocks = widen(self.weight.view(out, cols // self.block, self.block), self.dtype)
             w = (blocks * scale[..., None]).view(out, cols)
-        return F.linear(x.reshape(-1, x.shape[-1]), w).view(*x.shape[:-1], -1)
+        return F.linear(rows, w).view(*x.shape[:-1], -1)
+
+    def _integer(self, rows: torch.Tensor) -> torch.Tensor:
+        xf = rows.float()
+        # a row of zeros (padding) keeps a finite scale and quantizes to zeros
+        step = xf.abs().amax(-1, keepdim=True).clamp(min=1e-30) / self.qmax
+        q = torch.round(xf / step).clamp(-self.qmax, self.qmax).to(torch.int8)
+        acc = torch._int_mm(q, self.weight.t())
+        return (acc.float() * step * getattr(self, self.scale_attr)).to(self.dtype)
 
 
 def linear(
