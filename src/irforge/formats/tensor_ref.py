@@ -14,7 +14,6 @@ if TYPE_CHECKING:
 
 from ..errors import InputError
 from .dtypes import BY_NAME, numpy_view_dtype
-from .ggml_quants import dequantize
 
 
 @dataclass(frozen=True)
@@ -69,6 +68,8 @@ def read_tensor(ref: TensorRef) -> torch.Tensor:
     import torch
 
     if ref.is_quantized:
+        from .ggml_quants import dequantize  # gguf: 50 ms of every CLI start, needed here only
+
         return torch.from_numpy(dequantize(ref, read_bytes(ref)))
     d = BY_NAME[ref.dtype]
     raw = np.array(read_bytes(ref)).view(numpy_view_dtype(d))
