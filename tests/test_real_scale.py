@@ -95,17 +95,28 @@ def test_half_precision_matches_transformers(built, prompt: list[int], tmp_path:
     doc = run_cli(art, prompt, STEPS, tmp_path / "logits.npy")
     ours = np.load(tmp_path / "logits.npy")
     assert ours.shape == (STEPS, VOCAB)
-    agree = next(
-        (i for i, (a, b) in enumerate(zip(doc["tokens"], exact_tokens, strict=True)) if a != b),
-        STEPS,
-    )
+    agree = _first_difference(doc["tokens"], exact_tokens)
     seen = min(agree + 1, STEPS)  # the steps fed the same tokens as the reference
     assert _rel(ours[:seen], exact[:seen]) <= max(2 * _rel(half[:seen], exact[:seen]), 1e-3)
-    if agree < STEPS:
-        step = exact[agree]
-        gap = abs(step[exact_tokens[agree]] - step[doc["tokens"][agree]])
-        resolution = float(torch.finfo(DTYPES[name]).eps) * np.abs(step).max()
-        assert gap <= 2 * resolution, f"step {agree}: a clear winner missed (gap {gap:.4f})"
+    _assert_a_tie_if_apart(doc["tokens"], exact_tokens, exact, DTYPES[name])
+
+
+def _first_difference(tokens: list[int], want: list[int]) -> int:
+    assert len(tokens) == len(want)
+    return next((i for i, (a, b) in enumerate(zip(tokens, want, strict=True)) if a != b), len(want))
+
+
+def _assert_a_tie_if_apart(
+    tokens: list[int], want: list[int], logits: np.ndarray, dtype: torch.dtype
+) -> None:
+    """Where `tokens` leave `want`, the reference's logits for the two were closer than the
+    dtype resolves: either token is right there, and the continuations no longer compare."""
+    at = _first_difference(tokens, want)
+    if at < len(want):
+        step = logits[at]
+        gap = abs(step[want[at]] - step[tokens[at]])
+        resolution = float(torch.finfo(dtype).eps) * np.abs(step).max()
+        assert gap <= 2 * resolution, f"step {at}: a clear winner missed (gap {gap:.4f})"
 
 
 def test_token_ids_at_the_vocabulary_edge(built) -> None:
@@ -130,3 +141,53 @@ def test_the_program_serves_the_whole_context(built) -> None:
     assert manifest.options.attention_dtype == (
         "f32" if manifest.options.attention == "decomposed" else "f16"
     )
+
+
+def _solo(art: Path, prompt: list[int], steps: int, tmp: Path) -> tuple[list[int], np.ndarray]:
+    """The tokens and logits of `irforge run`, the prompt alone in the cache."""
+    doc = run_cli(art, prompt, steps, tmp / "solo.npy")
+    return doc["tokens"], np.load(tmp / "solo.npy")
+
+
+def _all_free(engine) -> bool:
+    g = engine.gauges()
+    return g["kv_pages_free"] == g["kv_pages_total"] and not g["running_requests"]
+
+
+@pytest.mark.parametrize("built", ["bf16"], indirect=True)
+def test_an_oversubscribed_cache_preempts_at_the_real_vocabulary(built, tmp_path: Path) -> None:
+    """8 usable pages; 5 requests that each grow to 5 pages: the newest is preempted when the
+    pages run out and resumes later by recomputing its prefix. Each request gets its solo
+    tokens; in bf16 a recomputed prefix rounds differently from the steps that made it, so a
+    request may leave them at a step whose top two the solo logits cannot tell apart."""
+    from irforge.serve import Engine
+
+    name, _, art = built
+    with Engine(art, page_count=9) as engine:
+        steps = 5 * engine.stride - len(PROMPT)  # the last token needs no cache slot
+        want, logits = _solo(art, PROMPT, steps, tmp_path)
+        reqs = [engine.submit(PROMPT, max_tokens=steps, ignore_eos=True) for _ in range(5)]
+        for r in reqs:
+            _assert_a_tie_if_apart(r.wait(300).tokens, want, logits, DTYPES[name])
+        assert reqs[0].tokens == want  # the oldest is never the one preempted
+        assert all(r.finish_reason == "length" for r in reqs)
+        assert _all_free(engine)
+    # Readmitted only once the running requests have room to grow, a preempted request is
+    # not the first to go again at once: a handful of preemptions, not one per page.
+    assert 0 < engine.metrics.counter("preemptions_total") <= 10
+
+
+@pytest.mark.parametrize("built", ["bf16"], indirect=True)
+def test_no_max_tokens_at_the_real_context(built) -> None:
+    """OpenAI's default: without max_tokens a request runs to the context (131072 here), so a
+    small cache, not a reservation for the whole context, is what caps it."""
+    from irforge.serve import BadRequest, Engine
+
+    _, _, art = built
+    with Engine(art, page_count=9) as small:
+        assert small.max_seq_len == CONTEXT
+        req = small.submit(PROMPT, ignore_eos=True)
+        assert len(req.wait(300).tokens) == 8 * small.stride - len(PROMPT)
+        assert req.finish_reason == "length" and _all_free(small)
+        with pytest.raises(BadRequest, match="outside the vocabulary"):
+            small.submit([1, VOCAB], max_tokens=1)

@@ -495,7 +495,9 @@ def test_a_long_prompt_is_prefilled_between_decode_steps(llama_artifacts: Path) 
             return prefill(*args)
 
         engine.session.prefill = recording  # type: ignore[method-assign]
-        running = engine.submit(BASE, max_tokens=40, ignore_eos=True)
+        # long enough that the stream still runs when the long prompt arrives, however late
+        # this thread wakes (with 40 tokens it had sometimes finished)
+        running = engine.submit(BASE, max_tokens=200, ignore_eos=True)
         holder.append(running)
         while len(running.tokens) < 2:
             time.sleep(0.01)
@@ -503,7 +505,7 @@ def test_a_long_prompt_is_prefilled_between_decode_steps(llama_artifacts: Path) 
         long.wait(60)
         calls = seen[-5:]  # the long prompt's five one-page chunks
         during = calls[-1] - calls[0]
-        assert running.wait(60).tokens == _solo(llama_artifacts, BASE, 40, eos=False)
+        assert running.wait(60).tokens == _solo(llama_artifacts, BASE, 200, eos=False)
         assert long.tokens == _solo(llama_artifacts, [7] * 70 + BASE[:10], 2, eos=False)
         # 2 calls for the stream's 20 tokens, 5 one-page calls for the 80, each followed by a
         # decode step of the stream

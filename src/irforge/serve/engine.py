@@ -407,7 +407,10 @@ class Engine:
             scoring = req.echo and not req.tokens  # every prompt position is computed
             found = [] if scoring else self.pages.lookup(context)
             need = blocks(len(context), self.stride) - len(found)
-            if need > self.pages.free_count:
+            # A resumed request waits until each running one can also take its next page:
+            # admitted any sooner, it is the newest and the first to be preempted again.
+            headroom = len(self._running) + len(self._prefilling) if req.tokens else 0
+            if need + headroom > self.pages.free_count:
                 self.pages.free(found)
                 break
             req.pages = found + self.pages.allocate(need)
