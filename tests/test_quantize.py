@@ -32,6 +32,7 @@ import transformers
 from typer.testing import CliRunner
 
 import model_helpers as mh
+import tiny
 from irforge.archive import open_archive
 from irforge.cli.main import app
 from irforge.convert import convert
@@ -263,8 +264,6 @@ def test_q8_0_gguf_keeps_its_blocks(llama_dir: Path, tmp_path: Path) -> None:
     int8 values and block scales, not f16, and the model still matches transformers."""
     import gguf
 
-    import tiny
-
     hf = _hf(llama_dir)
     linear = [n for n in (tiny.gguf_name(k) for k in hf.state_dict()) if "blk." in n]
     linear = [n for n in linear if "norm" not in n] + ["output.weight"]
@@ -293,3 +292,26 @@ def test_q8_0_gguf_keeps_its_blocks(llama_dir: Path, tmp_path: Path) -> None:
     seqs, logits = mh.greedy(model, cache, [PROMPT], [list(range(1, 8))], 4)
     with torch.no_grad():
         assert mh.rel_err(logits[0], mh.hf_logits(hf, seqs[0])) < 0.025
+
+
+@pytest.mark.parametrize("quantize", ["int8", "w8a8"])
+def test_a_tied_model_gets_a_quantized_output_projection(quantize: str, tmp_path: Path) -> None:
+    """The head of a tied model reads the whole embedding table every step; quantized, it is
+    an int8 copy of it (scales per vocabulary row), and the table stays f32 for lookups."""
+
+    hf_dir = tmp_path / "tied"
+    tiny.save_hf(hf_dir, tiny.llama_config(tie_word_embeddings=True))
+    archive = convert(hf_dir, out=tmp_path / "m.irpa", quantize=quantize).out
+    got = _tensors(archive)
+    embd = got["token_embd.weight"]
+    assert embd.dtype == torch.float32 and got["output.weight"].dtype == torch.int8
+    scale = embd.abs().amax(dim=1) / 127
+    q = torch.round(embd / scale[:, None]).clamp(-127, 127).to(torch.int8)
+    assert torch.equal(got["output.weight"], q)
+    assert torch.allclose(got["output.weight_scale"], scale)
+    assert not open_archive(archive).config.tie_word_embeddings
+    model = PagedLlama.from_archive(archive, options=ModelOptions(block_seq_stride=mh.STRIDE))
+    hf = _hf(hf_dir)
+    seqs, logits = mh.greedy(model, model.allocate_cache(16), [PROMPT], [list(range(1, 8))], 12)
+    with torch.no_grad():
+        assert mh.rel_err(logits[0], mh.hf_logits(hf, seqs[0])) < 0.03

@@ -230,6 +230,15 @@ def _quantized(tensors: list[PlannedTensor], s: Scheme) -> list[PlannedTensor]:
     return out
 
 
+def _untied_output(tensors: list[PlannedTensor], dtype: str | None) -> list[PlannedTensor]:
+    """The tensors plus output.weight read from token_embd.weight, for `_quantized` to
+    quantize: a tied head would read the embedding table in the activation dtype."""
+    embd = next((t for t in tensors if t.name == "token_embd.weight"), None)
+    if embd is None:
+        return tensors  # check_tensors names what is missing
+    return [*tensors, _plan_tensor(embd.ref, "output.weight", dtype)]
+
+
 def _all_linear_q8_0(tensors: list[PlannedTensor]) -> bool:
     """A GGUF whose every linear weight is Q8_0: kept so (q8_0) instead of widened to f16."""
     linear = [t for t in tensors if (found := kind_of(t.name)) is not None and found[0].linear]
@@ -276,6 +285,14 @@ def plan(
         if quant is None and _all_linear_q8_0(tensors):
             quant = scheme("q8_0")
             notes.append("kept the Q8_0 linear weights as int8 blocks with their scales (q8_0)")
+        if quant is not None and cfg.tie_word_embeddings:
+            tensors = _untied_output(tensors, dtype)
+            cfg = cfg.replace(tie_word_embeddings=False)
+            notes.append(
+                f"the output projection is a {quant.name} copy of token_embd.weight (which stays "
+                "as it is for lookups): read whole every step, it is a tied model's largest "
+                "weight"
+            )
         if quant is not None:
             tensors = _quantized(tensors, quant)
             cfg = cfg.replace(quantization=quant.name)
