@@ -300,7 +300,6 @@ def test_q8_0_gguf_keeps_its_blocks(llama_dir: Path, tmp_path: Path) -> None:
 def test_a_tied_model_gets_a_quantized_output_projection(quantize: str, tmp_path: Path) -> None:
     """The head of a tied model reads the whole embedding table every step; quantized, it is
     an int8 copy of it (scales per vocabulary row), and the table stays f32 for lookups."""
-
     hf_dir = tmp_path / "tied"
     tiny.save_hf(hf_dir, tiny.llama_config(tie_word_embeddings=True))
     archive = convert(hf_dir, out=tmp_path / "m.irpa", quantize=quantize).out

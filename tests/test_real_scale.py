@@ -15,6 +15,7 @@ import pytest
 import torch
 import transformers
 from test_export_run import run_cli
+from test_serve_engine import _all_free
 from typer.testing import CliRunner
 
 import tiny
@@ -147,11 +148,6 @@ def _solo(art: Path, prompt: list[int], steps: int, tmp: Path) -> tuple[list[int
     """The tokens and logits of `irforge run`, the prompt alone in the cache."""
     doc = run_cli(art, prompt, steps, tmp / "solo.npy")
     return doc["tokens"], np.load(tmp / "solo.npy")
-
-
-def _all_free(engine) -> bool:
-    g = engine.gauges()
-    return g["kv_pages_free"] == g["kv_pages_total"] and not g["running_requests"]
 
 
 @pytest.mark.parametrize("built", ["bf16"], indirect=True)

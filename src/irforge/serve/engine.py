@@ -409,7 +409,8 @@ class Engine:
             need = blocks(len(context), self.stride) - len(found)
             # A resumed request waits until each running one can also take its next page:
             # admitted any sooner, it is the newest and the first to be preempted again.
-            headroom = len(self._running) + len(self._prefilling) if req.tokens else 0
+            growing = len(self._running) + len(self._prefilling) + len(admitted)
+            headroom = growing if req.tokens else 0
             if need + headroom > self.pages.free_count:
                 self.pages.free(found)
                 break
