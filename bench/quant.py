@@ -1,13 +1,13 @@
-"""Quantized weights on the CPU, in one run (issue 17): f16 against int8 and fp8.
+"""Quantized weights on the CPU, in one run (issue 17): f16 against int8, w8a8 and fp8.
 
 The Llama-3.2-1B-shaped checkpoint of bench/scale.py (random seeded weights, bf16 safetensors,
-made there if missing) is converted three ways: `--dtype f16`, `--dtype f16 --quantize int8`
-and `--dtype f16 --quantize fp8` (activations, embeddings and norms f16 in all three). Each is
+made there if missing) is converted once per scheme: `--dtype f16`, then `--dtype f16
+--quantize S` (activations, embeddings and norms f16 in all). Each is
 exported (prefill bs 1, decode bs 1/8), compiled for the CPU and served by `irforge serve`;
 for each: archive size, convert time, one client's decode step, and output tokens/s at 1 and
 8 concurrent clients. Target: int8 decode >= 1.6x f16 at one client (it reads half the bytes).
 
-    .venv/bin/python bench/quant.py [--schemes none,int8,fp8] [--json out.json]
+    .venv/bin/python bench/quant.py [--schemes none,int8,w8a8,fp8] [--json out.json]
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ EXPORT = dict(
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--schemes", default="none,int8,fp8", help="none = plain f16")
+    p.add_argument("--schemes", default="none,int8,w8a8,fp8", help="none = plain f16")
     p.add_argument("--dtype", default="f16", help="activations, embeddings and norms")
     p.add_argument("--max-tokens", type=int, default=32)
     p.add_argument("--tmpfs", type=Path, default=Path("/dev/shm/irforge-scale/1b"))

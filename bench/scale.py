@@ -30,6 +30,7 @@ builds from source in about 12 minutes: `python -m venv /tmp/llama && /tmp/llama
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shutil
 import subprocess
@@ -149,6 +150,17 @@ def convert_part(hf: Path, tmpfs: Path, repeat: int) -> dict[str, Any]:
     return {"bytes": src.stat().st_size, "repeat": repeat, "tools": rows}
 
 
+def source_digest() -> str:
+    """A short digest of the irforge package's source, which makes the archive and program."""
+    import irforge
+
+    h = hashlib.sha256()
+    root = Path(irforge.__file__).parent
+    for f in sorted(root.rglob("*.py")):
+        h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:10]
+
+
 def build(
     hf: Path,
     work: Path,
@@ -163,7 +175,8 @@ def build(
     from irforge.export import export
     from irforge.manifest import ExportOptions, Manifest
 
-    name = f"{dtype}{'-' + quantize if quantize else ''}"
+    # keyed on the code too: a program made by an older irforge must not be measured as this one
+    name = f"{dtype}{'-' + quantize if quantize else ''}-{source_digest()}"
     art = work / f"art-{name}-iree{version('iree-base-compiler')}"
     done = work / f"convert-{name}.seconds"
     if (art / "model.cpu.vmfb").is_file() and Manifest.load(art).compiled and done.is_file():

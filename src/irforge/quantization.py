@@ -15,6 +15,14 @@ its own scale (max |x| / 127, computed per token at run time, nothing calibrated
 is int8 x int8 -> int32, what CPUs (VNNI), MI300 and CUDA run natively; the int32 product is
 scaled by both scales back to the activation dtype. llm-compressor and vLLM call this W8A8
 with dynamic per-token activations; `int8` is their W8A16.
+
+`int8` multiplies integers too, without giving up the activations' precision: each row is
+rounded to 16-bit fixed point (max |x| / 32639 a step, 2^-15 of the row's largest value, below
+f16's own rounding there) and split into two int8 limbs, x = 256 hi + lo, stacked as twice the
+rows of one int8 x int8 -> int32 matmul, so the weight is read once and each limb's int32 sum
+is exact (below 2^31 while a row has at most 132104 elements: 128 * 127 each). On llvm-cpu the
+other way, widening the weight inside a float matmul, is compute-bound: 0.17x f16's decode on
+the 1B shape where the limbs read at int8's rate (bench/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -29,6 +37,15 @@ from .formats.dtypes import BY_NAME
 SCALE_SUFFIX = "_scale"
 BLOCK_SCALE_SUFFIX = "_block_scale"
 SCALE_DTYPE = "f32"
+# `int8`'s activations in two int8 limbs, x = LIMB * hi + lo with hi in [-127, 127] and lo in
+# [-128, 127]: the largest |x| a step is LIMB_QMAX
+LIMB = 256
+LIMB_QMAX = 127 * LIMB + 127
+
+
+def integer_row_limit(weight_qmax: float, activation_qmax: float) -> int:
+    """The most elements a row may have for an int8 x int8 -> int32 sum of them to stay exact."""
+    return (2**31 - 1) // int(weight_qmax * activation_qmax)
 
 
 @dataclass(frozen=True)
@@ -38,7 +55,9 @@ class Scheme:
     qmax: float  # the largest magnitude the storage holds (symmetric)
     about: str
     block: int | None = None  # elements per scale along a row; None: one scale per row
-    activations: str | None = None  # "i8": rows of activations rounded to int8 per token
+    # how the program multiplies: None, the weight widened to the activation dtype; "i8", rows
+    # of activations rounded to int8 per token; "i16", to 16 bits per token, in two int8 limbs
+    activations: str | None = None
 
     def scale_name(self, weight: str) -> str:
         return weight + (SCALE_SUFFIX if self.block is None else BLOCK_SCALE_SUFFIX)
@@ -47,7 +66,14 @@ class Scheme:
 SCHEMES: dict[str, Scheme] = {
     s.name: s
     for s in (
-        Scheme("int8", "i8", 127.0, "int8 weights, f32 scale per output channel (symmetric)"),
+        Scheme(
+            "int8",
+            "i8",
+            127.0,
+            "int8 weights, f32 scale per output channel (symmetric); activations kept to 16 bits"
+            " per token inside the program's integer matmuls",
+            activations="i16",
+        ),
         Scheme(
             "w8a8",
             "i8",

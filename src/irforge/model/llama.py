@@ -19,7 +19,7 @@ from ..artifacts import SCORE_TOP
 from ..config import ModelConfig
 from ..errors import ConfigError
 from ..formats.dtypes import BY_NAME
-from ..quantization import SCALE_DTYPE, Scheme, scheme
+from ..quantization import LIMB, LIMB_QMAX, SCALE_DTYPE, Scheme, integer_row_limit, scheme
 from .attention import attend, decode_mask
 from .kv_cache import DecodeKV, PagedKVCache, PrefillKV, widen
 from .options import ModelOptions
@@ -46,24 +46,34 @@ class QuantLinear(nn.Module):
     """A linear layer whose weight is stored quantized (quantization.py: int8 or fp8 rows and
     f32 scales, per output channel or per block of a row).
 
-    Weight-only schemes rebuild the weight in the activation dtype inside the program: an
-    elementwise op on the matmul's operand, which IREE fuses into the matmul's dispatch (its
-    dequantization-like pattern), so the step reads the stored bytes. On llvm-cpu that fused
-    matmul is compute-bound (int8 decode slower than f16 on the 1B shape, bench/RESULTS.md).
-    Scaling the product instead of the weight was 20% faster there but can overflow f16 (|x .
-    w| up to 127x larger before the scale), so it is not done.
+    `int8` and `w8a8` multiply integers (`torch._int_mm`, which IREE imports as an i8 x i8 ->
+    i32 matmul and packs for its s8s8s32 ukernel on the CPU): `w8a8` rounds each row of
+    activations to int8, `int8` to 16 bits in two int8 limbs (quantization.py); the int32
+    sums are exact and are scaled in f32, so nothing overflows.
 
-    `w8a8` rounds the activations to int8 too and multiplies integers (`torch._int_mm`, which
-    IREE imports as an i8 x i8 -> i32 matmul and packs for its s8s8s32 ukernel on the CPU):
-    the int32 sum is exact and is scaled in f32, so nothing overflows.
+    The other schemes (fp8, GGUF's blocks) rebuild the weight in the activation dtype inside
+    the program: an elementwise op on the matmul's operand, which IREE fuses into the matmul's
+    dispatch, so the step reads the stored bytes; but on llvm-cpu that fused matmul is
+    compute-bound (int8 weights widened so: 0.17x f16's decode on the 1B shape). Scaling the
+    product instead of the weight was 20% faster there but can overflow f16 (|x . w| up to
+    127x larger before the scale), so it is not done.
     """
 
     def __init__(self, in_features: int, out_features: int, scheme: Scheme, dtype: torch.dtype):
         super().__init__()
+        self.activations = scheme.activations
+        self.qmax = scheme.qmax
+        if self.activations is not None:
+            # the largest int8 the activations' side of the matmul holds: a limb's is -128
+            side = LIMB // 2 if self.activations == "i16" else self.qmax
+            most = integer_row_limit(scheme.qmax, side)
+            if in_features > most:
+                raise ConfigError(
+                    f"{scheme.name} multiplies rows of at most {most} elements exactly;"
+                    f" this layer's have {in_features}"
+                )
         store = BY_NAME[scheme.storage].torch
         self.block = scheme.block
-        self.integer = scheme.activations == "i8"
-        self.qmax = scheme.qmax
         self.weight = nn.Parameter(
             torch.zeros(out_features, in_features, dtype=store), requires_grad=False
         )
@@ -80,7 +90,7 @@ class QuantLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, x.shape[-1])
-        if self.integer:
+        if self.activations is not None:
             return self._integer(rows).view(*x.shape[:-1], -1)
         scale = getattr(self, self.scale_attr).to(self.dtype)
         if self.block is None:
@@ -91,13 +101,26 @@ class QuantLinear(nn.Module):
             w = (blocks * scale[..., None]).view(out, cols)
         return F.linear(rows, w).view(*x.shape[:-1], -1)
 
+    @property
+    def activation_qmax(self) -> float:
+        return LIMB_QMAX if self.activations == "i16" else self.qmax
+
     def _integer(self, rows: torch.Tensor) -> torch.Tensor:
         xf = rows.float()
+        top = self.activation_qmax
         # a row of zeros (padding) keeps a finite scale and quantizes to zeros
-        step = xf.abs().amax(-1, keepdim=True).clamp(min=1e-30) / self.qmax
-        q = torch.round(xf / step).clamp(-self.qmax, self.qmax).to(torch.int8)
-        acc = torch._int_mm(q, self.weight.t())
-        return (acc.float() * step * getattr(self, self.scale_attr)).to(self.dtype)
+        step = xf.abs().amax(-1, keepdim=True).clamp(min=1e-30) / top
+        q = torch.round(xf / step).clamp(-top, top)
+        if self.activations == "i8":
+            acc = torch._int_mm(q.to(torch.int8), self.weight.t()).float()
+        else:
+            # q = LIMB * hi + lo; both limbs' rows in one matmul, so the weight is read once
+            hi = torch.floor((q + LIMB // 2) / LIMB)
+            limbs = torch.stack([hi, q - LIMB * hi]).to(torch.int8)
+            n, k = rows.shape
+            both = torch._int_mm(limbs.view(2 * n, k), self.weight.t()).float().view(2, n, -1)
+            acc = both[0] * LIMB + both[1]
+        return (acc * step * getattr(self, self.scale_attr)).to(self.dtype)
 
 
 def linear(
