@@ -231,6 +231,9 @@ def test_quantized_program_matches_transformers_on_cpu_and_its_gpu_targets(
         return
     out = compile_folder(art, target="gfx942", out=tmp_path / "m.gfx942.vmfb").vmfb
     assert "rocm-hsaco-fb" in dump_module(out)
+    if quantize == "int8":  # its limbs' integer matmul on the GPU this project gets lent
+        out = compile_folder(art, target="sm_90", out=tmp_path / "m.sm_90.vmfb").vmfb
+        assert "cuda-nvptx-fb" in dump_module(out)
 
 
 def test_bad_quantize_requests_are_one_line(int8_archive: Path, llama_dir: Path, tmp_path: Path):
