@@ -34,7 +34,7 @@ QuantizeOpt = Annotated[
     str | None,
     typer.Option(
         "--quantize",
-        help="Store the linear layers' weights quantized, dequantized inside the program ("
+        help="Store the linear layers' weights quantized; the program reads them as stored ("
         + "; ".join(f"{s.name}: {s.about}" for s in SCHEMES.values())
         + "). Embeddings and norms keep the float dtype (--dtype). Default: none.",
         show_default=False,
