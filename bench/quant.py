@@ -55,9 +55,7 @@ def measure(art: Path, max_tokens: int, prompt_tokens: int) -> dict[str, Any]:
     rng = np.random.default_rng(2)
     try:
         # prefill is compute-bound where decode reads bytes: the other half of a scheme's cost
-        ttft = min(
-            scale._one_request_s(url, scale._prompt(rng, prompt_tokens), 1) for _ in range(2)
-        )
+        ttft = scale.ttft_s(url, rng, prompt_tokens, repeat=2)
         print(f"  TTFT {prompt_tokens}: {ttft * 1e3:.0f} ms", flush=True)
         return {"ttft_s": ttft, **scale.decode_rates(url, max_tokens, CLIENTS, rng)}
     finally:

@@ -360,12 +360,15 @@ def test_int8_keeps_16_bits_of_the_activations_at_the_seed_shape(
 
 
 def test_integer_matmuls_refuse_rows_their_int32_sums_cannot_hold() -> None:
+    """Refused with the config, so before convert writes anything or export traces."""
     from irforge.errors import ConfigError
-    from irforge.model.llama import QuantLinear
-    from irforge.quantization import scheme
+    from irforge.presets import get_preset
 
-    QuantLinear(132104, 1, scheme("int8"), torch.float16)  # 128 * 127 * 132104 < 2^31
+    big = get_preset("llama-3.1-405b")  # the seed models' longest rows: 53248 (its ffn)
+    assert big.replace(quantization="int8").feed_forward_length == 53248
+    big.replace(quantization="int8", feed_forward_length=132104)  # 128 * 127 * 132104 < 2^31
     with pytest.raises(ConfigError, match="int8 multiplies rows of at most 132104 elements"):
-        QuantLinear(132105, 1, scheme("int8"), torch.float16)
+        big.replace(quantization="int8", feed_forward_length=132105)
     with pytest.raises(ConfigError, match="w8a8 multiplies rows of at most 133144 elements"):
-        QuantLinear(133145, 1, scheme("w8a8"), torch.float16)
+        big.replace(quantization="w8a8", feed_forward_length=133145)
+    big.replace(quantization="fp8", feed_forward_length=133145)  # widened: no int32 sums

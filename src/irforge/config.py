@@ -141,7 +141,17 @@ class ModelConfig:
         if self.quantization is not None:
             from .quantization import scheme
 
-            scheme(self.quantization)
+            quant = scheme(self.quantization)
+            longest = max(
+                self.embedding_length,
+                self.feed_forward_length,
+                self.attention_head_count * self.head_dim,
+            )
+            if quant.row_limit is not None and longest > quant.row_limit:
+                raise ConfigError(
+                    f"{quant.name} multiplies rows of at most {quant.row_limit} elements exactly;"
+                    f" this model's longest linear-layer input has {longest}"
+                )
         if self.rope_freq_factors is not None:
             if self.rope_scaling is not None:
                 raise ConfigError("rope_scaling and rope_freq_factors are exclusive")

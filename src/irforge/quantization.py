@@ -1,4 +1,4 @@
-"""Weight-only quantization schemes: how a linear layer's weight is stored and rebuilt.
+"""Weight-only quantization schemes: how a linear layer's weight is stored and multiplied.
 
 A quantized linear weight `W [out, in]` is stored as `q [out, in]` in the scheme's storage
 dtype plus f32 scales, symmetric:
@@ -20,7 +20,7 @@ with dynamic per-token activations; `int8` is their W8A16.
 rounded to 16-bit fixed point (max |x| / 32639 a step, 2^-15 of the row's largest value, below
 f16's own rounding there) and split into two int8 limbs, x = 256 hi + lo, stacked as twice the
 rows of one int8 x int8 -> int32 matmul, so the weight is read once and each limb's int32 sum
-is exact (below 2^31 while a row has at most 132104 elements: 128 * 127 each). On llvm-cpu the
+is exact (`Scheme.row_limit`: a model whose rows are longer is refused). On llvm-cpu the
 other way, widening the weight inside a float matmul, is compute-bound: 0.17x f16's decode on
 the 1B shape where the limbs read at int8's rate (bench/RESULTS.md).
 """
@@ -43,11 +43,6 @@ LIMB = 256
 LIMB_QMAX = 127 * LIMB + 127
 
 
-def integer_row_limit(weight_qmax: float, activation_qmax: float) -> int:
-    """The most elements a row may have for an int8 x int8 -> int32 sum of them to stay exact."""
-    return (2**31 - 1) // int(weight_qmax * activation_qmax)
-
-
 @dataclass(frozen=True)
 class Scheme:
     name: str
@@ -58,6 +53,21 @@ class Scheme:
     # how the program multiplies: None, the weight widened to the activation dtype; "i8", rows
     # of activations rounded to int8 per token; "i16", to 16 bits per token, in two int8 limbs
     activations: str | None = None
+
+    @property
+    def activation_qmax(self) -> float | None:
+        """The largest |activation| in steps of the program's integer matmul (None: it has none)."""
+        return {None: None, "i8": self.qmax, "i16": LIMB_QMAX}[self.activations]
+
+    @property
+    def row_limit(self) -> int | None:
+        """The most elements a row of the integer matmul may have for its int32 sums to stay
+        exact: each product is at most qmax times the largest int8 on the activations' side (a
+        limb's is -128). None: no integer matmul."""
+        if self.activations is None:
+            return None
+        side = LIMB // 2 if self.activations == "i16" else self.qmax
+        return (2**31 - 1) // int(self.qmax * side)
 
     def scale_name(self, weight: str) -> str:
         return weight + (SCALE_SUFFIX if self.block is None else BLOCK_SCALE_SUFFIX)

@@ -19,7 +19,7 @@ from ..artifacts import SCORE_TOP
 from ..config import ModelConfig
 from ..errors import ConfigError
 from ..formats.dtypes import BY_NAME
-from ..quantization import LIMB, LIMB_QMAX, SCALE_DTYPE, Scheme, integer_row_limit, scheme
+from ..quantization import LIMB, SCALE_DTYPE, Scheme, scheme
 from .attention import attend, decode_mask
 from .kv_cache import DecodeKV, PagedKVCache, PrefillKV, widen
 from .options import ModelOptions
@@ -54,7 +54,7 @@ class QuantLinear(nn.Module):
     The other schemes (fp8, GGUF's blocks) rebuild the weight in the activation dtype inside
     the program: an elementwise op on the matmul's operand, which IREE fuses into the matmul's
     dispatch, so the step reads the stored bytes; but on llvm-cpu that fused matmul is
-    compute-bound (int8 weights widened so: 0.17x f16's decode on the 1B shape). Scaling the
+    compute-bound (quantization.py). Scaling the
     product instead of the weight was 20% faster there but can overflow f16 (|x . w| up to
     127x larger before the scale), so it is not done.
     """
@@ -62,16 +62,7 @@ class QuantLinear(nn.Module):
     def __init__(self, in_features: int, out_features: int, scheme: Scheme, dtype: torch.dtype):
         super().__init__()
         self.activations = scheme.activations
-        self.qmax = scheme.qmax
-        if self.activations is not None:
-            # the largest int8 the activations' side of the matmul holds: a limb's is -128
-            side = LIMB // 2 if self.activations == "i16" else self.qmax
-            most = integer_row_limit(scheme.qmax, side)
-            if in_features > most:
-                raise ConfigError(
-                    f"{scheme.name} multiplies rows of at most {most} elements exactly;"
-                    f" this layer's have {in_features}"
-                )
+        self.activation_qmax = scheme.activation_qmax
         store = BY_NAME[scheme.storage].torch
         self.block = scheme.block
         self.weight = nn.Parameter(
@@ -101,13 +92,10 @@ class QuantLinear(nn.Module):
             w = (blocks * scale[..., None]).view(out, cols)
         return F.linear(rows, w).view(*x.shape[:-1], -1)
 
-    @property
-    def activation_qmax(self) -> float:
-        return LIMB_QMAX if self.activations == "i16" else self.qmax
-
     def _integer(self, rows: torch.Tensor) -> torch.Tensor:
         xf = rows.float()
         top = self.activation_qmax
+        assert top is not None
         # a row of zeros (padding) keeps a finite scale and quantizes to zeros
         step = xf.abs().amax(-1, keepdim=True).clamp(min=1e-30) / top
         q = torch.round(xf / step).clamp(-top, top)
