@@ -104,3 +104,13 @@ def llama_tp4_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("hf") / "tiny-llama-tp4"
     tiny.save_hf(folder, tiny.llama_config(num_attention_heads=8, num_key_value_heads=4))
     return folder
+
+
+@pytest.fixture(scope="session")
+def gguf_f16_artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny Llama as llama.cpp writes a half-precision GGUF (f16 matrices beside f32 norms,
+    q/k permuted), converted with no --dtype and compiled: the default path of a real GGUF."""
+    folder = tmp_path_factory.mktemp("gguf-f16-art")
+    gguf_path = folder / "tiny-llama-f16.gguf"
+    tiny.write_gguf(gguf_path, tiny.build_model(tiny.llama_config()), float_type=Q.F16)
+    return _build(folder, gguf_path, prefill_batch_sizes=(1,), decode_batch_sizes=(1,))

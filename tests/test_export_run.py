@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 import tiny
 from irforge.cli.main import app
+from irforge.errors import InputError
 from irforge.runtime import Session, generate
 
 pytestmark = pytest.mark.iree
@@ -80,6 +81,45 @@ def test_run_matches_transformers(
     assert_close_rel(got_logits, want_logits)  # and each decode step
     assert doc["tokens"] == want_tokens
     assert set(doc["timings"]) == {"prefill_s", "decode_s", "decode_tokens_per_s"}
+
+
+def test_a_half_precision_gguf_compiles_to_the_right_program(
+    gguf_f16_artifacts: Path, llama_dir: Path, tmp_path: Path
+) -> None:
+    """An f16 GGUF keeps its norms in f32; the program once declared them f16 and IREE read
+    their bytes as f16 (relative error 1.7, 0/12 greedy tokens). Within f16's rounding of
+    the weights and activations of transformers' f32 answer, greedy tokens exact."""
+    archive = json.loads((gguf_f16_artifacts / "manifest.json").read_text())
+    assert archive["config"]["dtype"] == "f16"
+    want_tokens, want_logits = reference(llama_dir, PROMPT, STEPS)
+    doc = run_cli(gguf_f16_artifacts, PROMPT, STEPS, tmp_path / "logits.npy")
+    assert_close_rel(np.load(tmp_path / "logits.npy"), want_logits, rel=5e-3)
+    assert doc["tokens"] == want_tokens
+
+
+def test_an_archive_the_program_would_misread_is_refused(tmp_path: Path) -> None:
+    """IREE reads a parameter's bytes as the type the program declares, without a check: an
+    archive whose tensor dtype differs from the config's is refused at export, by name."""
+    import gguf as gguf_pkg
+
+    from irforge.archive import open_archive
+    from irforge.export.program import check_parameters
+    from irforge.manifest import ExportOptions
+
+    path = tmp_path / "m.gguf"
+    tiny.write_gguf(
+        path, tiny.build_model(tiny.llama_config()), float_type=gguf_pkg.GGMLQuantizationType.F16
+    )
+    result = runner.invoke(app, ["convert", str(path), "-o", str(tmp_path / "m.irpa")])
+    assert result.exit_code == 0, result.output
+    archive = open_archive(tmp_path / "m.irpa")
+    assert {ref.dtype for ref in archive.tensors.values()} == {"f16"}  # norms cast too
+    config = archive.require_config()
+    options = ExportOptions().resolve(config, 1)
+    check_parameters(config, options, archive.tensors, archive.path)  # passes as made
+    wrong = config.replace(dtype="f32")
+    with pytest.raises(InputError, match=r"tensor .* is f16 .* the program loads f32"):
+        check_parameters(wrong, ExportOptions().resolve(wrong, 1), archive.tensors, archive.path)
 
 
 def test_batch_of_prompts_of_different_lengths(llama_artifacts: Path, llama_dir: Path) -> None:

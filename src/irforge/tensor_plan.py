@@ -9,7 +9,7 @@ fixed-size chunks. Untouched whole tensors and row shards stay byte-range copies
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -25,7 +25,7 @@ from .formats.gguf_tokenizer import UnsupportedTokenizer, tokenizer_config_text,
 from .formats.irpa import OutputEntry, tensor_metadata
 from .formats.sources import Source, open_source, read_json_file
 from .formats.tensor_ref import TensorRef, read_range
-from .quantization import SCALE_DTYPE, Scheme, quantize_rows, row_scales, scheme
+from .quantization import SCALE_DTYPE, SCALE_SUFFIX, Scheme, quantize_rows, row_scales, scheme
 from .tensor_kinds import kind_of
 from .tensor_names import HF_IGNORED, check_tensors, hf_to_canonical
 
@@ -177,6 +177,34 @@ def _dominant_float(tensors: list[PlannedTensor]) -> str:
     return max(totals, key=totals.__getitem__) if totals else "f32"
 
 
+def _uniform(named: Mapping[str, TensorRef], dtype: str | None) -> tuple[list[PlannedTensor], str]:
+    """Every tensor planned with every float one in one dtype: `dtype`, else the one most
+    weight bytes are in (llama.cpp keeps norms f32 beside f16 or quantized matrices).
+
+    The archive's config records that dtype and a compiled program declares its parameters
+    in it: a tensor stored otherwise would be read as the wrong type (garbage), not cast.
+    """
+
+    def castable(name: str, ref: TensorRef) -> bool:
+        # a quantized archive's scales (f32) and fp8/int8 weights stay as its scheme stores them
+        return not name.endswith(SCALE_SUFFIX) and (ref.is_quantized or ref.dtype in CONVERTIBLE)
+
+    def each(want: str | None) -> list[PlannedTensor]:
+        return [
+            _plan_tensor(ref, name, want if castable(name, ref) else None)
+            for name, ref in named.items()
+        ]
+
+    tensors = each(dtype)
+    floats = [
+        t for t, (name, ref) in zip(tensors, named.items(), strict=True) if castable(name, ref)
+    ]
+    chosen = dtype or _dominant_float(floats)
+    if any(t.dtype != chosen for t in floats):
+        tensors = each(chosen)
+    return tensors, chosen
+
+
 def _model_config(
     source: Source, tensors: dict[str, TensorRef], out_dtype: str, config_path: Path | None
 ) -> ModelConfig | None:
@@ -276,8 +304,9 @@ def plan(
             )
         named[name] = ref
     # rope_freqs.weight travels in the config as rope_freq_factors, not as a weight.
-    tensors = [_plan_tensor(ref, name, dtype) for name, ref in named.items() if name != ROPE_FREQS]
-    cfg = _model_config(src, named, _dominant_float(tensors), config)
+    weights = {name: ref for name, ref in named.items() if name != ROPE_FREQS}
+    tensors, out_dtype = _uniform(weights, dtype)
+    cfg = _model_config(src, named, out_dtype, config)
     if cfg is not None:
         if cfg.tie_word_embeddings and "output.weight" in named:
             tensors = [t for t in tensors if t.name != "output.weight"]
@@ -330,9 +359,9 @@ def plan_archive(path: Path, *, dtype: str | None = None) -> Plan:
         tokenizer_files=tokenizer,
         inputs=[archive.path],
     )
-    tensors = [_plan_tensor(ref, name, dtype) for name, ref in archive.tensors.items()]
+    tensors, out_dtype = _uniform(archive.tensors, dtype)
     cfg = archive.config
-    return Plan(src, tensors, cfg.replace(dtype=_dominant_float(tensors)) if cfg else None)
+    return Plan(src, tensors, cfg.replace(dtype=out_dtype) if cfg else None)
 
 
 def source_record(src: Source) -> dict[str, str]:

@@ -114,7 +114,7 @@ def export(
         >>> opts = ExportOptions(prefill_batch_sizes=(1, 4), decode_batch_sizes=(1, 4))
         >>> export(Path("llama8b.irpa"), out_dir=Path("out/llama8b"), options=opts)
     """
-    from .program import trace
+    from .program import check_parameters, trace
 
     cfg, archive = _resolve_source(source, preset, config, model_config)
     archive_tp = archive.metadata.tensor_parallelism_size if archive and archive.metadata else 1
@@ -126,6 +126,8 @@ def export(
     tp = tp or archive_tp
     check_tp(cfg, tp)
     options = options.resolve(cfg, tp)
+    if archive is not None:
+        check_parameters(cfg, options, archive.tensors, archive.path)
     out_dir = Path(out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,7 @@ config alone: no weights are read and memory does not grow with the model.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,9 @@ import torch
 
 from ..artifacts import PARAMETER_SCOPE, SCORE_FUNCTION
 from ..config import ModelConfig
+from ..errors import InputError
+from ..formats.dtypes import BY_TURBINE
+from ..formats.tensor_ref import TensorRef
 from ..manifest import ExportOptions
 from ..model import ModelOptions, PagedLlama
 from ..model.sharded import ShardedPagedLlama, sharded_name
@@ -75,22 +78,61 @@ def build_meta_model(config: ModelConfig, options: ExportOptions) -> PagedLlama 
     replicated weight is one archive entry referenced from every device.
     """
     aot = _turbine_aot()
+    model = _meta_model(config, options, _transfer)
+    for rank, name, param in _external(model, options.tensor_parallelism_size):
+        if rank is not None:
+            aot.DeviceTensorTrait(rank).set(param)
+        aot.ExternalTensorTrait(external_scope=PARAMETER_SCOPE, external_name=name).set(param)
+    return model
+
+
+def _meta_model(
+    config: ModelConfig, options: ExportOptions, transfer: Callable[..., torch.Tensor]
+) -> PagedLlama | ShardedPagedLlama:
     model_options = ModelOptions.of(options)
     tp = options.tensor_parallelism_size
     with torch.device("meta"):
         if tp == 1:
             model: PagedLlama | ShardedPagedLlama = PagedLlama(config, model_options)
         else:
-            model = ShardedPagedLlama(config, model_options, tp=tp, transfer=_transfer)
-    model.eval().requires_grad_(False)
+            model = ShardedPagedLlama(config, model_options, tp=tp, transfer=transfer)
+    return model.eval().requires_grad_(False)
+
+
+def _external(
+    model: PagedLlama | ShardedPagedLlama, tp: int
+) -> Iterator[tuple[int | None, str, torch.Tensor]]:
+    """(device or None, archive name, parameter) of each weight the program loads."""
     for module_name, param in model.named_parameters():  # tied weights appear once
         if tp == 1:
-            name = canonical_name(module_name)
+            yield None, canonical_name(module_name), param
         else:
             rank, name = sharded_name(module_name)
-            aot.DeviceTensorTrait(rank).set(param)
-        aot.ExternalTensorTrait(external_scope=PARAMETER_SCOPE, external_name=name).set(param)
-    return model
+            yield rank, name, param
+
+
+def check_parameters(
+    config: ModelConfig, options: ExportOptions, stored: Mapping[str, TensorRef], where: Path
+) -> None:
+    """Every parameter the program declares is in the archive with that dtype and shape.
+
+    IREE checks neither when it loads a parameter: it reads the stored bytes as the declared
+    type, so an f32 tensor declared f16 gives garbage logits, not an error.
+
+    Raises:
+        InputError: naming the first tensor that differs.
+    """
+    model = _meta_model(config, options, lambda t, device: t)
+    for _, name, param in _external(model, options.tensor_parallelism_size):
+        ref = stored.get(name)
+        if ref is None:
+            raise InputError(f"{where}: tensor {name!r} is missing (the program loads it)")
+        want = BY_TURBINE[str(param.dtype).removeprefix("torch.")].name
+        if ref.dtype != want or tuple(ref.shape) != tuple(param.shape):
+            raise InputError(
+                f"{where}: tensor {name!r} is {ref.dtype} {list(ref.shape)}, the program loads "
+                f"{want} {list(param.shape)}; re-run `irforge convert` to make the archive anew"
+            )
 
 
 def _cache_slabs(model: PagedLlama | ShardedPagedLlama) -> list[torch.Tensor]:

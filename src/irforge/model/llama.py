@@ -30,8 +30,16 @@ from .weights import load_archive, load_canonical
 KVAccess = PrefillKV | DecodeKV
 
 
+def as_dtype(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """t in `dtype`; no op at all (nothing traced) when it already is."""
+    return t if t.dtype == dtype else t.to(dtype)
+
+
 class Linear(nn.Linear):
     """nn.Linear over the rows flattened to 2-D: [N, S, K] @ W.T as one [N·S, K] matmul.
+
+    The weight is declared in the archive's dtype (a compiled program reads the stored bytes
+    as the dtype it declares) and cast to the activations' inside the program if they differ.
 
     Traced on [1, 1, K] (decode_bs1, and prefill_bs1), nn.Linear lowers to a batch_matmul of
     batch 1 that IREE's llvm-cpu code runs at half the speed of the same rows as a plain
@@ -39,7 +47,8 @@ class Linear(nn.Linear):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x.reshape(-1, x.shape[-1]), self.weight).view(*x.shape[:-1], -1)
+        w = as_dtype(self.weight, x.dtype)
+        return F.linear(x.reshape(-1, x.shape[-1]), w).view(*x.shape[:-1], -1)
 
 
 class QuantLinear(nn.Module):
@@ -111,16 +120,28 @@ class QuantLinear(nn.Module):
         return (acc * step * getattr(self, self.scale_attr)).to(self.dtype)
 
 
+def stored_dtype(config: ModelConfig) -> torch.dtype:
+    """The dtype of an archive's float weights (convert writes them all in config.dtype).
+
+    Parameters are declared so, whatever the activations' dtype: IREE reads a parameter's
+    bytes as the type the program declares, so an f32 norm declared f16 reads as garbage.
+    """
+    return BY_NAME[config.dtype].torch
+
+
 def linear(
     config: ModelConfig, in_features: int, out_features: int, dtype: torch.dtype
 ) -> nn.Module:
-    """The model's linear layer: quantized when the config says its weights are."""
+    """The model's linear layer for `dtype` activations: quantized when the config says its
+    weights are, else its weight in the archive's dtype (config.dtype)."""
     if config.quantization is None:
-        return Linear(in_features, out_features, bias=False, dtype=dtype)
+        return Linear(in_features, out_features, bias=False, dtype=stored_dtype(config))
     return QuantLinear(in_features, out_features, scheme(config.quantization), dtype)
 
 
 class RMSNorm(nn.Module):
+    """x / rms(x) * weight; the weight in the archive's dtype, applied in x's."""
+
     def __init__(self, dim: int, eps: float, dtype: torch.dtype):
         super().__init__()
         self.eps = eps
@@ -130,7 +151,7 @@ class RMSNorm(nn.Module):
         # Mean of squares in float32: f16 would overflow and bf16 lose precision.
         xf = x.float()
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * xf.to(x.dtype)
+        return as_dtype(self.weight, x.dtype) * xf.to(x.dtype)
 
 
 class FeedForward(nn.Module):
@@ -193,9 +214,10 @@ class Attention(nn.Module):
 class Block(nn.Module):
     def __init__(self, config: ModelConfig, layer: int, options: ModelOptions, dtype: torch.dtype):
         super().__init__()
-        self.attn_norm = RMSNorm(config.embedding_length, config.rms_norm_eps, dtype)
+        stored = stored_dtype(config)
+        self.attn_norm = RMSNorm(config.embedding_length, config.rms_norm_eps, stored)
         self.attn = Attention(config, layer, options, dtype)
-        self.ffn_norm = RMSNorm(config.embedding_length, config.rms_norm_eps, dtype)
+        self.ffn_norm = RMSNorm(config.embedding_length, config.rms_norm_eps, stored)
         self.ffn = FeedForward(config, dtype)
 
     def forward(
@@ -225,12 +247,13 @@ class PagedLlama(nn.Module):
         self.dtype = self.options.activation_torch_dtype(config)
         self.kv_cache = PagedKVCache.for_model(config, self.options)
         dim, vocab = config.embedding_length, config.vocab_size
-        self.token_embd = nn.Embedding(vocab, dim, dtype=self.dtype)
+        stored = stored_dtype(config)
+        self.token_embd = nn.Embedding(vocab, dim, dtype=stored)
         layers = range(config.block_count)
         self.blk = nn.ModuleList(Block(config, i, self.options, self.dtype) for i in layers)
-        self.output_norm = RMSNorm(dim, config.rms_norm_eps, self.dtype)
+        self.output_norm = RMSNorm(dim, config.rms_norm_eps, stored)
         if config.tie_word_embeddings:  # the embedding table, which stays unquantized
-            self.output: nn.Module = Linear(dim, vocab, bias=False, dtype=self.dtype)
+            self.output: nn.Module = Linear(dim, vocab, bias=False, dtype=stored)
             self.output.weight = self.token_embd.weight
         else:
             self.output = linear(config, dim, vocab, self.dtype)
@@ -353,7 +376,7 @@ class PagedLlama(nn.Module):
         kv: KVAccess,
         keep: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        h = self.token_embd(tokens)  # [N, S, dim]
+        h = as_dtype(self.token_embd(tokens), self.dtype)  # [N, S, dim]
         cos, sin = rope_tables(
             positions, inv_freq_tensor(self.inv_freq_values, tokens.device)
         )  # [N, S, 1, D/2]

@@ -19,7 +19,16 @@ from ..config import ModelConfig
 from ..errors import ConfigError
 from ..sharding.spec import check_tp, shard_name, split_dim
 from .kv_cache import DecodeKV, PagedKVCache, PrefillKV
-from .llama import Block, RMSNorm, decode_inputs, last_positions, linear, prefill_inputs
+from .llama import (
+    Block,
+    RMSNorm,
+    as_dtype,
+    decode_inputs,
+    last_positions,
+    linear,
+    prefill_inputs,
+    stored_dtype,
+)
 from .options import ModelOptions
 from .rope import inv_freq_tensor, inv_frequencies, rope_tables
 from .weights import canonical_name
@@ -48,9 +57,11 @@ class Rank(nn.Module):
         dim = config.embedding_length
         self.columns = slice(rank * dim // tp, (rank + 1) * dim // tp)  # of the output proj.
         self.tied = config.tie_word_embeddings
-        self.token_embd = nn.Embedding(config.vocab_size, dim, dtype=dtype)
+        self.dtype = dtype
+        stored = stored_dtype(config)
+        self.token_embd = nn.Embedding(config.vocab_size, dim, dtype=stored)
         self.blk = nn.ModuleList(Block(local, i, options, dtype) for i in range(config.block_count))
-        self.output_norm = RMSNorm(dim, config.rms_norm_eps, dtype)
+        self.output_norm = RMSNorm(dim, config.rms_norm_eps, stored)
         if not self.tied:
             self.output = linear(config, dim // tp, config.vocab_size, dtype)
         self.kv_cache = PagedKVCache.for_model(local, options)
@@ -61,7 +72,7 @@ class Rank(nn.Module):
     def partial_logits(self, h: torch.Tensor) -> torch.Tensor:
         x = self.output_norm(h)[..., self.columns]  # [N, S, dim/tp]
         if self.tied:
-            return x @ self.token_embd.weight[:, self.columns].T  # [N, S, vocab]
+            return x @ as_dtype(self.token_embd.weight[:, self.columns], x.dtype).T  # [N, S, vocab]
         return self.output(x)  # [N, S, vocab]
 
 
@@ -160,7 +171,10 @@ class ShardedPagedLlama(nn.Module):
         kvs: Sequence[PrefillKV | DecodeKV],
         keep: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        h = [r.token_embd(t) for r, t in zip(self.rank_list(), tokens, strict=True)]  # [N, S, dim]
+        h = [
+            as_dtype(r.token_embd(t), r.dtype)
+            for r, t in zip(self.rank_list(), tokens, strict=True)
+        ]
         tables = [
             rope_tables(p, inv_freq_tensor(self.inv_freq_values, p.device)) for p in positions
         ]

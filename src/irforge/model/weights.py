@@ -56,7 +56,8 @@ def load_canonical(
     device: torch.device | str | None = None,
 ) -> None:
     """Replace model's parameters by `tensors` (canonical names), each cast to its parameter's
-    dtype (the activation dtype; a quantized model's int8 weights and f32 scales stay so).
+    dtype (config.dtype, as an archive stores them; a quantized model's int8 weights and f32
+    scales stay so).
 
     Tensors already in that dtype and device are used without a copy. With tied embeddings
     the output projection is token_embd.weight; a stored output.weight is then ignored.
