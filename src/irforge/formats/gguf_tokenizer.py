@@ -4,9 +4,9 @@ A GGUF carries its vocabulary (tokens, merges, token types, bos/eos, the chat te
 GGUF alone should go from file to chat server. This rebuilds the Hugging Face tokenizer the
 GGUF was made from with the `tokenizers` library, for two kinds of vocabulary:
 
-- byte-level BPE (`gpt2` tokenizer model: Llama 3, GPT-2 and their kin), with the
-  pre-tokenizer `tokenizer.ggml.pre` names. Its split patterns and `ignore_merges` are those
-  of the Hugging Face tokenizer.json files llama.cpp's converter maps to each name.
+- byte-level BPE (`gpt2` tokenizer model: Llama 3, GPT-2, SmolLM, DeepSeek and their kin),
+  with the pre-tokenizer `tokenizer.ggml.pre` names (pretokenizers.py: the split patterns
+  and `ignore_merges` llama.cpp uses for each name).
 - SentencePiece BPE (`llama` model: Llama 2, Mistral 7B, TinyLlama): pieces with `▁` for
   a space and `<0xNN>` byte pieces. The GGUF has scores, not merges; as transformers builds a
   tokenizer.json from a tokenizer.model, every split of a piece into two pieces is a merge,
@@ -18,28 +18,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-# GPT-2's pre-tokenizer split (tokenizers' ByteLevel with use_regex)
-_GPT2_SPLIT = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
-# Llama 3's tokenizer.json Split pattern (digits in runs of at most three)
-_LLAMA3_SPLIT = (
-    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|"""
-    r""" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
-)
-# Mistral's tekken (Mistral-Nemo): case-split letter runs, one digit at a time, no
-# contractions; the pattern of its tokenizer.json, as llama.cpp's vocabulary code quotes it
-_TEKKEN_SPLIT = (
-    r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+|"""
-    r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*|"""
-    r"""\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
-)
-# tokenizer.ggml.pre -> (split pattern, ignore_merges: a whole word in the vocabulary is kept)
-PRE_TOKENIZERS = {
-    "default": (_GPT2_SPLIT, False),
-    "gpt2": (_GPT2_SPLIT, False),
-    "llama-bpe": (_LLAMA3_SPLIT, True),
-    "llama3": (_LLAMA3_SPLIT, True),
-    "tekken": (_TEKKEN_SPLIT, True),
-}
+from .pretokenizers import PRE_TOKENIZERS
+
 _UNKNOWN, _CONTROL, _USER_DEFINED = 2, 3, 4  # llama.cpp's token types
 
 
@@ -110,7 +90,7 @@ def _byte_level(meta: dict[str, Any], tokens: list[Any]) -> Any:
     pre = meta.get("tokenizer.ggml.pre") or "default"
     if pre not in PRE_TOKENIZERS:
         raise UnsupportedTokenizer(f"pre-tokenizer {pre!r} (known: {', '.join(PRE_TOKENIZERS)})")
-    split, ignore_merges = PRE_TOKENIZERS[pre]
+    splits, ignore_merges = PRE_TOKENIZERS[pre]
     merges = [tuple(m.split(" ", 1)) for m in meta.get("tokenizer.ggml.merges") or []]
     if any(len(m) != 2 for m in merges):
         raise UnsupportedTokenizer("a tokenizer.ggml.merges entry is not two tokens")
@@ -118,7 +98,7 @@ def _byte_level(meta: dict[str, Any], tokens: list[Any]) -> Any:
     tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, ignore_merges=ignore_merges))
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [
-            pre_tokenizers.Split(Regex(split), behavior="isolated", invert=False),
+            *(pre_tokenizers.Split(Regex(p), behavior="isolated", invert=False) for p in splits),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
         ]
     )
@@ -127,7 +107,7 @@ def _byte_level(meta: dict[str, Any], tokens: list[Any]) -> Any:
 
 
 def _sentencepiece(meta: dict[str, Any], tokens: list[Any], types: list[Any]) -> Any:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from tokenizers import Tokenizer, decoders, models, normalizers
 
     vocab = {str(t): i for i, t in enumerate(tokens)}
     scores = meta.get("tokenizer.ggml.scores") or []
@@ -148,11 +128,12 @@ def _sentencepiece(meta: dict[str, Any], tokens: list[Any], types: list[Any]) ->
     )
     # llama.cpp's key: SentencePiece's dummy prefix, a space before each run of text, after
     # special tokens too (llama.cpp, Llama 2's own tokenizer.json and Meta's encoder do so;
-    # "first" would tokenize "<s>[INST]" unlike the model was trained)
+    # "first" would tokenize "<s>[INST]" unlike the model was trained). As normalizers, as
+    # Llama 2's tokenizer.json has them: tokenizers' Metaspace prepends nothing to a text
+    # that already starts with a space, so " " became "▁" where llama.cpp gives "▁▁".
     prefix = bool(meta.get("tokenizer.ggml.add_space_prefix", True))
-    tok.pre_tokenizer = pre_tokenizers.Metaspace(
-        replacement="\u2581", prepend_scheme="always" if prefix else "never", split=False
-    )
+    steps_in = [normalizers.Prepend("\u2581")] if prefix else []
+    tok.normalizer = normalizers.Sequence([*steps_in, normalizers.Replace(" ", "\u2581")])
     steps = [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()]
     if prefix:
         steps.append(decoders.Strip(content=" ", left=1, right=0))
