@@ -119,8 +119,11 @@ def test_gguf_passthrough_dequant_and_rope_freqs(
     assert result.dequantized == 2 and "rope_freqs.weight" not in archive.tensors
     for name, ref in archive.tensors.items():
         src = by_name[name]
-        if src.tensor_type in (Q.F16, Q.F32):
+        assert ref.dtype == "f16"  # the f32 norms too: the archive's one float dtype
+        if src.tensor_type == Q.F16:
             assert bytes(read_bytes(ref)) == src.data.tobytes()
+        elif src.tensor_type == Q.F32:
+            np.testing.assert_array_equal(read_tensor(ref).numpy(), src.data.astype(np.float16))
         else:  # dequantized by gguf's own code, then stored as f16
             want = gguf.quants.dequantize(src.data, src.tensor_type).astype(np.float16)
             assert ref.dtype == "f16"

@@ -21,10 +21,15 @@ SCORE_FUNCTION = "score_bs1"
 SCORE_TOP = 20
 TOKENIZER_JSON = "tokenizer.json"
 TOKENIZER_CONFIG = "tokenizer_config.json"
+# transformers 5 saves a chat template in its own file, not in tokenizer_config.json
+CHAT_TEMPLATE_JINJA = "chat_template.jinja"
+CHAT_TEMPLATE_JSON = "chat_template.json"  # {"chat_template": ...}, as processors save it
 # Files a tokenizer needs, carried from a source to its archive and on into the folder.
 TOKENIZER_FILES = (
     TOKENIZER_JSON,
     TOKENIZER_CONFIG,
+    CHAT_TEMPLATE_JINJA,
+    CHAT_TEMPLATE_JSON,
     "special_tokens_map.json",
     "tokenizer.model",
     "generation_config.json",

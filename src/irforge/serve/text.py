@@ -8,7 +8,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from ..artifacts import TOKENIZER_CONFIG, TOKENIZER_JSON
+from ..artifacts import CHAT_TEMPLATE_JINJA, CHAT_TEMPLATE_JSON, TOKENIZER_CONFIG, TOKENIZER_JSON
 from ..errors import InputError
 from .errors import BadRequest
 
@@ -30,30 +30,85 @@ def _token_text(value: Any) -> str | None:
 class TextStream:
     """One generation's text, a token at a time: `step(id)` returns the text it completes.
 
-    tokenizers' DecodeStream keeps a few ids of state, so each token costs O(1), not a
-    re-decode of everything generated so far. A token that ends inside a UTF-8 character
-    yields "" until the one that completes it; `flush()` at the end gives what is left (as
-    U+FFFD, the way decoding the whole list would).
+    Each step decodes a short window of ids twice, with and without the new one, and emits
+    the difference (the incremental detokenizer of HF's TextStreamer and vLLM): constant
+    work per token, and it cannot fail. tokenizers' DecodeStream raises "Invalid prefix
+    encountered" when a byte-level sequence is not valid UTF-8 midway (a partial emoji or
+    CJK character), which failed requests. A token that ends inside a character yields ""
+    until the one that completes it; `flush()` gives what is left (as U+FFFD, as decoding
+    the whole list would). The texts joined equal `decode(ids)` (tests/test_detokenize.py).
     """
 
-    def __init__(self, tokenizer: Any) -> None:
-        from tokenizers.decoders import DecodeStream
+    # ids kept before the new text: enough that a decoder's per-text rules (SentencePiece's
+    # leading-space strip, byte fallback) see the new ids in context
+    CONTEXT = 5
 
-        self._tok, self._stream = tokenizer, DecodeStream(skip_special_tokens=True)
-        self._pending: list[int] = []  # ids since the last text, still inside a character
+    def __init__(self, tokenizer: Any, byte_pieces: frozenset[int] = frozenset()) -> None:
+        self._tok = tokenizer
+        # SentencePiece byte fallback decodes a run of <0xNN> pieces as one: all U+FFFD if
+        # the run is not valid UTF-8, so a run's text waits for the token after it
+        self._bytes = byte_pieces
+        self._ids: list[int] = []
+        self._start = 0  # the window's first id
+        self._read = 0  # ids before this one are emitted
+
+    def _decode(self, ids: list[int]) -> str:
+        return self._tok.decode(ids, skip_special_tokens=True)  # type: ignore[no-any-return]
 
     def step(self, token: int) -> str:
-        text = self._stream.step(self._tok, token)
-        if text is None:
-            self._pending.append(token)
-            return ""
-        self._pending.clear()
-        return text
+        self._ids.append(token)
+        before = self._decode(self._ids[self._start : self._read])
+        text = self._decode(self._ids[self._start :])
+        if (
+            token in self._bytes
+            or len(text) <= len(before)
+            or text.endswith("\ufffd")
+            or not text.startswith(before)
+        ):
+            return ""  # inside a character (or a decoder still rewriting its context)
+        self._start = max(self._read, len(self._ids) - self.CONTEXT)
+        self._read = len(self._ids)
+        return text[len(before) :]
 
     def flush(self) -> str:
-        rest = self._tok.decode(self._pending, skip_special_tokens=True)
-        self._pending.clear()
-        return rest
+        before = self._decode(self._ids[self._start : self._read])
+        text = self._decode(self._ids[self._start :])
+        self._start = self._read = len(self._ids)
+        return text[len(before) :] if text.startswith(before) else text
+
+
+def chat_template(folder: Path, config: dict[str, Any]) -> str | None:
+    """The folder's chat template where transformers looks, first found first:
+    chat_template.jinja, chat_template.json, tokenizer_config.json's `chat_template` (a
+    string, or a list of named templates of which "default" is used)."""
+    jinja, doc = folder / CHAT_TEMPLATE_JINJA, folder / CHAT_TEMPLATE_JSON
+    if jinja.is_file():
+        try:
+            return jinja.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise InputError(f"{jinja}: cannot read: {e}") from e
+    template: Any = config.get("chat_template")
+    if doc.is_file():
+        try:
+            loaded = json.loads(doc.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise InputError(f"{doc}: not JSON: {e}") from e
+        if not isinstance(loaded, dict) or not isinstance(loaded.get("chat_template"), str):
+            raise InputError(f'{doc}: expected {{"chat_template": "..."}}')
+        template = loaded["chat_template"]
+    if isinstance(template, list):  # [{"name": "default", "template": ...}, ...]
+        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+        template = named.get("default") or next(iter(named.values()), None)
+    return template if isinstance(template, str) else None
+
+
+def byte_pieces(tokenizer: Any) -> frozenset[int]:
+    """The ids of a byte-fallback BPE's <0xNN> pieces (none for byte-level BPE)."""
+    model = json.loads(tokenizer.to_str()).get("model", {})
+    if not model.get("byte_fallback"):
+        return frozenset()
+    vocab = tokenizer.get_vocab()
+    return frozenset(vocab[p] for b in range(256) if (p := f"<0x{b:02X}>") in vocab)
 
 
 class TextCodec:
@@ -81,10 +136,8 @@ class TextCodec:
                 raise InputError(f"{config_path}: not a JSON object")
         self.bos_token = _token_text(config.get("bos_token"))
         self.eos_token = _token_text(config.get("eos_token"))
-        template = config.get("chat_template")
-        if isinstance(template, list):  # [{"name": "default", "template": ...}, ...]
-            named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
-            template = named.get("default") or next(iter(named.values()), None)
+        template = chat_template(folder, config)
+        self._byte_pieces = byte_pieces(self._tok)
         self.has_chat_template = isinstance(template, str)
         self._template = _compile(template if isinstance(template, str) else FALLBACK_TEMPLATE)
 
@@ -104,7 +157,7 @@ class TextCodec:
 
     def stream(self) -> TextStream:
         """A streaming decoder for one generation (see TextStream)."""
-        return TextStream(self._tok)
+        return TextStream(self._tok, self._byte_pieces)
 
     def chat_prompt(
         self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
