@@ -62,6 +62,11 @@ def _source_steps(
     return [step], target
 
 
+def _said(notes: list[str], on_note: Callable[[str], None]) -> None:
+    for message in notes:
+        on_note(message)
+
+
 def build(
     source: str,
     *,
@@ -76,7 +81,9 @@ def build(
     revision: str | None = None,
     force: bool = False,
     dry_run: bool = False,
+    verify: bool = True,
     on_step: Callable[[str, str], None] = lambda name, status: None,
+    on_note: Callable[[str], None] = lambda message: None,
 ) -> BuildResult:
     """Run download -> convert (or shard) -> export -> compile into `out_dir`.
 
@@ -87,6 +94,10 @@ def build(
         tp: tensor-parallel devices; >1 shards while converting.
         bs: batch sizes for both prefill and decode.
         force: re-run every step. dry_run: only plan (see BuildResult.steps / .commands).
+        verify: with a cpu target (one device), run a short prompt through the compiled
+            program and the eager model in f32 (verify.py) and fail on a wrong program.
+        on_note: gets each line convert or shard has for the user (a tokenizer it could
+            not rebuild, a dropped tensor).
 
     Raises:
         ConfigError and whatever a step raises.
@@ -108,15 +119,15 @@ def build(
         from .sharding import shard
 
         cmd = ["irforge", "shard", str(local), "--tp", str(tp), "-o", str(archive)]
-        run_weights: Callable[[], object] = lambda: shard(  # noqa: E731
-            local, tp=tp, out=archive, dtype=dtype, quantize=quantize
+        run_weights: Callable[[], object] = lambda: _said(  # noqa: E731
+            shard(local, tp=tp, out=archive, dtype=dtype, quantize=quantize).notes, on_note
         )
     else:
         from .convert import convert
 
         cmd = ["irforge", "convert", str(local), "-o", str(archive)]
-        run_weights = lambda: convert(  # noqa: E731
-            local, out=archive, dtype=dtype, quantize=quantize
+        run_weights = lambda: _said(  # noqa: E731
+            convert(local, out=archive, dtype=dtype, quantize=quantize).notes, on_note
         )
     if dtype:
         cmd += ["--dtype", dtype]
@@ -171,6 +182,19 @@ def build(
                 [out_dir / vmfb_name(t.name)],
                 ["irforge", "compile", str(out_dir), "--target", t.name],
                 functools.partial(compile_folder, out_dir, target=t.name),
+            )
+        )
+    if verify and tp == 1 and any(t.name == "cpu" for t in presets):
+        from .verify import VERIFY_NAME, verify_step
+
+        steps.append(
+            Step(
+                "verify cpu",
+                {"target": "cpu"},
+                [out_dir / vmfb_name("cpu"), archive],
+                [out_dir / VERIFY_NAME],
+                ["irforge", "build", source, "-o", str(out_dir), "--target", "cpu"],
+                functools.partial(verify_step, out_dir),
             )
         )
     if dry_run:

@@ -34,7 +34,7 @@ class Step:
     inputs: list[Path]
     outputs: list[Path]
     command: list[str]  # the equivalent individual irforge command
-    run: Callable[[], object]  # its result is not used
+    run: Callable[[], object]  # a dict it returns is its report (shown by "summary")
 
 
 @dataclass
@@ -138,11 +138,12 @@ def run_steps(
         if not reason:
             on_step(step.name, "up to date")
             record["steps"][step.name] = prev
-            result.steps.append(StepResult(step.name, "skipped", reason="up to date"))
+            said = (prev or {}).get("report", {}).get("summary")
+            result.steps.append(StepResult(step.name, "skipped", reason=said or "up to date"))
             continue
         on_step(step.name, f"running ({reason})")
         started = time.perf_counter()
-        step.run()
+        report = step.run()
         seconds = time.perf_counter() - started
         record["steps"][step.name] = {
             "args": step.args,
@@ -150,9 +151,12 @@ def run_steps(
             "inputs": _fingerprint(step.inputs, {}, out_dir),
             "outputs": _fingerprint(step.outputs, {}, out_dir),
             "seconds": round(seconds, 3),
+            **({"report": report} if isinstance(report, dict) else {}),
         }
         # Recorded now: Ctrl-C or a failure in a later step keeps this one's work.
         _write_record(out_dir, {"steps": {**previous.get("steps", {}), **record["steps"]}})
+        if isinstance(report, dict) and report.get("summary"):
+            reason = str(report["summary"])
         result.steps.append(StepResult(step.name, "ran", seconds, reason))
     if not dry_run:
         _write_record(out_dir, record)

@@ -368,17 +368,23 @@ def source_record(src: Source) -> dict[str, str]:
     return {"path": str(src.path.resolve()), "kind": src.kind}
 
 
-def copy_tokenizer(src: Source, out: Path) -> list[Path]:
+def copy_tokenizer(src: Source, out: Path, notes: list[str]) -> list[Path]:
     """Copy the source's tokenizer files beside `out`; a GGUF without a tokenizer.json next to
-    it gets one (and a tokenizer_config.json) rebuilt from its own tokenizer.ggml.* keys."""
+    it gets one (and a tokenizer_config.json) rebuilt from its own tokenizer.ggml.* keys.
+    Without a tokenizer the archive takes token ids only: said in one line in `notes`."""
     copied = copy_tokenizer_files(src.tokenizer_files, out.parent)
     names = {p.name for p in copied}
-    if src.gguf_metadata is None or TOKENIZER_JSON in names:
+    if TOKENIZER_JSON in names:
+        return copied
+    need = f"put a {TOKENIZER_JSON} beside {out.name} for text prompts and chat"
+    if src.gguf_metadata is None:
+        notes.append(f"no {TOKENIZER_JSON} beside the source: {need}")
         return copied
     try:
         text, config = tokenizer_from_gguf(src.gguf_metadata)
-    except UnsupportedTokenizer:
-        return copied  # token ids only, as before: serve says it needs a tokenizer.json
+    except UnsupportedTokenizer as e:
+        notes.append(f"the GGUF's tokenizer cannot be rebuilt ({e}): {need}")
+        return copied
     written = [out.parent / TOKENIZER_JSON]
     with AtomicFile(written[0]) as f:
         f.write(text.encode())

@@ -42,6 +42,15 @@ def build_cmd(
         bool,
         typer.Option("--dry-run", help="Print the plan and the equivalent commands; run nothing."),
     ] = False,
+    no_verify: Annotated[
+        bool,
+        typer.Option(
+            "--no-verify",
+            help="Skip the check that runs a short prompt through the compiled cpu program "
+            "and the eager model in f32 (greedy agreement, mean KL divergence; a program "
+            "over the limit fails the build).",
+        ),
+    ] = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Download, convert (or shard), export and compile SOURCE into OUT.
@@ -53,7 +62,7 @@ def build_cmd(
 
     from irforge.build import build
 
-    from ._output import err, steps
+    from ._output import err, note, steps
     from ._output import out as stdout
 
     with steps("build", quiet=quiet or dry_run) as on_step:
@@ -70,7 +79,9 @@ def build_cmd(
             revision=revision,
             force=force,
             dry_run=dry_run,
+            verify=not no_verify,
             on_step=lambda name, status: on_step(f"{name}: {status}"),
+            on_note=note,
         )
     table = Table("step", "status", "time", "why", title=f"irforge build {source}", show_edge=False)
     for s in result.steps:

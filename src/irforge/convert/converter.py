@@ -79,6 +79,6 @@ def convert(
         converted=sum(t.how == "cast" for t in p.tensors),
         dequantized=sum(t.how == "dequantize" for t in p.tensors),
         quantized=sum(t.how == "quantize" for t in p.tensors),
-        tokenizer_files=copy_tokenizer(src, out),
+        tokenizer_files=copy_tokenizer(src, out, p.notes),
         notes=p.notes,
     )

@@ -138,7 +138,7 @@ def shard(
             break
         stale.unlink()
     result.rank_files = [rank_path(out, rank) for rank in range(len(names))]
-    copy_tokenizer(p.source, out)
+    copy_tokenizer(p.source, out, result.notes)
     result.split, result.replicated = len(parts), len(replicated)
     return result
 
