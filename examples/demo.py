@@ -1,6 +1,6 @@
 """`make demo`: serve a built folder, ask it two questions, print the answers, stop it.
 
-    python examples/demo.py out/demo   # a folder from `irforge build tiny -o out/demo`
+    python examples/demo.py out/demo   # a folder from `irforge build smollm2 -o out/demo`
 
 Sends one shortfin-style POST /generate and one streamed OpenAI /v1/chat/completions to an
 `irforge serve` started on 127.0.0.1 for the occasion, then stops the server.
@@ -18,6 +18,8 @@ from pathlib import Path
 
 HOST = "127.0.0.1"
 
+
+MODEL = "smollm2"  # the name the demo serves it under
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -52,20 +54,23 @@ def main() -> None:
     irforge = Path(sys.executable).parent / "irforge"
     server = subprocess.Popen(
         [str(irforge), "serve", str(folder), "--host", HOST, "--port", str(port)]
-        + ["--model-name", "tiny"]
+        + ["--model-name", MODEL]
     )
     try:
         wait_healthy(url, server)
-        request = {"text": "the quick brown fox", "sampling_params": {"max_completion_tokens": 16}}
+        request = {
+            "text": "The capital of France is",
+            "sampling_params": {"max_completion_tokens": 16, "temperature": 0},
+        }
         with urllib.request.urlopen(post(f"{url}/generate", request), timeout=60) as r:
             answer = json.load(r)
         print("POST /generate ->", json.dumps(answer))
         chat = {
-            "model": "tiny",
+            "model": MODEL,
             "stream": True,
-            "max_tokens": 16,
+            "max_tokens": 48,
             "temperature": 0,
-            "messages": [{"role": "user", "content": "hello world"}],
+            "messages": [{"role": "user", "content": "What is the capital of France?"}],
         }
         print("POST /v1/chat/completions (stream) -> ", end="", flush=True)
         with urllib.request.urlopen(post(f"{url}/v1/chat/completions", chat), timeout=60) as r:
@@ -74,11 +79,11 @@ def main() -> None:
                 if not line.startswith("data: ") or line == "data: [DONE]":
                     continue
                 delta = json.loads(line[6:])["choices"][0].get("delta", {})
-                print(repr(delta.get("content", "")), end=" ", flush=True)
-        print("\n(random weights: the words are noise; the plumbing is the point)")
+                print(delta.get("content", ""), end="", flush=True)
+        print()
         print(
             "\nnext: `source .venv/bin/activate` puts irforge on PATH (or call .venv/bin/irforge),"
-            f"\n  irforge run {folder} --prompt 'the quick brown fox' --max-tokens 16"
+            f"\n  irforge run {folder} --prompt 'The capital of France is' --max-tokens 16"
             f"\n  irforge serve {folder}            # then curl http://127.0.0.1:8000/health"
             "\n  irforge models                    # the seed models, and what they need per device"
             "\n  irforge build llama-3.1-8b -o out/8b --target gfx942 --dry-run"
