@@ -21,6 +21,7 @@ HOST = "127.0.0.1"
 
 MODEL = "smollm2"  # the name the demo serves it under
 
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind((HOST, 0))

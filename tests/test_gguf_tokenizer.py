@@ -189,12 +189,15 @@ def test_a_sentencepiece_vocabulary_is_rebuilt(tmp_path: Path) -> None:
     for line in CORPUS:
         want = theirs(line, add_special_tokens=True).input_ids
         got = ours.encode(line).ids
-        assert got == want, line
-        # sentencepiece does not parse control tokens in text, and transformers' conversion
-        # (the reference: the tokenizer serve would have had) splits a leading run of spaces
-        # differently from it
-        if "<s>" not in line and not line.startswith("  "):
-            assert got[1:] == sp.encode(line), line
+        # sentencepiece does not parse control tokens in text; transformers' (non-legacy)
+        # conversion splits a leading run of spaces, and text after a control token, unlike
+        # sentencepiece, llama.cpp (tests/test_llamacpp_vocab.py) and Llama 2's legacy
+        # tokenizer.json, which add the dummy prefix to every run of text
+        if "<s>" in line:
+            continue
+        assert got[1:] == sp.encode(line), line
+        if not line.startswith("  "):
+            assert got == want, line
         assert ours.decode(want, skip_special_tokens=True) == theirs.decode(
             want, skip_special_tokens=True
         )
@@ -237,7 +240,7 @@ def test_convert_of_a_gguf_writes_its_tokenizer(tmp_path: Path, llama_gguf) -> N
         ({"tokenizer.ggml.model": "t5"}, "'t5'"),
         ({"tokenizer.ggml.model": "llama", "tokenizer.ggml.scores": [0.0]}, "differ in length"),
         ({"tokenizer.ggml.model": "llama", "tokenizer.ggml.scores": [0, "x", 1]}, "not a number"),
-        ({"tokenizer.ggml.pre": "qwen2"}, "'qwen2'"),
+        ({"tokenizer.ggml.pre": "kimi-k2"}, "'kimi-k2'"),  # split by hand-written code
         ({"tokenizer.ggml.tokens": []}, "no tokenizer.ggml.tokens"),
         ({"tokenizer.ggml.merges": ["ab"]}, "not two tokens"),
     ],

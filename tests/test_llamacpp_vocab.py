@@ -7,7 +7,7 @@ for SmolLM2 transformers' own GGUF tokenizer.
 from __future__ import annotations
 
 import pytest
-from tokenizers import Tokenizer
+from tokenizers import Tokenizer, pre_tokenizers
 
 from irforge.formats.gguf import read_gguf
 from irforge.formats.gguf_tokenizer import tokenizer_from_gguf
@@ -40,7 +40,17 @@ def test_smollm2_tokenizer_equals_transformers_gguf_tokenizer() -> None:
     ours = _rebuilt(gguf)
     theirs = transformers.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     _, texts, _ = vocab_files("gpt-2")  # llama.cpp's test texts: spaces, digits, scripts, emoji
+    differ = []
     for text in texts:
         want = theirs(text, add_special_tokens=False)["input_ids"]
-        assert ours.encode(text, add_special_tokens=False).ids == want, repr(text)
+        got = ours.encode(text, add_special_tokens=False).ids
         assert ours.decode(want) == theirs.decode(want), repr(text)
+        if got != want:
+            differ.append(text)
+    # One disagreement, on purpose: SmolLM's tokenizer.json isolates every numeric character
+    # (tokenizers' Digits pre-tokenizer, `char::is_numeric`), as llama.cpp's smollm split does;
+    # transformers' GGUF loader leaves a fraction like "½" joined to the space before it.
+    assert differ == ["ied 4 ½ months"]
+    split = pre_tokenizers.Digits(individual_digits=True).pre_tokenize_str("4 ½")
+    assert [piece for piece, _ in split] == ["4", " ", "½"]
+    assert [ours.decode([i]) for i in ours.encode(" ½", add_special_tokens=False).ids][0] == " "

@@ -136,4 +136,4 @@ def _unpack(files: PackagedFiles, archive: Path, out: Path) -> None:
 def _copy(src: object, dest: Path) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     with open(dest, "wb") as f:
-        shutil.copyfileobj(src, f, 16 * 2**20)  # type: ignore[arg-type]
+        shutil.copyfileobj(src, f, 16 * 2**20)  # type: ignore[arg-type, type-var]
