@@ -44,7 +44,10 @@ def test_build_tiny_runs_and_records(built: Path) -> None:
         "manifest.json",
     } <= names
     record = json.loads((built / "manifest.json").read_text())["build"]["steps"]
-    assert set(record) == {"create tiny", "convert", "export", "compile cpu"}
+    assert set(record) == {"create tiny", "convert", "export", "compile cpu", "verify cpu"}
+    # the build checked its program against the eager model (verify.py); f32 here: exact
+    report = record["verify cpu"]["report"]
+    assert report["greedy_agree"] == report["positions"] == 16 and report["mean_kl"] < 1e-6
     irpa = record["convert"]["outputs"]["model.irpa"]  # paths inside OUT are relative to it
     assert len(irpa["sha256"]) == 64 and irpa["size"] == (built / "model.irpa").stat().st_size
     assert record["export"]["command"].startswith("irforge export ")
@@ -72,6 +75,7 @@ def test_corrupt_intermediate_is_rebuilt(built: Path) -> None:
         "convert": "ran",
         "export": "skipped",
         "compile cpu": "skipped",
+        "verify cpu": "skipped",
     }
     assert next(s for s in result.steps if s.name == "convert").reason.startswith("an output")
 
@@ -83,6 +87,7 @@ def test_changed_argument_reruns_only_later_steps(built: Path) -> None:
         "convert": "skipped",
         "export": "ran",
         "compile cpu": "ran",
+        "verify cpu": "ran",
     }
     config = json.loads((built / "config.json").read_text())
     assert config["prefill_batch_sizes"] == [1, 2]
@@ -144,7 +149,23 @@ def test_an_interrupted_build_keeps_its_finished_steps(
         "convert": "skipped",
         "export": "skipped",
         "compile cpu": "ran",
+        "verify cpu": "ran",
     }
+
+
+def test_a_wrong_program_fails_the_build(built: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check that would have stopped issue 34's f16 build: a program over the KL limit
+    fails `irforge build` with one line, and --no-verify keeps it."""
+    import irforge.verify as verify_module
+
+    wrong = verify_module.Verification(positions=16, greedy_agree=2, mean_kl=3.2, max_kl=9.0)
+    monkeypatch.setattr(verify_module, "verify_folder", lambda folder: wrong)
+    args = ["build", "tiny", "-o", str(built), "--target", "cpu", "--bs", "1"]
+    result = runner.invoke(app, [*args, "--block-seq-stride", "16", "--force"])
+    assert result.exit_code != 0
+    assert "the compiled cpu program is wrong: greedy 2/16" in result.stderr
+    kept = runner.invoke(app, [*args, "--block-seq-stride", "16", "--no-verify"])
+    assert kept.exit_code == 0, kept.output
 
 
 def test_every_equivalent_command_runs_on_its_own(tmp_path: Path) -> None:
