@@ -164,7 +164,12 @@ def test_lone_safetensors_file_with_and_without_config(llama_dir: Path, tmp_path
     # a config.json beside the lone file is picked up
     shutil.copy(llama_dir / "config.json", lone.parent / "config.json")
     beside = convert(lone, out=tmp_path / "beside.irpa")
-    assert beside.notes == [] and open_archive(beside.out).require_config().block_count == 2
+    assert open_archive(beside.out).require_config().block_count == 2
+    # the one thing left to say: no tokenizer came with it (text prompts need one)
+    assert beside.notes == [
+        "no tokenizer.json beside the source: put a tokenizer.json beside beside.irpa for text "
+        "prompts and chat"
+    ]
 
 
 def test_unknown_tensor_names_are_kept_with_a_note(tmp_path: Path) -> None:
