@@ -4,6 +4,7 @@ continuous batching on the tiny compiled Llama against the static-batch `generat
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -513,3 +514,20 @@ def test_a_long_prompt_is_prefilled_between_decode_steps(llama_artifacts: Path) 
         assert during >= 4
         assert engine.metrics.counter("prompt_tokens_total") == len(BASE) + 80
         assert _all_free(engine)
+
+
+def test_a_folder_without_a_chat_template_is_said_once_at_start(
+    llama_artifacts: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder = tmp_path / "no-template"
+    shutil.copytree(llama_artifacts, folder, copy_function=os.link)
+    (folder / "tokenizer_config.json").unlink()  # a hard link: write a new file, not into it
+    (folder / "tokenizer_config.json").write_text(json.dumps({"eos_token": "</s>"}))
+    with caplog.at_level("WARNING", logger="irforge.serve"):
+        Engine(folder, start=False).close()
+    said = [r.getMessage() for r in caplog.records if "chat template" in r.getMessage()]
+    assert len(said) == 1 and "plain 'role: content' lines" in said[0]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="irforge.serve"):
+        Engine(llama_artifacts, start=False).close()  # it has one: nothing said
+    assert not [r for r in caplog.records if "chat template" in r.getMessage()]
