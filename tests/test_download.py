@@ -33,6 +33,7 @@ LLAMA_FILES = {
     "tokenizer.json": b'{"version": "1.0"}',
     "tokenizer_config.json": b'{"eos_token": "</s>"}',
     "special_tokens_map.json": b"{}",
+    "chat_template.jinja": b"{% for m in messages %}{{ m.content }}{% endfor %}",  # transformers 5
     "model-00001-of-00002.safetensors": os.urandom(3000),
     "model-00002-of-00002.safetensors": os.urandom(2000),
     "model.safetensors.index.json": _index(
@@ -45,7 +46,7 @@ LLAMA_FILES = {
     "original/consolidated.00.pth": b"\x80\x04pickle" * 300,
 }
 DEFAULT_SELECTION = sorted(
-    n for n in LLAMA_FILES if n.endswith((".json", ".safetensors")) and n != ".gitattributes"
+    n for n in LLAMA_FILES if n.endswith((".json", ".safetensors", ".jinja"))
 )
 
 GGUF_FILES = {
