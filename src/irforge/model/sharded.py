@@ -20,6 +20,7 @@ from ..errors import ConfigError
 from ..sharding.spec import check_tp, shard_name, split_dim
 from .kv_cache import DecodeKV, PagedKVCache, PrefillKV
 from .llama import (
+    RESIDUAL_DTYPE,
     Block,
     RMSNorm,
     as_dtype,
@@ -61,7 +62,7 @@ class Rank(nn.Module):
         stored = stored_dtype(config)
         self.token_embd = nn.Embedding(config.vocab_size, dim, dtype=stored)
         self.blk = nn.ModuleList(Block(local, i, options, dtype) for i in range(config.block_count))
-        self.output_norm = RMSNorm(dim, config.rms_norm_eps, stored)
+        self.output_norm = RMSNorm(dim, config.rms_norm_eps, stored, dtype)
         if not self.tied:
             self.output = linear(config, dim // tp, config.vocab_size, dtype)
         self.kv_cache = PagedKVCache.for_model(local, options)
@@ -172,7 +173,7 @@ class ShardedPagedLlama(nn.Module):
         keep: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         h = [
-            as_dtype(r.token_embd(t), r.dtype)
+            as_dtype(r.token_embd(t), RESIDUAL_DTYPE)
             for r, t in zip(self.rank_list(), tokens, strict=True)
         ]
         tables = [
@@ -184,9 +185,10 @@ class ShardedPagedLlama(nn.Module):
                 b.attn(b.attn_norm(x), cos, sin, a, kv)
                 for b, x, (cos, sin), a, kv in zip(blocks, h, tables, allowed, kvs, strict=True)
             ]
-            h = [x + y for x, y in zip(h, self._all_reduce(parts), strict=True)]
+            # partial sums travel in the activations' dtype; the stream is float32 (Block)
+            h = [x + y.to(RESIDUAL_DTYPE) for x, y in zip(h, self._all_reduce(parts), strict=True)]
             parts = [b.ffn(b.ffn_norm(x)) for b, x in zip(blocks, h, strict=True)]
-            h = [x + y for x, y in zip(h, self._all_reduce(parts), strict=True)]
+            h = [x + y.to(RESIDUAL_DTYPE) for x, y in zip(h, self._all_reduce(parts), strict=True)]
         for kv in kvs:
             kv.flush()
         if keep is not None:  # each row's last position only, as PagedLlama.prefill
