@@ -18,12 +18,17 @@ import numpy as np
 
 from .artifacts import ARCHIVE_NAME, TOKENIZER_JSON
 from .formats.dtypes import BY_NAME
+from .quantization import scheme
 
 PROMPT = "The capital of France is Paris. The capital of Germany is Berlin. The capital of Italy is"
 STEPS = 16
-# Mean KL (nats) above which a program is wrong, not rounded: f16/bf16 programs of a trained
-# model are near 1e-3, int8 near 5e-3 (bench/RESULTS.md); the misread-weights bug gave > 1.
+# Mean KL (nats) above which a program is wrong, not rounded. SmolLM2-135M's programs against
+# the eager f32 model on the same archive: f16 1e-5, int8 and the rest under 1e-2; the
+# misread-weights bug gave whole nats. A scheme that rounds activations to int8 (w8a8) rounds
+# f16 and f32 inputs differently wherever a value sits near a step, so its program and the
+# f32 model part by about what w8a8 itself costs (5e-2 over 16 tokens): it gets a wider limit.
 KL_LIMIT = 0.05
+KL_LIMIT_INT8_ACTIVATIONS = 0.25
 
 
 @dataclass(frozen=True)
@@ -32,10 +37,11 @@ class Verification:
     greedy_agree: int
     mean_kl: float
     max_kl: float
+    kl_limit: float = KL_LIMIT
 
     @property
     def ok(self) -> bool:
-        return math.isfinite(self.mean_kl) and self.mean_kl <= KL_LIMIT
+        return math.isfinite(self.mean_kl) and self.mean_kl <= self.kl_limit
 
     @property
     def summary(self) -> str:
@@ -45,7 +51,7 @@ class Verification:
         )
 
     def as_dict(self) -> dict[str, object]:
-        return {**asdict(self), "summary": self.summary, "kl_limit": KL_LIMIT}
+        return {**asdict(self), "summary": self.summary}
 
 
 def fits_in_memory(folder: Path) -> str | None:
@@ -106,6 +112,8 @@ def verify_folder(folder: Path, *, steps: int = STEPS) -> Verification:
             model.allocate_cache(pages),
             all_positions=True,
         )[0, len(prompt) - 1 : len(seq)].double()  # [steps, vocab]
+    quantization = model.config.quantization
+    rounds_inputs = quantization is not None and scheme(quantization).activations == "i8"
     ref = torch.log_softmax(logits, -1)
     ours = torch.log_softmax(got, -1)
     kl = (ref.exp() * (ref - ours)).sum(-1)
@@ -114,6 +122,7 @@ def verify_folder(folder: Path, *, steps: int = STEPS) -> Verification:
         greedy_agree=int((logits.argmax(-1) == got.argmax(-1)).sum()),
         mean_kl=float(kl.mean()),
         max_kl=float(kl.max()),
+        kl_limit=KL_LIMIT_INT8_ACTIVATIONS if rounds_inputs else KL_LIMIT,
     )
 
 
@@ -137,7 +146,7 @@ def verify_step(folder: Path) -> dict[str, object]:
     if not found.ok:
         raise CompileError(
             f"{folder}: the compiled cpu program is wrong: {found.summary}, where a right one "
-            f"stays under {KL_LIMIT}; `irforge build --no-verify` keeps it"
+            f"stays under {found.kl_limit}; `irforge build --no-verify` keeps it"
         )
     return found.as_dict()
 
