@@ -58,7 +58,6 @@ class Rank(nn.Module):
         dim = config.embedding_length
         self.columns = slice(rank * dim // tp, (rank + 1) * dim // tp)  # of the output proj.
         self.tied = config.tie_word_embeddings
-        self.dtype = dtype
         stored = stored_dtype(config)
         self.token_embd = nn.Embedding(config.vocab_size, dim, dtype=stored)
         self.blk = nn.ModuleList(Block(local, i, options, dtype) for i in range(config.block_count))
