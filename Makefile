@@ -27,7 +27,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet torch==$(TORCH_VERSION)
 	$(PIP) install --quiet -e ".[test]"
-	# structured output (serve/guided.py): xgrammar without its declared triton (1 GB, for its
+	# structured output (engine/guided.py): xgrammar without its declared triton (1 GB, for its
 	# GPU kernel; irforge masks logits on the CPU)
 	$(PIP) install --quiet --no-deps xgrammar==0.2.9 apache-tvm-ffi==0.1.15.post2
 	touch $@

@@ -25,8 +25,8 @@ HEAD_DIM = HIDDEN // HEADS
 
 def llama_shapes(layers: int) -> dict[str, tuple[int, ...]]:
     """HF-named tensors of a TinyLlama-like model (GQA, untied), from irforge's tensor table."""
-    from irforge.presets import get_preset
-    from irforge.tensor_kinds import hf_shapes
+    from irforge.facts.presets import get_preset
+    from irforge.facts.tensor_kinds import hf_shapes
 
     config = get_preset("llama-3.1-8b").replace(
         vocab_size=VOCAB,

@@ -71,9 +71,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def build(args: argparse.Namespace) -> Path:
     """The exported and compiled program of the shape, reused when already there."""
-    from irforge.compile import compile_folder
-    from irforge.export import export
-    from irforge.manifest import ExportOptions, Manifest
+    from irforge.artifacts.manifest import ExportOptions, Manifest
+    from irforge.stages.compile import compile_folder
+    from irforge.stages.export import export
 
     iree = version("iree-base-compiler")
     folder = args.work / f"{args.shape}-iree{iree}-bs{'_'.join(map(str, args.batches))}"

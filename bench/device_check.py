@@ -59,7 +59,7 @@ class Shape:
     dtype: str = "bf16"
 
     def config(self) -> Any:
-        from irforge.presets import get_preset
+        from irforge.facts.presets import get_preset
 
         return get_preset("llama-3.1-8b").replace(dtype=self.dtype, **dict(self.changes))
 
@@ -190,11 +190,11 @@ def plan(args: argparse.Namespace) -> list[str]:
 
 
 def prepare(args: argparse.Namespace) -> None:
-    from irforge.compile import compile_folder, get_target
-    from irforge.convert import convert
-    from irforge.export import export
-    from irforge.manifest import ExportOptions
-    from irforge.tiny import create_tiny
+    from irforge.artifacts.manifest import ExportOptions
+    from irforge.stages.compile import compile_folder, get_target
+    from irforge.stages.convert import convert
+    from irforge.stages.export import export
+    from irforge.stages.tiny import create_tiny
 
     target = get_target(args.target).name
     work = args.work

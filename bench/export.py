@@ -14,8 +14,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from irforge.presets import get_preset
-from irforge.tensor_kinds import expected_shapes
+from irforge.facts.presets import get_preset
+from irforge.facts.tensor_kinds import expected_shapes
 
 BIN = Path(sys.executable).parent
 

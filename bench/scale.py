@@ -170,10 +170,10 @@ def build(
     options: dict[str, Any] = EXPORT,
 ) -> tuple[Path, float]:
     """The served artifact folder of the checkpoint (made once) and the convert seconds."""
-    from irforge.compile import compile_folder
-    from irforge.convert import convert
-    from irforge.export import export
-    from irforge.manifest import ExportOptions, Manifest
+    from irforge.artifacts.manifest import ExportOptions, Manifest
+    from irforge.stages.compile import compile_folder
+    from irforge.stages.convert import convert
+    from irforge.stages.export import export
 
     # keyed on the code too: a program made by an older irforge must not be measured as this one
     name = f"{dtype}{'-' + quantize if quantize else ''}-{source_digest()}"

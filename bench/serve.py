@@ -64,14 +64,14 @@ def build(data: Path, size: str) -> tuple[Path, Path]:
     """(HF folder, artifact folder), made once and reused."""
     hf, art = data / size / "hf", data / size / "art"
     if not (art / "model.cpu.vmfb").is_file():
-        from irforge.compile import compile_folder
-        from irforge.convert import convert
-        from irforge.export import export
+        from irforge.stages.compile import compile_folder
+        from irforge.stages.convert import convert
+        from irforge.stages.export import export
 
         if not (hf / "config.json").is_file():
             tiny.save_hf(hf, tiny.llama_config(**SIZES[size]))
         archive = convert(hf, out=data / size / "src" / "model.irpa").out
-        from irforge.manifest import ExportOptions
+        from irforge.artifacts.manifest import ExportOptions
 
         export(archive, out_dir=art, options=ExportOptions(**EXPORT))
         compile_folder(art, target="cpu")

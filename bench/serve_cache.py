@@ -47,9 +47,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def build(args: argparse.Namespace) -> Path:
-    from irforge.compile import compile_folder
-    from irforge.export import export
-    from irforge.manifest import ExportOptions, Manifest
+    from irforge.artifacts.manifest import ExportOptions, Manifest
+    from irforge.stages.compile import compile_folder
+    from irforge.stages.export import export
 
     folder = args.work / f"{args.shape}-iree{version('iree-base-compiler')}"
     if (folder / "model.cpu.vmfb").is_file() and Manifest.load(folder).compiled:
@@ -75,7 +75,7 @@ def _pct(values: list[float], q: float) -> float:
 def shared_prefix(folder: Path, index: Any, args: argparse.Namespace, on: bool) -> dict:
     import numpy as np
 
-    from irforge.serve import Engine
+    from irforge.engine import Engine
 
     rng = np.random.default_rng(0)
     with Engine(folder, parameters=index, prefix_caching=on) as engine:
@@ -106,7 +106,7 @@ def _timestamps(req: Any, out: list[float]) -> None:
 def long_arrival(folder: Path, index: Any, args: argparse.Namespace, chunk: int) -> dict:
     import numpy as np
 
-    from irforge.serve import Engine
+    from irforge.engine import Engine
 
     rng = np.random.default_rng(1)
     with Engine(folder, parameters=index, prefill_chunk=chunk, prefix_caching=False) as engine:

@@ -56,10 +56,10 @@ STRIDE = 16
 
 
 def _build(folder: Path, source: Path, **export_kwargs: object) -> Path:
-    from irforge.compile import compile_folder
-    from irforge.convert import convert
-    from irforge.export import export
-    from irforge.manifest import ExportOptions
+    from irforge.artifacts.manifest import ExportOptions
+    from irforge.stages.compile import compile_folder
+    from irforge.stages.convert import convert
+    from irforge.stages.export import export
 
     archive = convert(source, out=folder / "src" / "model.irpa").out
     options = ExportOptions(block_seq_stride=STRIDE, **export_kwargs)

@@ -8,9 +8,9 @@ import torch
 from transformers import LlamaForCausalLM, MistralForCausalLM
 
 import tiny
-from irforge.config import ModelConfig
+from irforge.facts.config import ModelConfig
+from irforge.facts.tensor_names import hf_to_canonical
 from irforge.model import PagedLlama
-from irforge.tensor_names import hf_to_canonical
 
 STRIDE = 4  # small pages, so short prompts cross page boundaries
 SCRATCH_PAGE = 0  # what padding entries of seq_block_ids point at

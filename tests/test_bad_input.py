@@ -212,7 +212,7 @@ def test_config_missing_hyperparameter(key: str, llama_dir: Path, tmp_path: Path
 
 
 def test_truncated_irpa_is_rejected_by_inspect(llama_dir: Path, tmp_path: Path) -> None:
-    from irforge.convert import convert
+    from irforge.stages.convert import convert
 
     out = convert(llama_dir, out=tmp_path / "m.irpa").out
     bad = tmp_path / "bad.irpa"
@@ -288,9 +288,9 @@ def test_an_archive_that_lacks_a_weight_is_refused_where_it_is_read(
     damage: str, llama_dir: Path, tmp_path: Path
 ) -> None:
     """Not in `run` 35 lines later (issue 14, item 13): export and shard name the tensor."""
-    from irforge.convert import convert
     from irforge.formats.irpa import OutputEntry, read_irpa, tensor_metadata, write_irpa
     from irforge.formats.tensor_ref import read_bytes
+    from irforge.stages.convert import convert
 
     good = convert(llama_dir, out=tmp_path / "good.irpa").out
     victim = "blk.0.attn_q.weight"

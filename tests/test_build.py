@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from irforge.build import build
 from irforge.cli.main import app
+from irforge.stages.build import build
 
 pytestmark = pytest.mark.iree
 runner = CliRunner()
@@ -134,7 +134,7 @@ def test_a_copied_or_respelled_out_is_still_up_to_date(
 def test_an_interrupted_build_keeps_its_finished_steps(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import irforge.build as build_module
+    import irforge.stages.build as build_module
 
     def interrupted(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
@@ -156,7 +156,7 @@ def test_an_interrupted_build_keeps_its_finished_steps(
 def test_a_wrong_program_fails_the_build(built: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The check that would have stopped issue 34's f16 build: a program over the KL limit
     fails `irforge build` with one line, and --no-verify keeps it."""
-    import irforge.verify as verify_module
+    import irforge.stages.verify as verify_module
 
     wrong = verify_module.Verification(positions=16, greedy_agree=2, mean_kl=3.2, max_kl=9.0)
     monkeypatch.setattr(verify_module, "verify_folder", lambda folder: wrong)
@@ -173,7 +173,7 @@ def test_every_equivalent_command_runs_on_its_own(tmp_path: Path) -> None:
     out = tmp_path / "planned"
     result = build("tiny", out_dir=out, dry_run=True, **ARGS)
     first = shlex.split(result.commands[0])
-    assert first[:3] == ["python", "-m", "irforge.tiny"]
+    assert first[:3] == ["python", "-m", "irforge.stages.tiny"]
     subprocess.run([sys.executable, *first[1:]], check=True, capture_output=True)
     assert (out / "source" / "config.json").is_file()
     for cmd in result.commands[1:]:
@@ -187,8 +187,8 @@ def test_an_identical_reexport_keeps_its_programs_and_a_changed_one_drops_them(
     built: Path,
 ) -> None:
     """Compiled programs stay listed only while they match the MLIR (no stale VMFB is run)."""
-    from irforge.export import export
-    from irforge.manifest import Manifest
+    from irforge.artifacts.manifest import Manifest
+    from irforge.stages.export import export
 
     build("tiny", out_dir=built, **ARGS)
     before = Manifest.load(built)
@@ -245,7 +245,7 @@ def test_a_killed_run_leaves_nothing_behind(llama_dir: Path, tmp_path: Path) -> 
     import sys
     import time
 
-    from irforge.convert import convert
+    from irforge.stages.convert import convert
 
     out = tmp_path / "m.irpa"
     stale = tmp_path / ".m.irpa.k1ll3d00.tmp"

@@ -12,9 +12,9 @@ import re
 import subprocess
 from pathlib import Path
 
-from irforge.compile.driver import find_iree_compile
-from irforge.compile.inplace import mark_consumed
-from irforge.compile.targets import TARGETS
+from irforge.facts.targets import TARGETS
+from irforge.stages.compile.driver import find_iree_compile
+from irforge.stages.compile.inplace import mark_consumed
 
 
 def _stream_copies(binary: str, source: Path, flags: list[str], out: Path) -> list[str]:

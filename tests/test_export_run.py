@@ -102,9 +102,9 @@ def test_an_archive_the_program_would_misread_is_refused(tmp_path: Path) -> None
     archive whose tensor dtype differs from the config's is refused at export, by name."""
     import gguf as gguf_pkg
 
-    from irforge.archive import open_archive
-    from irforge.export.program import check_parameters
-    from irforge.manifest import ExportOptions
+    from irforge.artifacts.archive import open_archive
+    from irforge.artifacts.manifest import ExportOptions
+    from irforge.stages.export.program import check_parameters
 
     path = tmp_path / "m.gguf"
     tiny.write_gguf(
@@ -220,8 +220,8 @@ def test_shortfin_serves_the_same_greedy_tokens(llama_artifacts: Path) -> None:
     from shortfin_server import generate as shortfin_generate
     from shortfin_server import shortfin_server
 
-    from irforge.compile import compile_folder
-    from irforge.compile.shortfin import SHORTFIN_IREE_VERSION, shortfin_compiler
+    from irforge.stages.compile import compile_folder
+    from irforge.stages.compile.shortfin import SHORTFIN_IREE_VERSION, shortfin_compiler
 
     prompts = [PROMPT, PROMPT[:3]]
     ours = [

@@ -77,7 +77,7 @@ def test_run_refuses_broken_inputs_in_one_line(llama_artifacts: Path, tmp_path: 
     garbage = tmp_path / "garbage.vmfb"
     garbage.write_bytes(b"not a flatbuffer")
     one_line_error(runner.invoke(app, [*base, "1", "--vmfb", str(garbage)]), "IREE can load")
-    from irforge.compile import compile_folder
+    from irforge.stages.compile import compile_folder
 
     gpu = compile_folder(folder, target="gfx942", out=tmp_path / "gpu.vmfb").vmfb
     line = one_line_error(runner.invoke(app, [*base, "1", "--vmfb", str(gpu)]))

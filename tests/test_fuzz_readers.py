@@ -64,13 +64,13 @@ def _expect_only_our_errors(read: Callable[[Path], Any], data: bytes, suffix: st
 
 @pytest.fixture(scope="module")
 def irpa_seed(llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> bytes:
-    from irforge.convert import convert
+    from irforge.stages.convert import convert
 
     return convert(llama_dir, out=tmp_path_factory.mktemp("fz") / "m.irpa").out.read_bytes()
 
 
 def test_fuzz_irpa(irpa_seed: bytes) -> None:
-    from irforge.archive import open_archive
+    from irforge.artifacts.archive import open_archive
 
     @FUZZ
     @given(data=mutated(irpa_seed))
@@ -142,7 +142,7 @@ def mutated_json(draw: st.DrawFn, seed: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_fuzz_manifest(llama_artifacts: Path) -> None:
-    from irforge.manifest import Manifest
+    from irforge.artifacts.manifest import Manifest
 
     seed = json.loads((llama_artifacts / "manifest.json").read_text())
 
@@ -158,7 +158,7 @@ def test_fuzz_manifest(llama_artifacts: Path) -> None:
 
 
 def test_fuzz_hf_config(llama_dir: Path) -> None:
-    from irforge.config import ModelConfig
+    from irforge.facts.config import ModelConfig
 
     seed = json.loads((llama_dir / "config.json").read_text())
 

@@ -17,7 +17,7 @@ from tokenizers import Regex, Tokenizer, pre_tokenizers
 
 from irforge.formats.gguf import read_gguf
 from irforge.formats.gguf_tokenizer import UnsupportedTokenizer, tokenizer_from_gguf
-from irforge.tiny import CHAT_TEMPLATE, write_tokenizer
+from irforge.stages.tiny import CHAT_TEMPLATE, write_tokenizer
 
 CORPUS = [
     "Hello, world! How are you?",
@@ -222,7 +222,7 @@ def test_the_patterns_differ_where_they_split_digits_and_case(tmp_path: Path) ->
 
 def test_convert_of_a_gguf_writes_its_tokenizer(tmp_path: Path, llama_gguf) -> None:
     """`convert` of a GGUF with no tokenizer files beside it writes both, from its keys."""
-    from irforge.convert import convert
+    from irforge.stages.convert import convert
 
     source, _ = llama_gguf
     alone = tmp_path / "alone"

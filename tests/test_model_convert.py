@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import tiny
-from irforge.convert import convert
 from irforge.model import ModelOptions, PagedLlama
+from irforge.stages.convert import convert
 from model_helpers import STRIDE, greedy, hf_logits, rel_err, tiny_llama, tiny_mistral
 
 PROMPT = [17, 3, 250, 42, 9, 128, 77, 5, 200, 31, 64]

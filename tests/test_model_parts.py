@@ -8,9 +8,9 @@ from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 import tiny
 from irforge.errors import ConfigError, InputError
+from irforge.facts.presets import PRESETS, get_preset
 from irforge.model import ModelOptions, PagedKVCache, PagedLlama, inv_frequencies
 from irforge.model.rope import apply_rope, rope_tables
-from irforge.presets import PRESETS, get_preset
 from model_helpers import (
     STRIDE,
     canonical_tensors,

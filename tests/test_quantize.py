@@ -35,13 +35,13 @@ from typer.testing import CliRunner
 
 import model_helpers as mh
 import tiny
-from irforge.archive import open_archive
+from irforge.artifacts.archive import open_archive
 from irforge.cli.main import app
-from irforge.convert import convert
 from irforge.formats.tensor_ref import read_tensor
 from irforge.model import ModelOptions, PagedLlama
 from irforge.model.sharded import ShardedPagedLlama, load_sharded
-from irforge.sharding import shard
+from irforge.stages.convert import convert
+from irforge.stages.sharding import shard
 
 runner = CliRunner()
 PROMPT = [1, 5, 17, 3, 99, 42, 7, 250, 8, 64, 33, 12]
@@ -200,9 +200,9 @@ def test_quantized_program_matches_transformers_on_cpu_and_its_gpu_targets(
     from test_export_run import PROMPT as PROMPT_20
     from test_export_run import assert_close_rel, dump_module, run_cli
 
-    from irforge.compile import compile_folder
-    from irforge.export import export
-    from irforge.manifest import ExportOptions
+    from irforge.artifacts.manifest import ExportOptions
+    from irforge.stages.compile import compile_folder
+    from irforge.stages.export import export
 
     src = tmp_path / "src" / "m.irpa"
     archive = convert(llama_dir, out=src, dtype=dtype, quantize=quantize).out
@@ -334,8 +334,8 @@ def test_int8_keeps_16_bits_of_the_activations_at_the_seed_shape(
     """int8's two-limb integer matmul against the exact product of its stored weight, on
     Llama-3.1-8B's feed-forward down projection (14336 -> 4096), rows with a 40-sigma outlier
     and at 1e-3 scale; in bf16 and f16 no worse than widening the weight in the dtype."""
+    from irforge.facts.quantization import scheme
     from irforge.model.llama import QuantLinear
-    from irforge.quantization import scheme
 
     g = torch.Generator().manual_seed(0)
     layer = QuantLinear(14336, 4096, scheme("int8"), dtype)
@@ -362,7 +362,7 @@ def test_int8_keeps_16_bits_of_the_activations_at_the_seed_shape(
 def test_integer_matmuls_refuse_rows_their_int32_sums_cannot_hold() -> None:
     """Refused with the config, so before convert writes anything or export traces."""
     from irforge.errors import ConfigError
-    from irforge.presets import get_preset
+    from irforge.facts.presets import get_preset
 
     big = get_preset("llama-3.1-405b")  # the seed models' longest rows: 53248 (its ffn)
     assert big.replace(quantization="int8").feed_forward_length == 53248

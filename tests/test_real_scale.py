@@ -53,10 +53,10 @@ BUILDS = {
 @pytest.fixture(scope="module", params=sorted(BUILDS))
 def built(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
     """(dtype, HF folder, artifact folder) of the real-vocabulary model, built one way."""
-    from irforge.compile import compile_folder
-    from irforge.convert import convert
-    from irforge.export import export
-    from irforge.manifest import ExportOptions
+    from irforge.artifacts.manifest import ExportOptions
+    from irforge.stages.compile import compile_folder
+    from irforge.stages.convert import convert
+    from irforge.stages.export import export
 
     dtype, extra = BUILDS[request.param]
     root = tmp_path_factory.mktemp(f"real-{request.param}")
@@ -134,7 +134,7 @@ def test_token_ids_at_the_vocabulary_edge(built) -> None:
 
 def test_the_program_serves_the_whole_context(built) -> None:
     """The export keeps the 131072-token context (llama3 rope scaling included)."""
-    from irforge.manifest import Manifest
+    from irforge.artifacts.manifest import Manifest
 
     _, _, art = built
     manifest = Manifest.load(art)
@@ -156,7 +156,7 @@ def test_an_oversubscribed_cache_preempts_at_the_real_vocabulary(built, tmp_path
     pages run out and resumes later by recomputing its prefix. Each request gets its solo
     tokens; in bf16 a recomputed prefix rounds differently from the steps that made it, so a
     request may leave them at a step whose top two the solo logits cannot tell apart."""
-    from irforge.serve import Engine
+    from irforge.engine import Engine
 
     name, _, art = built
     with Engine(art, page_count=9) as engine:
@@ -177,7 +177,7 @@ def test_an_oversubscribed_cache_preempts_at_the_real_vocabulary(built, tmp_path
 def test_no_max_tokens_at_the_real_context(built) -> None:
     """OpenAI's default: without max_tokens a request runs to the context (131072 here), so a
     small cache, not a reservation for the whole context, is what caps it."""
-    from irforge.serve import BadRequest, Engine
+    from irforge.engine import BadRequest, Engine
 
     _, _, art = built
     with Engine(art, page_count=9) as small:

@@ -67,7 +67,7 @@ def test_logit_bias_decides_greedy_and_bad_values_are_refused() -> None:
 def test_a_repetition_penalty_stops_the_tiny_model_repeating(llama_artifacts: Path) -> None:
     """Through the engine: the greedy loop of the tiny model repeats tokens; a strong
     repetition penalty, applied to the same logits, makes each generated token new."""
-    from irforge.serve import Engine
+    from irforge.engine import Engine
 
     with Engine(llama_artifacts) as engine:
         plain = engine.submit(PROMPT, max_tokens=24, ignore_eos=True).wait(60).tokens
@@ -81,7 +81,7 @@ def test_a_repetition_penalty_stops_the_tiny_model_repeating(llama_artifacts: Pa
 def test_stop_token_ids_and_min_tokens(llama_artifacts: Path) -> None:
     """vLLM's stop_token_ids end a request at that token; min_tokens keeps them (and eos)
     from being chosen until that many tokens are out."""
-    from irforge.serve import BadRequest, Engine
+    from irforge.engine import BadRequest, Engine
 
     with Engine(llama_artifacts) as engine:
         plain = engine.submit(PROMPT, max_tokens=12, ignore_eos=True).wait(60).tokens

@@ -27,10 +27,10 @@ import uvicorn
 from typer.testing import CliRunner
 
 from irforge.cli.main import app as cli
+from irforge.engine import Engine
+from irforge.engine.text import TextCodec
 from irforge.runtime import Session, generate
-from irforge.serve import Engine
 from irforge.serve.app import create_app
-from irforge.serve.text import TextCodec
 
 pytestmark = pytest.mark.iree
 HOST = "127.0.0.1"
@@ -881,7 +881,7 @@ def test_logit_bias_and_penalties_reach_the_sampler(
     client: openai.OpenAI, server: str, llama_artifacts: Path
 ) -> None:
     """OpenAI's logit_bias (+100 makes a token certain) and penalties are applied, not refused."""
-    from irforge.serve.text import TextCodec
+    from irforge.engine.text import TextCodec
 
     got = client.completions.create(
         model="tiny", prompt=[5, 6, 7], max_tokens=4, temperature=0, logit_bias={"250": 100}

@@ -14,14 +14,14 @@ from typing import Any
 import numpy as np
 import pytest
 
+from irforge.engine import BadRequest, Engine, Overloaded, ShuttingDown, Status
+from irforge.engine.metrics import Metrics
+from irforge.engine.request import Request
+from irforge.engine.text import TextCodec
 from irforge.errors import InputError
 from irforge.runtime import Sampling, Session, generate
 from irforge.runtime.batching import decode_arrays, prefill_arrays, split
 from irforge.runtime.pages import SCRATCH_PAGE
-from irforge.serve import BadRequest, Engine, Overloaded, ShuttingDown, Status
-from irforge.serve.metrics import Metrics
-from irforge.serve.request import Request
-from irforge.serve.text import TextCodec
 
 BASE = [5, 17, 3, 99, 42, 7, 250, 1, 8, 64, 33, 12, 2, 77, 190, 4, 23, 56, 9, 11]
 PROMPTS = [BASE[:n] for n in (1, 3, 5, 16, 17, 20)] + [[7] * 33, BASE * 2]  # 1 to 3 pages

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from test_serve import post, serving
 
-from irforge.build import build
-from irforge.serve.text import TextCodec
+from irforge.engine.text import TextCodec
+from irforge.stages.build import build
 from pypi_assets import smollm2_gguf
 
 pytestmark = pytest.mark.iree

@@ -14,8 +14,8 @@ import pytest
 from typer.testing import CliRunner
 
 from irforge.cli.main import app
-from irforge.compile import TARGETS, compile_folder
-from irforge.compile.targets import CPU_DATA_TILING
+from irforge.facts.targets import CPU_DATA_TILING
+from irforge.stages.compile import TARGETS, compile_folder
 
 pytestmark = pytest.mark.iree
 runner = CliRunner()
@@ -134,8 +134,8 @@ def test_bf16_kv_cache_runs_and_matches_transformers(
     """A bf16 cache, allocated on the device, serves an f32 model within bf16's rounding."""
     from test_export_run import PROMPT, assert_close_rel, reference, run_cli
 
-    from irforge.export import export
-    from irforge.manifest import ExportOptions
+    from irforge.artifacts.manifest import ExportOptions
+    from irforge.stages.export import export
 
     archive = llama_artifacts.parent / "src" / "model.irpa"
     art = tmp_path / "art"
@@ -149,7 +149,7 @@ def test_bf16_kv_cache_runs_and_matches_transformers(
 
 def test_run_refuses_a_vmfb_of_another_iree_release(llama_artifacts: Path, tmp_path: Path) -> None:
     """Each IREE runtime loads only its own release's VMFBs: run says which it needs, in a line."""
-    from irforge.manifest import Manifest
+    from irforge.artifacts.manifest import Manifest
 
     art = tmp_path / "art"
     art.mkdir()

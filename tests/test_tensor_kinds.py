@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from irforge.presets import get_preset
-from irforge.sharding import split_dim
-from irforge.tensor_kinds import expected_shapes, hf_shapes
+from irforge.facts.presets import get_preset
+from irforge.facts.tensor_kinds import expected_shapes, hf_shapes
+from irforge.stages.sharding import split_dim
 from model_helpers import model_config, tiny_llama, tiny_mistral
 
 

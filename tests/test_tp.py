@@ -10,17 +10,17 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from irforge.archive import open_archive
+from irforge.artifacts.archive import open_archive
+from irforge.artifacts.manifest import ExportOptions
 from irforge.cli.main import app
-from irforge.compile import compile_folder
-from irforge.convert import convert
-from irforge.export import export
 from irforge.formats.tensor_ref import read_bytes, read_tensor
-from irforge.manifest import ExportOptions
 from irforge.model import ModelOptions, PagedLlama
 from irforge.model.sharded import ShardedPagedLlama, load_sharded
 from irforge.model.weights import load_archive
-from irforge.sharding import shard, split_dim, unshard
+from irforge.stages.compile import compile_folder
+from irforge.stages.convert import convert
+from irforge.stages.export import export
+from irforge.stages.sharding import shard, split_dim, unshard
 
 runner = CliRunner()
 PROMPT = [5, 17, 3, 99, 42, 7, 250, 1, 8, 64, 33, 12, 2, 77, 190, 4, 23, 56, 9, 11]
@@ -182,7 +182,7 @@ def test_an_interrupted_reshard_leaves_one_whole_sharding(
     import subprocess
     import sys
 
-    from irforge.archive import open_archive
+    from irforge.artifacts.archive import open_archive
 
     out = tmp_path / "s.irpa"
     first = runner.invoke(app, ["shard", str(llama_tp4_dir), "--tp", "2", "-o", str(out), "-q"])
@@ -191,7 +191,7 @@ def test_an_interrupted_reshard_leaves_one_whole_sharding(
     hook = (  # SIGKILL this process at the named point of its shard run
         "import os, signal, sys\n"
         "import importlib\n"
-        "m = importlib.import_module('irforge.sharding.shard')\n"
+        "m = importlib.import_module('irforge.stages.sharding.shard')\n"
         f"when = {when!r}\n"
         "real_replace, real_link = os.replace, m.link_or_copy\n"
         "def replace(src, dst):\n"

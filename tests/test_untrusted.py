@@ -78,7 +78,7 @@ def test_export_across_file_systems_copies_instead_of_linking_out(
     llama_artifacts: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """When a hard link fails (another file system), the archive is copied into the folder."""
-    from irforge.export import export, exporter
+    from irforge.stages.export import export, exporter
 
     def no_hard_links(src: object, dst: object) -> None:
         raise OSError(18, "Invalid cross-device link")

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import transformers
 
-from irforge.tiny import write_tokenizer
+from irforge.stages.tiny import write_tokenizer
 
 LLAMA3_SCALING = {
     "rope_type": "llama3",
@@ -26,7 +26,7 @@ LLAMA3_SCALING = {
 
 def llama_config(**overrides: object) -> transformers.LlamaConfig:
     kwargs = dict(
-        vocab_size=288,  # irforge.tiny's tokenizer: 256 bytes, 3 specials, 29 merges
+        vocab_size=288,  # irforge.stages.tiny's tokenizer: 256 bytes, 3 specials, 29 merges
         hidden_size=64,
         intermediate_size=128,
         num_hidden_layers=2,
@@ -46,7 +46,7 @@ def llama_config(**overrides: object) -> transformers.LlamaConfig:
 
 def mistral_config(**overrides: object) -> transformers.MistralConfig:
     kwargs = dict(
-        vocab_size=288,  # irforge.tiny's tokenizer: 256 bytes, 3 specials, 29 merges
+        vocab_size=288,  # irforge.stages.tiny's tokenizer: 256 bytes, 3 specials, 29 merges
         hidden_size=64,
         intermediate_size=128,
         num_hidden_layers=2,

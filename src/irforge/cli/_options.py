@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from irforge.quantization import SCHEMES
+from irforge.facts.quantization import SCHEMES
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document for scripts.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")]

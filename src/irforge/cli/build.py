@@ -7,9 +7,8 @@ from typing import Annotated
 
 import typer
 
-from irforge.manifest import DEFAULTS
-
-from ._options import QuantizeOpt, QuietOpt, batch_sizes
+from irforge.artifacts.manifest import DEFAULTS
+from irforge.cli._options import QuantizeOpt, QuietOpt, batch_sizes
 
 
 def build_cmd(
@@ -60,10 +59,9 @@ def build_cmd(
     """
     from rich.table import Table
 
-    from irforge.build import build
-
-    from ._output import err, note, steps
-    from ._output import out as stdout
+    from irforge.cli._output import err, note, steps
+    from irforge.cli._output import out as stdout
+    from irforge.stages.build import build
 
     with steps("build", quiet=quiet or dry_run) as on_step:
         result = build(

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ._options import QuietOpt
+from irforge.cli._options import QuietOpt
 
 
 def compile_cmd(
@@ -54,15 +54,14 @@ def compile_cmd(
     quiet: QuietOpt = False,
 ) -> None:
     """Compile FOLDER/model.mlir with iree-compile; errors point at the full log."""
-    from irforge.compile import compile_folder
-
-    from ._output import err, steps
+    from irforge.cli._output import err, steps
+    from irforge.stages.compile import compile_folder
 
     if for_shortfin and iree_compile is not None:
         raise typer.BadParameter("give --for-shortfin or --iree-compile, not both")
     with steps("compile", quiet=quiet) as on_step:
         if for_shortfin:
-            from irforge.compile.shortfin import SHORTFIN_IREE_VERSION, shortfin_compiler
+            from irforge.stages.compile.shortfin import SHORTFIN_IREE_VERSION, shortfin_compiler
 
             on_step(f"fetching iree-base-compiler {SHORTFIN_IREE_VERSION} (once)")
             iree_compile = shortfin_compiler()

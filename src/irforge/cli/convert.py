@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from ._options import OutIrpaOpt, QuantizeOpt, QuietOpt
+from irforge.cli._options import OutIrpaOpt, QuantizeOpt, QuietOpt
 
 
 class DType(StrEnum):
@@ -55,9 +55,8 @@ def convert_cmd(
     does not grow with the model. The output is written under a temporary name and renamed
     at the end; tokenizer files next to the source are copied next to the output.
     """
-    from irforge.convert import convert
-
-    from ._output import byte_progress, err, note
+    from irforge.cli._output import byte_progress, err, note
+    from irforge.stages.convert import convert
 
     with byte_progress("convert", quiet=quiet) as (on_plan, on_bytes):
         result = convert(

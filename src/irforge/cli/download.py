@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from ._options import QuietOpt
+from irforge.cli._options import QuietOpt
 
 
 class WeightFormat(StrEnum):
@@ -70,10 +70,9 @@ def download_cmd(
     if quant is not None and format is not WeightFormat.gguf:
         raise typer.BadParameter("needs --format gguf", param_hint="--quant")
 
-    from irforge.hub import download
-    from irforge.hub.progress import rich_tqdm
-
-    from ._output import err, note
+    from irforge.cli._output import err, note
+    from irforge.stages.hub import download
+    from irforge.stages.hub.progress import rich_tqdm
 
     with rich_tqdm(err, enabled=not quiet and err.is_terminal) as bar:
         result = download(

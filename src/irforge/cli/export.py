@@ -8,9 +8,8 @@ from typing import Annotated
 
 import typer
 
-from irforge.manifest import ATTENTION_KINDS, DEFAULTS
-
-from ._options import DTypeOpt, QuietOpt, batch_sizes
+from irforge.artifacts.manifest import ATTENTION_KINDS, DEFAULTS
+from irforge.cli._options import DTypeOpt, QuietOpt, batch_sizes
 
 # Built from the one declaration of the attention kinds, so mypy cannot list its members.
 Attention = StrEnum("Attention", {k: k for k in ATTENTION_KINDS})  # type: ignore[misc]
@@ -84,10 +83,9 @@ def export_cmd(
     read, so `--preset llama-3.1-405b` exports on a laptop. With an archive, OUT gets it as
     `model.irpa` (a hard link) and its tokenizer files.
     """
-    from irforge.export import export
-    from irforge.manifest import ExportOptions
-
-    from ._output import err, steps
+    from irforge.artifacts.manifest import ExportOptions
+    from irforge.cli._output import err, steps
+    from irforge.stages.export import export
 
     options = ExportOptions(
         prefill_batch_sizes=tuple(batch_sizes(bs_prefill, "--bs-prefill")),

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from ._options import JsonOpt
+from irforge.cli._options import JsonOpt
 
 
 def _human(n: int) -> str:
@@ -44,9 +44,8 @@ def inspect_cmd(
     ] = False,
 ) -> None:
     """List metadata and tensors (name, dtype, shape, bytes, file offset) of weight files."""
-    from irforge.inspection import inspect_path
-
-    from ._output import out
+    from irforge.cli._output import out
+    from irforge.stages.inspection import inspect_path
 
     results = [inspect_path(p) for p in paths]
     if as_json:

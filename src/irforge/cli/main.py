@@ -17,18 +17,17 @@ except ImportError:  # pragma: no cover - older Typer on click
     from click.exceptions import ClickException, NoArgsIsHelpError, UsageError  # type: ignore
 
 from irforge import __version__
+from irforge.cli import build as build_cli
+from irforge.cli import compile as compile_cli
+from irforge.cli import convert as convert_cli
+from irforge.cli import download as download_cli
+from irforge.cli import export as export_cli
+from irforge.cli import inspect as inspect_cli
+from irforge.cli import models as models_cli
+from irforge.cli import run as run_cli
+from irforge.cli import serve as serve_cli
+from irforge.cli import shard as shard_cli
 from irforge.errors import ToolchainError
-
-from . import build as build_cli
-from . import compile as compile_cli
-from . import convert as convert_cli
-from . import download as download_cli
-from . import export as export_cli
-from . import inspect as inspect_cli
-from . import models as models_cli
-from . import run as run_cli
-from . import serve as serve_cli
-from . import shard as shard_cli
 
 EXIT_USER_ERROR = 2
 EXIT_INTERNAL = 1

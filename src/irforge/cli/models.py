@@ -8,7 +8,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from ._options import JsonOpt
+from irforge.cli._options import JsonOpt
 
 
 def _size(n: int | None) -> str:
@@ -32,7 +32,7 @@ def models_cmd(as_json: JsonOpt = False) -> None:
     downloaded; per-device memory is given for every supported TP size. Piped, one plain
     tab-separated row per model.
     """
-    from irforge.hub import ENTRIES, plan
+    from irforge.stages.hub import ENTRIES, plan
 
     rows: list[dict[str, Any]] = []
     for entry in ENTRIES:
@@ -48,7 +48,7 @@ def models_cmd(as_json: JsonOpt = False) -> None:
         if entry.has_config:
             row["plans"] = [plan(entry, tp).to_dict() for tp in entry.tp]
         rows.append(row)
-    from ._output import out
+    from irforge.cli._output import out
 
     if as_json:
         out.print_json(json.dumps(rows))

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from ._options import DeviceIdsOpt, DeviceOpt, parse_device_ids
+from irforge.cli._options import DeviceIdsOpt, DeviceOpt, parse_device_ids
 
 
 def run_cmd(
@@ -41,10 +41,9 @@ def run_cmd(
     ] = None,
 ) -> None:
     """Run prefill then decode on IREE and print the generated text (or ids) with timings."""
-    from irforge.run import run
+    from irforge.cli._output import err
     from irforge.runtime import Sampling
-
-    from ._output import err
+    from irforge.stages.run import run
 
     if (prompt is None) == (prompt_ids is None):
         raise typer.BadParameter("give exactly one of --prompt and --prompt-ids")

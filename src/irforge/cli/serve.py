@@ -7,9 +7,9 @@ from typing import Annotated
 
 import typer
 
-from ..runtime.batching import DEFAULT_PREFILL_CHUNK
-from ..runtime.device_memory import CACHE_SHARE
-from ._options import DeviceIdsOpt, DeviceOpt, parse_device_ids
+from irforge.cli._options import DeviceIdsOpt, DeviceOpt, parse_device_ids
+from irforge.runtime.batching import DEFAULT_PREFILL_CHUNK
+from irforge.runtime.device_memory import CACHE_SHARE
 
 
 def serve_cmd(

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ._options import OutIrpaOpt, QuantizeOpt, QuietOpt
+from irforge.cli._options import OutIrpaOpt, QuantizeOpt, QuietOpt
 
 
 def shard_cmd(
@@ -39,10 +39,9 @@ def shard_cmd(
     Memory stays at one chunk whatever the model size. A quantized archive's scales follow
     their weights' rows: split with column-parallel weights, replicated with row-parallel ones.
     """
-    from irforge.sharding import shard
-    from irforge.sharding import unshard as unshard_archive
-
-    from ._output import byte_progress, err, note
+    from irforge.cli._output import byte_progress, err, note
+    from irforge.stages.sharding import shard
+    from irforge.stages.sharding import unshard as unshard_archive
 
     if unshard:
         typer.echo(unshard_archive(source, out=out))

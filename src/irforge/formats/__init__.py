@@ -4,6 +4,6 @@ Every reader yields TensorRef records (name, dtype, shape and where the bytes ar
 reading tensor data; `read_tensor` materializes one tensor when a caller needs it.
 """
 
-from .tensor_ref import TensorRef, read_tensor
+from irforge.formats.tensor_ref import TensorRef, read_tensor
 
 __all__ = ["TensorRef", "read_tensor"]

@@ -20,7 +20,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
 
-from ..errors import OutputError
+from irforge.errors import OutputError
 
 COPY_CHUNK = 64 * 1024 * 1024
 

@@ -7,10 +7,10 @@ from typing import TYPE_CHECKING
 import gguf
 import numpy as np
 
-from ..errors import UnsupportedModelError
+from irforge.errors import UnsupportedModelError
 
 if TYPE_CHECKING:
-    from .tensor_ref import TensorRef
+    from irforge.formats.tensor_ref import TensorRef
 
 QUANT_BY_NAME = {t.name.lower(): t for t in gguf.GGMLQuantizationType}
 

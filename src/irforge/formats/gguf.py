@@ -17,8 +17,8 @@ from typing import Any
 import gguf
 import numpy as np
 
-from ..errors import InputError
-from .tensor_ref import TensorRef
+from irforge.errors import InputError
+from irforge.formats.tensor_ref import TensorRef
 
 GGUF_MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .pretokenizers import PRE_TOKENIZERS
+from irforge.formats.pretokenizers import PRE_TOKENIZERS
 
 _UNKNOWN, _CONTROL, _USER_DEFINED = 2, 3, 4  # llama.cpp's token types
 

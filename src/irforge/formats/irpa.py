@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from ..errors import InputError, OutputError
-from . import atomic
-from .dtypes import BY_NAME, BY_TURBINE
-from .tensor_ref import TensorRef
+from irforge.errors import InputError, OutputError
+from irforge.formats import atomic
+from irforge.formats.dtypes import BY_NAME, BY_TURBINE
+from irforge.formats.tensor_ref import TensorRef
 
 MAGIC = 0x41505249
 HEADER = struct.Struct("<IHHQQQ" + "Q" + "QQ" * 3)  # prefix + entry_count + 3 ranges

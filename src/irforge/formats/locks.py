@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
-from ..errors import OutputError
+from irforge.errors import OutputError
 
 F = TypeVar("F", bound=Callable[..., Any])
 FOLDER_LOCK = ".irforge.lock"

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError
-from .dtypes import BY_SAFETENSORS
-from .tensor_ref import TensorRef
+from irforge.errors import InputError
+from irforge.formats.dtypes import BY_SAFETENSORS
+from irforge.formats.tensor_ref import TensorRef
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 INDEX_NAME = "model.safetensors.index.json"

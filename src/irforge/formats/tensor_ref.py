@@ -12,8 +12,8 @@ import numpy as np
 if TYPE_CHECKING:
     import torch
 
-from ..errors import InputError
-from .dtypes import BY_NAME, numpy_view_dtype
+from irforge.errors import InputError
+from irforge.formats.dtypes import BY_NAME, numpy_view_dtype
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,9 @@ def read_tensor(ref: TensorRef) -> torch.Tensor:
     import torch
 
     if ref.is_quantized:
-        from .ggml_quants import dequantize  # gguf: 50 ms of every CLI start, needed here only
+        from irforge.formats.ggml_quants import (
+            dequantize,  # gguf: 50 ms of every CLI start, needed here only
+        )
 
         return torch.from_numpy(dequantize(ref, read_bytes(ref)))
     d = BY_NAME[ref.dtype]

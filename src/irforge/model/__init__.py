@@ -1,10 +1,10 @@
 """The paged Llama-family model in plain PyTorch (no IREE), as export traces it."""
 
-from .kv_cache import PagedKVCache
-from .llama import PagedLlama
-from .options import ModelOptions
-from .rope import inv_frequencies
-from .weights import load_archive, load_canonical
+from irforge.model.kv_cache import PagedKVCache
+from irforge.model.llama import PagedLlama
+from irforge.model.options import ModelOptions
+from irforge.model.rope import inv_frequencies
+from irforge.model.weights import load_archive, load_canonical
 
 __all__ = [
     "ModelOptions",

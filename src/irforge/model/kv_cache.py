@@ -24,9 +24,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config import ModelConfig, kv_page_elements
-from ..errors import ConfigError
-from .options import ModelOptions
+from irforge.errors import ConfigError
+from irforge.facts.config import ModelConfig, kv_page_elements
+from irforge.model.options import ModelOptions
 
 
 def widen(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -15,16 +15,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..artifacts import SCORE_TOP
-from ..config import ModelConfig
-from ..errors import ConfigError
-from ..formats.dtypes import BY_NAME
-from ..quantization import LIMB, SCALE_DTYPE, Scheme, scheme
-from .attention import attend, decode_mask
-from .kv_cache import DecodeKV, PagedKVCache, PrefillKV, widen
-from .options import ModelOptions
-from .rope import apply_rope, inv_freq_tensor, inv_frequencies, rope_tables
-from .weights import load_archive, load_canonical
+from irforge.artifacts.files import SCORE_TOP
+from irforge.errors import ConfigError
+from irforge.facts.config import ModelConfig
+from irforge.facts.quantization import LIMB, SCALE_DTYPE, Scheme, scheme
+from irforge.formats.dtypes import BY_NAME
+from irforge.model.attention import attend, decode_mask
+from irforge.model.kv_cache import DecodeKV, PagedKVCache, PrefillKV, widen
+from irforge.model.options import ModelOptions
+from irforge.model.rope import apply_rope, inv_freq_tensor, inv_frequencies, rope_tables
+from irforge.model.weights import load_archive, load_canonical
 
 # What a Block calls to store this step's K/V and get the keys/values to attend over.
 KVAccess = PrefillKV | DecodeKV

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config import FLOAT_DTYPES, KV_CACHE_DTYPES, ModelConfig, storage_dtype
-from ..errors import ConfigError
-from ..formats.dtypes import BY_NAME
-from ..manifest import ATTENTION_KINDS, DEFAULTS, ExportOptions
+from irforge.artifacts.manifest import ATTENTION_KINDS, DEFAULTS, ExportOptions
+from irforge.errors import ConfigError
+from irforge.facts.config import FLOAT_DTYPES, KV_CACHE_DTYPES, ModelConfig, storage_dtype
+from irforge.formats.dtypes import BY_NAME
 
 TORCH_DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
 

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from ..config import ModelConfig, RopeScaling
+from irforge.facts.config import ModelConfig, RopeScaling
 
 
 def default_inv_freq(head_dim: int, theta: float) -> torch.Tensor:

@@ -15,11 +15,11 @@ from typing import cast
 import torch
 from torch import nn
 
-from ..config import ModelConfig
-from ..errors import ConfigError
-from ..sharding.spec import check_tp, shard_name, split_dim
-from .kv_cache import DecodeKV, PagedKVCache, PrefillKV
-from .llama import (
+from irforge.errors import ConfigError
+from irforge.facts.config import ModelConfig
+from irforge.facts.sharding import check_tp, shard_name, split_dim
+from irforge.model.kv_cache import DecodeKV, PagedKVCache, PrefillKV
+from irforge.model.llama import (
     RESIDUAL_DTYPE,
     Block,
     RMSNorm,
@@ -30,9 +30,9 @@ from .llama import (
     prefill_inputs,
     stored_dtype,
 )
-from .options import ModelOptions
-from .rope import inv_freq_tensor, inv_frequencies, rope_tables
-from .weights import canonical_name
+from irforge.model.options import ModelOptions
+from irforge.model.rope import inv_freq_tensor, inv_frequencies, rope_tables
+from irforge.model.weights import canonical_name
 
 Transfer = Callable[[torch.Tensor, int], torch.Tensor]
 

@@ -8,12 +8,12 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..config import ModelConfig
-from ..errors import InputError, UnsupportedModelError
-from ..tensor_kinds import ALL_KINDS
+from irforge.errors import InputError, UnsupportedModelError
+from irforge.facts.config import ModelConfig
+from irforge.facts.tensor_kinds import ALL_KINDS
 
 if TYPE_CHECKING:
-    from .llama import PagedLlama
+    from irforge.model.llama import PagedLlama
 
 # Canonical name -> PagedLlama parameter name; `{i}` is the block index.
 CANONICAL_TO_MODULE: dict[str, str] = {k.canonical: k.module for k in ALL_KINDS}
@@ -128,8 +128,8 @@ def load_archive(path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
         InputError: the archive is malformed or has no model config.
         UnsupportedModelError: the archive is tensor-parallel (rank files).
     """
-    from ..archive import open_archive
-    from ..formats.tensor_ref import read_tensor
+    from irforge.artifacts.archive import open_archive
+    from irforge.formats.tensor_ref import read_tensor
 
     archive = open_archive(Path(path))
     config = archive.require_config()

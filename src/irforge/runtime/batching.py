@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from .pages import SCRATCH_PAGE
+from irforge.runtime.pages import SCRATCH_PAGE
 
 # Prompt tokens prefilled per engine step (all requests together) between decode steps: a long
 # prompt then delays running streams by one chunk's prefill per token, not by its whole prefill.

@@ -5,10 +5,10 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from ..compile.targets import TARGETS
-from ..config import storage_dtype
-from ..errors import ConfigError
-from ..formats.dtypes import BY_NAME
+from irforge.errors import ConfigError
+from irforge.facts.config import storage_dtype
+from irforge.facts.targets import TARGETS
+from irforge.formats.dtypes import BY_NAME
 
 # The drivers the compile targets run on (each target names its own), and the spellings users
 # reach for.

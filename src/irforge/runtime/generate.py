@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import ConfigError
-from .batching import blocks, decode_arrays, prefill_arrays, row_logits
-from .sampling import Sampler, Sampling
-from .session import Session
+from irforge.errors import ConfigError
+from irforge.runtime.batching import blocks, decode_arrays, prefill_arrays, row_logits
+from irforge.runtime.sampling import Sampler, Sampling
+from irforge.runtime.session import Session
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..errors import ToolchainError
+from irforge.errors import ToolchainError
 
 # Padding rows and padding blocks of a batch point at this page; the model writes their
 # (meaningless) K/V there, so no live sequence may own it.

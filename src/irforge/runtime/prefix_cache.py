@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .pages import PageAllocator, PagesExhausted
+from irforge.runtime.pages import PageAllocator, PagesExhausted
 
 
 def page_keys(tokens: Sequence[int], stride: int, pages: int) -> list[bytes]:

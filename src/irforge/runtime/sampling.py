@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..artifacts import SCORE_TOP
-from ..errors import ConfigError
+from irforge.artifacts.files import SCORE_TOP
+from irforge.errors import ConfigError
 
 # Below this a temperature is greedy (vLLM's rule): dividing by 1e-320 overflows to inf and NaN.
 GREEDY_BELOW = 1e-5

@@ -9,14 +9,20 @@ from typing import Any
 
 import numpy as np
 
-from ..artifacts import PARAMETER_SCOPE, SCORE_FUNCTION, folder_file
-from ..compile.targets import runtime_version, version_text
-from ..errors import InputError, ManifestError
-from ..formats.irpa import read_irpa
-from ..manifest import Compiled, Manifest
-from .device_memory import default_pages, free_bytes
-from .devices import allocate_cache, cache_bytes, iree_reason, normalize_driver, open_devices
-from .pages import PageAllocator
+from irforge.artifacts.files import PARAMETER_SCOPE, SCORE_FUNCTION, folder_file
+from irforge.artifacts.manifest import Compiled, Manifest
+from irforge.errors import InputError, ManifestError
+from irforge.facts.targets import runtime_version, version_text
+from irforge.formats.irpa import read_irpa
+from irforge.runtime.device_memory import default_pages, free_bytes
+from irforge.runtime.devices import (
+    allocate_cache,
+    cache_bytes,
+    iree_reason,
+    normalize_driver,
+    open_devices,
+)
+from irforge.runtime.pages import PageAllocator
 
 
 def _pick_compiled(manifest: Manifest, folder: Path, driver: str, vmfb: Path | None) -> Path:
@@ -188,7 +194,7 @@ class Session:
 
 def _target_for(driver: str) -> str:
     """A compile target whose programs run on `driver` (the table's first), for the hint."""
-    from ..compile.targets import TARGETS
+    from irforge.facts.targets import TARGETS
 
     return next((t.name for t in TARGETS.values() if t.driver == driver), "cpu")
 

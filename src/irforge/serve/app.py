@@ -12,13 +12,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .. import __version__
-from . import openai_api, shortfin_api
-from .engine import Engine
-from .errors import Overloaded, ServeError
-from .limits import BodyLimit
+from irforge import __version__
+from irforge.engine.engine import Engine
+from irforge.engine.errors import EngineError, Overloaded
+from irforge.serve import openai_api, shortfin_api
+from irforge.serve.errors import error_body, http_status
+from irforge.serve.limits import BodyLimit
 
-SHORTFIN_PATHS = ("/generate",)
 log = logging.getLogger("irforge.serve")
 _SCALARS = (str, int, float, bool, type(None))
 
@@ -49,11 +49,11 @@ def create_app(engine: Engine, *, model_name: str | None = None) -> FastAPI:
         log.error("internal error on %s: %s: %s", request.url.path, type(exc).__name__, exc)
         return error_response(request, 500, "internal server error", "INTERNAL_ERROR")
 
-    @app.exception_handler(ServeError)
-    async def _serve_error(request: Request, exc: ServeError) -> JSONResponse:
+    @app.exception_handler(EngineError)
+    async def _engine_error(request: Request, exc: EngineError) -> JSONResponse:
         headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Overloaded) else None
         param = getattr(exc, "param", None)
-        return error_response(request, exc.status, str(exc), exc.code, param, headers)
+        return error_response(request, http_status(exc), str(exc), exc.code, param, headers)
 
     @app.get("/health")
     async def health() -> dict[str, str]:
@@ -77,12 +77,8 @@ def error_response(
     param: str | None = None,
     headers: dict[str, str] | None = None,
 ) -> JSONResponse:
-    """shortfin's {"error", "code"} on its routes, OpenAI's {"error": {...}} elsewhere."""
-    if request.url.path in SHORTFIN_PATHS:
-        body: dict[str, Any] = {"error": message, "code": code}
-    else:
-        kind = "invalid_request_error" if status < 500 else "server_error"
-        body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    """An error answer in the envelope of the route asked (serve/errors.py)."""
+    body = error_body(request.url.path, status, message, code, param)
     return JSONResponse(body, status_code=status, headers=headers)
 
 

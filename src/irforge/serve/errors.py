@@ -1,51 +1,43 @@
-"""Errors of the serving engine, each mapped to an HTTP status by the app."""
+"""The server's errors: HTTP statuses of the engine's refusals, and the one error envelope.
+
+shortfin's routes answer `{"error": message, "code": CODE}`; every other route answers
+OpenAI's `{"error": {"message", "type", "param", "code"}}`.
+"""
 
 from __future__ import annotations
 
-from ..errors import ToolchainError
+from typing import Any
+
+from irforge.engine.errors import BadRequest, EngineError, Overloaded
+
+SHORTFIN_PATHS = ("/generate",)
 
 
-class ServeError(ToolchainError):
-    """Base class; `status` is the HTTP status the app answers with, `code` a short name."""
-
-    status = 500
-    code = "INTERNAL"
-
-
-class BadRequest(ServeError):
-    """The request cannot be served as asked (empty or too long prompt, bad sampling...)."""
-
-    status = 400
-    code = "INVALID_REQUEST"
-
-    def __init__(self, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.param = param
-
-
-class ModelNotFound(ServeError):
+class ModelNotFound(BadRequest):
     """The request names a model this server does not serve (OpenAI's and vLLM's 404)."""
 
-    status = 404
     code = "model_not_found"
 
     def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.param = "model"
+        super().__init__(message, "model")
 
 
-class Overloaded(ServeError):
-    """The admission queue is full (pages are busy): try again after `retry_after` seconds."""
+def http_status(error: EngineError) -> int:
+    """The status an engine refusal is answered with."""
+    if isinstance(error, ModelNotFound):
+        return 404
+    if isinstance(error, BadRequest):
+        return 400
+    if isinstance(error, Overloaded):
+        return 503
+    return 500
 
-    status = 503
-    code = "QUEUE_FULL"
 
-    def __init__(self, message: str, retry_after: int = 1) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
-class ShuttingDown(Overloaded):
-    """The engine drains in-flight requests and admits no new one."""
-
-    code = "SHUTTING_DOWN"
+def error_body(
+    path: str, status: int, message: str, code: str, param: str | None = None
+) -> dict[str, Any]:
+    """The JSON body of an error answer on `path`."""
+    if path in SHORTFIN_PATHS:
+        return {"error": message, "code": code}
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}

@@ -11,9 +11,9 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import StreamingResponse
 
-from .engine import Engine
-from .errors import BadRequest, Overloaded, ServeError
-from .request import Request as EngineRequest
+from irforge.engine.engine import Engine
+from irforge.engine.errors import BadRequest, EngineError, Overloaded
+from irforge.engine.request import Request as EngineRequest
 
 
 async def wait_all(requests: list[EngineRequest], http: Request) -> bool:
@@ -45,7 +45,7 @@ async def _disconnect(http: Request) -> None:
 def check_finished(requests: list[EngineRequest]) -> None:
     for r in requests:
         if r.finish_reason == "error":
-            raise ServeError(f"request {r.id} failed: {r.error}")
+            raise EngineError(f"request {r.id} failed: {r.error}")
         if r.finish_reason == "shutdown":
             raise Overloaded("the server stopped before this request finished", 5)
 
@@ -58,7 +58,7 @@ def submit_all(engine: Engine, jobs: Sequence[tuple[Any, dict[str, Any]]]) -> li
     try:
         for prompt, options in jobs:
             submitted.append(engine.submit(prompt, **options))
-    except ServeError:
+    except EngineError:
         for r in submitted:
             r.cancel()
         raise

@@ -14,13 +14,13 @@ from typing import Any
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from irforge.serve.errors import SHORTFIN_PATHS, error_body
+
 MAX_BODY_BYTES = 32 * 2**20  # 413 above: several 131072-token prompts of text still fit
-MAX_CHARS_PER_TOKEN = 64  # a prompt longer than context x this cannot fit: refused untokenized
 MAX_STOP = 16  # stop strings per request (OpenAI allows 4)
 MAX_STOP_CHARS = 256
 MAX_PROMPTS = 256  # prompts in one batched request
 MAX_MESSAGES = 4096  # chat messages in one request
-MAX_N = 1  # completions per prompt: more are separate requests
 HEAD_SECONDS = 30.0  # to send a request's head; a half-sent one would hold its connection
 BODY_SECONDS = 30.0  # between the pieces of a body
 
@@ -98,15 +98,10 @@ class BodyLimit:
         message: str = "",
         code: str = "request_too_large",
     ) -> None:
-        from .app import SHORTFIN_PATHS
-
         message = message or f"the request body is over the limit of {self.limit} bytes"
-        body: dict[str, Any]
-        if scope.get("path") in SHORTFIN_PATHS:
-            body = {"error": message, "code": code.upper()}
-        else:
-            error = {"message": message, "type": "invalid_request_error", "param": None}
-            body = {"error": {**error, "code": code}}
+        path = scope.get("path", "")
+        # shortfin's codes are upper case, OpenAI's lower
+        body = error_body(path, status, message, code.upper() if path in SHORTFIN_PATHS else code)
         data = json.dumps(body).encode()
         headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(data))]
         if status == 408:

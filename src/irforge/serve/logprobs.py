@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from .text import TextCodec
+from irforge.engine.text import TextCodec
 
 Row = tuple[float, tuple[tuple[int, float], ...]]
 

@@ -11,22 +11,23 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from .engine import Engine, check_sampling
-from .errors import BadRequest, ModelNotFound
-from .guided import GuidedSpec
-from .handlers import EventStream, check_finished, sse, submit_all, wait_all
-from .limits import MAX_PROMPTS
-from .logprobs import (
+from irforge.engine.engine import Engine, check_sampling
+from irforge.engine.errors import BadRequest
+from irforge.engine.guided import GuidedSpec
+from irforge.engine.request import Request as EngineRequest
+from irforge.engine.text import TextCodec
+from irforge.serve.errors import ModelNotFound
+from irforge.serve.handlers import EventStream, check_finished, sse, submit_all, wait_all
+from irforge.serve.limits import MAX_PROMPTS
+from irforge.serve.logprobs import (
     chat_logprobs,
     completion_logprobs,
     echo_logprobs,
     prompt_logprobs,
     text_end,
 )
-from .request import Request as EngineRequest
-from .schemas import ChatMessage, ChatRequest, CompletionRequest, OpenAISampling
-from .text import TextCodec
-from .tools import Tool, forced, opens_call, parse_tools, tool_calls
+from irforge.serve.schemas import ChatMessage, ChatRequest, CompletionRequest, OpenAISampling
+from irforge.serve.tools import Tool, forced, opens_call, parse_tools, tool_calls
 
 router = APIRouter(prefix="/v1")
 CLIENT_GONE = 499  # nginx's and shortfin's status for a request whose client left

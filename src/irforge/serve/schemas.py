@@ -6,8 +6,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from ..runtime.sampling import MAX_LOGPROBS
-from .limits import MAX_MESSAGES, MAX_PROMPTS, MAX_STOP, MAX_STOP_CHARS
+from irforge.runtime.sampling import MAX_LOGPROBS
+from irforge.serve.limits import MAX_MESSAGES, MAX_PROMPTS, MAX_STOP, MAX_STOP_CHARS
 
 StopString = Annotated[str, StringConstraints(max_length=MAX_STOP_CHARS)]
 Stop = StopString | Annotated[list[StopString], Field(max_length=MAX_STOP)] | None

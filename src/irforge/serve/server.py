@@ -12,11 +12,11 @@ from typing import Any
 
 import uvicorn
 
-from ..errors import InputError
-from ..runtime.batching import DEFAULT_PREFILL_CHUNK
-from .app import create_app
-from .engine import Engine
-from .limits import GuardedH11
+from irforge.engine.engine import Engine
+from irforge.errors import InputError
+from irforge.runtime.batching import DEFAULT_PREFILL_CHUNK
+from irforge.serve.app import create_app
+from irforge.serve.limits import GuardedH11
 
 log = logging.getLogger("irforge.serve")
 

@@ -8,13 +8,13 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from ..runtime.sampling import Sampling
-from .engine import Engine, check_sampling
-from .errors import BadRequest
-from .handlers import check_finished, submit_all, wait_all
-from .logprobs import Row
-from .request import Request as EngineRequest
-from .schemas import GenerateRequest, SamplingParams
+from irforge.engine.engine import Engine, check_sampling
+from irforge.engine.errors import BadRequest
+from irforge.engine.request import Request as EngineRequest
+from irforge.runtime.sampling import Sampling
+from irforge.serve.handlers import check_finished, submit_all, wait_all
+from irforge.serve.logprobs import Row
+from irforge.serve.schemas import GenerateRequest, SamplingParams
 
 router = APIRouter()
 # shortfin clamps these (components/io_struct.py); do the same so a request means the same here

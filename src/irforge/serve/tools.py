@@ -15,8 +15,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import BadRequest
-from .guided import GuidedSpec
+from irforge.engine.errors import BadRequest
+from irforge.engine.guided import GuidedSpec
 
 MAX_TOOLS = 128
 PYTHON_TAG = "<|python_tag|>"  # Llama 3.1 may open a call with it
