@@ -15,10 +15,10 @@ import torch
 import transformers
 
 import tiny
-from irforge import tensor_plan as convert_module
 from irforge.artifacts.archive import open_archive
 from irforge.facts.config import METADATA_KEY
 from irforge.formats.tensor_ref import read_bytes, read_tensor
+from irforge.stages import tensor_plan as convert_module
 from irforge.stages.convert import convert
 
 Q = gguf.GGMLQuantizationType

@@ -160,7 +160,7 @@ def test_an_oversubscribed_cache_preempts_at_the_real_vocabulary(built, tmp_path
 
     name, _, art = built
     with Engine(art, page_count=9) as engine:
-        steps = 5 * engine.stride - len(PROMPT)  # the last token needs no cache slot
+        steps = 5 * engine.scheduler.stride - len(PROMPT)  # the last token needs no cache slot
         want, logits = _solo(art, PROMPT, steps, tmp_path)
         reqs = [engine.submit(PROMPT, max_tokens=steps, ignore_eos=True) for _ in range(5)]
         for r in reqs:
@@ -183,7 +183,7 @@ def test_no_max_tokens_at_the_real_context(built) -> None:
     with Engine(art, page_count=9) as small:
         assert small.max_seq_len == CONTEXT
         req = small.submit(PROMPT, ignore_eos=True)
-        assert len(req.wait(300).tokens) == 8 * small.stride - len(PROMPT)
+        assert len(req.wait(300).tokens) == 8 * small.scheduler.stride - len(PROMPT)
         assert req.finish_reason == "length" and _all_free(small)
         with pytest.raises(BadRequest, match="outside the vocabulary"):
             small.submit([1, VOCAB], max_tokens=1)

@@ -9,7 +9,6 @@ import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -382,7 +381,7 @@ def test_no_max_tokens_means_up_to_the_context_or_the_cache(
     assert len(req.wait(120).tokens) == context - len(BASE) and req.finish_reason == "length"
     with Engine(llama_artifacts, page_count=9) as small:
         req = small.submit(BASE, ignore_eos=True)
-        assert len(req.wait(120).tokens) == 8 * small.stride - len(BASE)
+        assert len(req.wait(120).tokens) == 8 * small.scheduler.stride - len(BASE)
         with pytest.raises(BadRequest, match="even alone, the cache has 8"):
             small.submit(BASE, max_tokens=200)
         with pytest.raises(BadRequest, match="the KV cache holds 128"):
@@ -477,43 +476,6 @@ def test_prefix_caching_and_chunked_prefill_keep_transformers_greedy_tokens(
     computed = sum(len(p) for p in prompts) - 4 * 48
     assert metrics.counter("prompt_tokens_total") == computed
     assert sum(metrics.counter("prefill_calls_total", bs=b) for b in ("1", "4")) >= 5
-
-
-@pytest.mark.iree
-def test_a_long_prompt_is_prefilled_between_decode_steps(llama_artifacts: Path) -> None:
-    """With one-page chunks, a 5-page prompt arriving while a stream decodes takes 5 engine
-    steps to prefill, and the stream gets a token in each of them."""
-    with Engine(llama_artifacts, prefill_chunk=16, prefix_caching=False) as engine:
-        # the stream's length at each prefill call, recorded on the engine's own thread (a
-        # poll from this thread raced it under CI's load)
-        seen: list[int] = []
-        prefill = engine.session.prefill
-        holder: list[Any] = []
-
-        def recording(*args: Any) -> Any:
-            if holder:
-                seen.append(len(holder[0].tokens))
-            return prefill(*args)
-
-        engine.session.prefill = recording  # type: ignore[method-assign]
-        # long enough that the stream still runs when the long prompt arrives, however late
-        # this thread wakes (with 40 tokens it had sometimes finished)
-        running = engine.submit(BASE, max_tokens=200, ignore_eos=True)
-        holder.append(running)
-        while len(running.tokens) < 2:
-            time.sleep(0.01)
-        long = engine.submit([7] * 70 + BASE[:10], max_tokens=2, ignore_eos=True)
-        long.wait(60)
-        calls = seen[-5:]  # the long prompt's five one-page chunks
-        during = calls[-1] - calls[0]
-        assert running.wait(60).tokens == _solo(llama_artifacts, BASE, 200, eos=False)
-        assert long.tokens == _solo(llama_artifacts, [7] * 70 + BASE[:10], 2, eos=False)
-        # 2 calls for the stream's 20 tokens, 5 one-page calls for the 80, each followed by a
-        # decode step of the stream
-        assert sum(engine.metrics.counter("prefill_calls_total", bs=b) for b in "14") == 7
-        assert during >= 4
-        assert engine.metrics.counter("prompt_tokens_total") == len(BASE) + 80
-        assert _all_free(engine)
 
 
 def test_a_folder_without_a_chat_template_is_said_once_at_start(

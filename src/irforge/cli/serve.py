@@ -8,19 +8,21 @@ from typing import Annotated
 import typer
 
 from irforge.cli._options import DeviceIdsOpt, DeviceOpt, parse_device_ids
-from irforge.runtime.batching import DEFAULT_PREFILL_CHUNK
+from irforge.engine.options import EngineOptions
 from irforge.runtime.device_memory import CACHE_SHARE
+
+DEFAULTS = EngineOptions()
 
 
 def serve_cmd(
     folder: Annotated[Path, typer.Argument(help="Folder from `irforge export` + `compile`.")],
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on (0: any free port).")] = 8000,
-    device: DeviceOpt = "local-task",
+    device: DeviceOpt = DEFAULTS.device,
     device_ids: DeviceIdsOpt = None,
     max_queue: Annotated[
         int, typer.Option(help="Requests waiting for cache pages before 503.", min=1)
-    ] = 256,
+    ] = DEFAULTS.max_queue,
     kv_cache_pages: Annotated[
         int | None,
         typer.Option(
@@ -39,7 +41,7 @@ def serve_cmd(
             help="Share the KV-cache pages of prompt prefixes between requests (whole pages "
             "of identical leading tokens are not prefilled again)."
         ),
-    ] = True,
+    ] = DEFAULTS.prefix_caching,
     prefill_chunk: Annotated[
         int,
         typer.Option(
@@ -48,7 +50,7 @@ def serve_cmd(
             "0: whole prompts at once).",
             min=0,
         ),
-    ] = DEFAULT_PREFILL_CHUNK,
+    ] = DEFAULTS.prefill_chunk,
     model_name: Annotated[
         str | None, typer.Option(help="Model id for /v1/models (default: the folder name).")
     ] = None,
@@ -65,17 +67,14 @@ def serve_cmd(
 
     if kv_cache_pages is not None and kv_cache_gib is not None:
         raise typer.BadParameter("give --kv-cache-pages or --kv-cache-gib, not both")
-    serve(
-        folder,
-        host=host,
-        port=port,
+    ids = parse_device_ids(device_ids)
+    options = EngineOptions(
         device=device,
-        device_ids=parse_device_ids(device_ids),
+        device_ids=tuple(ids) if ids else None,
         max_queue=max_queue,
         page_count=kv_cache_pages,
         cache_gib=kv_cache_gib,
         prefix_caching=prefix_caching,
         prefill_chunk=prefill_chunk,
-        model_name=model_name,
-        drain_timeout=drain_timeout,
     )
+    serve(folder, options, host=host, port=port, model_name=model_name, drain_timeout=drain_timeout)

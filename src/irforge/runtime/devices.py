@@ -13,7 +13,8 @@ from irforge.formats.dtypes import BY_NAME
 # The drivers the compile targets run on (each target names its own), and the spellings users
 # reach for.
 DRIVERS = tuple(dict.fromkeys(t.driver for t in TARGETS.values()))
-DRIVER_ALIASES = {"cpu": "local-task", "rocm": "hip", "amdgpu": "hip", "nvidia": "cuda"}
+CPU_DRIVER = "local-task"  # IREE's multithreaded CPU driver
+DRIVER_ALIASES = {"cpu": CPU_DRIVER, "rocm": "hip", "amdgpu": "hip", "nvidia": "cuda"}
 # Element types of a KV cache, by irforge's dtype name.
 _CACHE_ELEMENT = {
     "f32": "FLOAT_32",
@@ -68,7 +69,7 @@ def open_devices(driver: str, device_ids: list[int] | None, count: int) -> list[
             f"the {driver} driver cannot start on this machine: {iree_reason(e)}; "
             "pick another --device"
         ) from None
-    if driver == "local-task" and not device_ids:
+    if driver == CPU_DRIVER and not device_ids:
         return [drv.create_default_device() for _ in range(count)]  # CPU devices are all alike
     try:
         infos = drv.query_available_devices()

@@ -138,6 +138,11 @@ class Session:
                 delattr(self, name)
         gc.collect()
 
+    @property
+    def can_score(self) -> bool:
+        """Whether `score` works: a single-device program exported by this irforge."""
+        return bool(self.prefill_position and self.module.lookup_function(SCORE_FUNCTION))
+
     def _function(self, name: str) -> Any:
         import iree.runtime as rt
 
@@ -174,7 +179,7 @@ class Session:
     ) -> tuple[np.ndarray, ...]:
         """score_bs1: a one-row prefill plus the prompt's log-probabilities (PagedLlama.score):
         (logits [1, 1, vocab], next-token logprobs [1, S], top values, top ids [1, S, 20])."""
-        if not self.prefill_position or self.module.lookup_function(SCORE_FUNCTION) is None:
+        if not self.can_score:
             raise InputError(
                 f"{self.folder}: its program cannot score prompts (no {SCORE_FUNCTION}; "
                 "single-device folders exported by this irforge have it)"

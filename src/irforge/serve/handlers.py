@@ -13,6 +13,7 @@ from fastapi.responses import StreamingResponse
 
 from irforge.engine.engine import Engine
 from irforge.engine.errors import BadRequest, EngineError, Overloaded
+from irforge.engine.options import GenerationOptions
 from irforge.engine.request import Request as EngineRequest
 
 
@@ -42,6 +43,9 @@ async def _disconnect(http: Request) -> None:
         pass
 
 
+CLIENT_GONE = 499  # nginx's and shortfin's status for a request whose client left
+
+
 def check_finished(requests: list[EngineRequest]) -> None:
     for r in requests:
         if r.finish_reason == "error":
@@ -50,14 +54,16 @@ def check_finished(requests: list[EngineRequest]) -> None:
             raise Overloaded("the server stopped before this request finished", 5)
 
 
-def submit_all(engine: Engine, jobs: Sequence[tuple[Any, dict[str, Any]]]) -> list[EngineRequest]:
+def submit_all(
+    engine: Engine, jobs: Sequence[tuple[Any, GenerationOptions]]
+) -> list[EngineRequest]:
     """Submit every (prompt, options) job, or none: an error cancels those already queued."""
     if not jobs:
         raise BadRequest("no prompt given", "prompt")
     submitted: list[EngineRequest] = []
     try:
         for prompt, options in jobs:
-            submitted.append(engine.submit(prompt, **options))
+            submitted.append(engine.enqueue(prompt, options))
     except EngineError:
         for r in submitted:
             r.cancel()

@@ -14,10 +14,18 @@ from starlette.concurrency import run_in_threadpool
 from irforge.engine.engine import Engine, check_sampling
 from irforge.engine.errors import BadRequest
 from irforge.engine.guided import GuidedSpec
+from irforge.engine.options import GenerationOptions
 from irforge.engine.request import Request as EngineRequest
 from irforge.engine.text import TextCodec
 from irforge.serve.errors import ModelNotFound
-from irforge.serve.handlers import EventStream, check_finished, sse, submit_all, wait_all
+from irforge.serve.handlers import (
+    CLIENT_GONE,
+    EventStream,
+    check_finished,
+    sse,
+    submit_all,
+    wait_all,
+)
 from irforge.serve.limits import MAX_PROMPTS
 from irforge.serve.logprobs import (
     chat_logprobs,
@@ -30,7 +38,6 @@ from irforge.serve.schemas import ChatMessage, ChatRequest, CompletionRequest, O
 from irforge.serve.tools import Tool, forced, opens_call, parse_tools, tool_calls
 
 router = APIRouter(prefix="/v1")
-CLIENT_GONE = 499  # nginx's and shortfin's status for a request whose client left
 
 
 def _engine(http: Request) -> Engine:
@@ -95,7 +102,7 @@ def _submit(
                 repetition_penalty=body.repetition_penalty,
                 logit_bias=_logit_bias(body.logit_bias),
             )
-            options = dict(
+            options = GenerationOptions(
                 sampling=sampling,
                 max_tokens=max_tokens,
                 stop=body.stops(),

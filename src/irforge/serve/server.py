@@ -13,8 +13,8 @@ from typing import Any
 import uvicorn
 
 from irforge.engine.engine import Engine
+from irforge.engine.options import EngineOptions
 from irforge.errors import InputError
-from irforge.runtime.batching import DEFAULT_PREFILL_CHUNK
 from irforge.serve.app import create_app
 from irforge.serve.limits import GuardedH11
 
@@ -37,16 +37,10 @@ def _listen(host: str, port: int) -> socket.socket:
 
 def serve(
     folder: Path,
+    options: EngineOptions,
     *,
     host: str = "127.0.0.1",
     port: int = 8000,
-    device: str = "local-task",
-    device_ids: list[int] | None = None,
-    max_queue: int = 256,
-    page_count: int | None = None,
-    cache_gib: float | None = None,
-    prefix_caching: bool = True,
-    prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
     model_name: str | None = None,
     drain_timeout: float = 120.0,
 ) -> None:
@@ -57,16 +51,7 @@ def serve(
     """
     sock = _listen(host, port)  # first: clients that connect early wait in the backlog
     try:
-        engine = Engine(
-            folder,
-            device=device,
-            device_ids=device_ids,
-            max_queue=max_queue,
-            page_count=page_count,
-            cache_gib=cache_gib,
-            prefix_caching=prefix_caching,
-            prefill_chunk=prefill_chunk,
-        )
+        engine = Engine(folder, options)
     except BaseException:
         sock.close()
         raise
@@ -80,11 +65,11 @@ def serve(
         http=GuardedH11,  # half-sent request heads time out too
     )
     server = _Server(config, engine, drain_timeout)
-    bound = sock.getsockname()
+    bound, sizes = sock.getsockname(), engine.scheduler
     print(
         f"irforge serve: http://{bound[0]}:{bound[1]} ({app.state.model_name}; "
-        f"{engine.pages.page_count - 1} cache pages, prefill bs {list(engine.prefill_sizes)}, "
-        f"decode bs {list(engine.decode_sizes)})",
+        f"{engine.pages.page_count - 1} cache pages, prefill bs {sizes.prefill_sizes}, "
+        f"decode bs {sizes.decode_sizes})",
         file=sys.stderr,
         flush=True,
     )

@@ -10,9 +10,10 @@ from starlette.concurrency import run_in_threadpool
 
 from irforge.engine.engine import Engine, check_sampling
 from irforge.engine.errors import BadRequest
+from irforge.engine.options import GenerationOptions
 from irforge.engine.request import Request as EngineRequest
 from irforge.runtime.sampling import Sampling
-from irforge.serve.handlers import check_finished, submit_all, wait_all
+from irforge.serve.handlers import CLIENT_GONE, check_finished, submit_all, wait_all
 from irforge.serve.logprobs import Row
 from irforge.serve.schemas import GenerateRequest, SamplingParams
 
@@ -65,7 +66,7 @@ async def generate(body: GenerateRequest, http: Request) -> Response:
     jobs = [
         (
             prompt,
-            dict(
+            GenerationOptions(
                 sampling=sampling_of(p),
                 max_tokens=p.max_completion_tokens,
                 stop=_stops(p),
@@ -80,7 +81,7 @@ async def generate(body: GenerateRequest, http: Request) -> Response:
     ]
     reqs = await run_in_threadpool(submit_all, engine, jobs)  # tokenizing: off the event loop
     if not await wait_all(reqs, http):
-        return Response(status_code=499)
+        return Response(status_code=CLIENT_GONE)
     check_finished(reqs)
     if body.return_input_ids:
         # shortfin: one list of ids per beam for each prompt; a lone prompt is not wrapped
