@@ -11,14 +11,12 @@ TORCH_VERSION ?= 2.13.0
 DEMO_DIR ?= out/demo
 PYTEST_ARGS ?=
 
-SEED_MODELS := llama-3.1-8b llama-3.1-8b-instruct llama-3.1-70b llama-3.1-70b-instruct \
-	llama-3.1-405b llama-3.1-405b-instruct mistral-nemo-base-2407 mistral-nemo-instruct-2407
 TARGET ?= gfx942
 TP ?= 1
 BS ?= 1,4
 OUT ?= out
 
-.PHONY: setup test test-all lint fmt demo bench clean $(SEED_MODELS)
+.PHONY: setup test test-all lint fmt demo bench clean
 
 setup: $(VENV)/.installed
 
@@ -29,7 +27,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install --quiet -e ".[test]"
 	# structured output (engine/guided.py): xgrammar without its declared triton (1 GB, for its
 	# GPU kernel; irforge masks logits on the CPU)
-	$(PIP) install --quiet --no-deps xgrammar==0.2.9 apache-tvm-ffi==0.1.15.post2
+	$(PIP) install --quiet --no-deps $$($(PY) -c 'from irforge.engine.guided import PINS; print(*PINS)')
 	touch $@
 
 test: setup
@@ -60,8 +58,9 @@ bench: setup
 	$(PY) bench/convert.py
 	$(PY) bench/export.py
 
-# `make llama-3.1-8b TARGET=gfx942 TP=1`: the same cached `irforge build` a CI job runs.
-$(SEED_MODELS): setup
+# `make llama-3.1-8b TARGET=gfx942 TP=1`: the same cached `irforge build` a CI job runs, for
+# any model `irforge models` lists (the registry is the one list; build refuses other names).
+llama-% mistral-%: setup
 	$(IRFORGE) build $@ -o $(OUT)/$@-$(TARGET)-tp$(TP) --target $(TARGET) --tp $(TP) --bs $(BS)
 
 clean:

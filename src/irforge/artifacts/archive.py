@@ -16,6 +16,7 @@ from irforge import __version__
 from irforge.artifacts.files import is_bare_name
 from irforge.errors import InputError
 from irforge.facts.config import METADATA_KEY, ModelConfig
+from irforge.facts.sharding import check_tensors
 from irforge.formats.irpa import OutputEntry, read_irpa
 from irforge.formats.tensor_ref import TensorRef, read_bytes
 
@@ -175,41 +176,6 @@ def open_archive(path: Path) -> ModelArchive:
                 tensors[name] = ref
             ranks.append(rp)
     if metadata is not None and metadata.config is not None:
-        check_tensors(metadata.config, tensors, tp, path)
+        shapes = {name: ref.shape for name, ref in tensors.items()}
+        check_tensors(metadata.config, shapes, path, tp)
     return ModelArchive(path, metadata, tensors, ranks)
-
-
-def check_tensors(config: ModelConfig, tensors: dict[str, TensorRef], tp: int, where: Path) -> None:
-    """Every weight the config implies is there with its shape (per rank when sharded).
-
-    Here, where an archive is first read: a missing or misshapen weight would otherwise pass
-    shard, export and compile, and surface only in `run` as a page of IREE output.
-
-    Raises:
-        InputError: naming the first missing or misshapen tensor.
-    """
-    from irforge.facts.sharding import (  # the sharding package imports this one
-        shard_name,
-        split_dim,
-    )
-    from irforge.facts.tensor_kinds import expected_shapes
-
-    want: dict[str, tuple[int, ...]] = {}
-    for name, shape in expected_shapes(config).items():
-        dim = split_dim(name) if tp > 1 else None
-        if dim is None:
-            want[name] = shape
-            continue
-        part = list(shape)
-        part[dim] //= tp
-        for rank in range(tp):
-            want[shard_name(name, rank)] = tuple(part)
-    for name, shape in want.items():
-        ref = tensors.get(name)
-        if ref is None:
-            raise InputError(f"{where}: tensor {name!r} is missing (the config implies it)")
-        if tuple(ref.shape) != shape:
-            raise InputError(
-                f"{where}: tensor {name!r} has shape {list(ref.shape)}, the config implies "
-                f"{list(shape)}"
-            )

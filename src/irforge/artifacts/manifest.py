@@ -15,6 +15,7 @@ from typing import Any
 from irforge.artifacts.files import MLIR_NAME, is_bare_name
 from irforge.errors import ConfigError, ManifestError
 from irforge.facts.config import FLOAT_DTYPES, KV_CACHE_DTYPES, ModelConfig
+from irforge.facts.sharding import MAX_TP
 from irforge.formats.atomic import AtomicFile
 
 SCHEMA_VERSION = 1
@@ -83,7 +84,7 @@ class ExportOptions:
         _check_int("block_seq_stride", self.block_seq_stride, 1, 4096)
         _check_int("device_block_count", self.device_block_count, 2, 2**24)
         _check_int("max_seq_len", self.max_seq_len, 0, 2**24)
-        _check_int("tensor_parallelism_size", self.tensor_parallelism_size, 1, 64)
+        _check_int("tensor_parallelism_size", self.tensor_parallelism_size, 1, MAX_TP)
         for name in ("activation_dtype", "kv_cache_dtype", "attention_dtype"):
             allowed = KV_CACHE_DTYPES if name == "kv_cache_dtype" else FLOAT_DTYPES
             if getattr(self, name) not in (*allowed, None):

@@ -25,7 +25,9 @@ import numpy as np
 
 from irforge.engine.errors import BadRequest
 
-INSTALL = "pip install --no-deps xgrammar==0.2.9 apache-tvm-ffi"
+# The versions irforge is tested with; `make setup` installs these (without xgrammar's triton).
+PINS = ("xgrammar==0.2.9", "apache-tvm-ffi==0.1.15.post2")
+INSTALL = f"pip install --no-deps {' '.join(PINS)}"
 # Whitespace runs a JSON grammar allows: enough for indented output, not an endless run.
 MAX_JSON_WHITESPACE = 16
 CACHED_GRAMMARS = 64

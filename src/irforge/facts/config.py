@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from irforge.errors import ConfigError, UnsupportedModelError
+from irforge.formats.dtypes import FLOAT_DTYPES
 
 CONFIG_SCHEMA_VERSION = 1
 
@@ -21,7 +22,6 @@ CONFIG_SCHEMA_VERSION = 1
 METADATA_KEY = "__irforge_config__"
 
 SUPPORTED_ARCHITECTURES = ("llama",)
-FLOAT_DTYPES = ("f32", "f16", "bf16")
 # fp8 KV caches, by the name options take -> the dtype table's name (formats/dtypes.py):
 # e4m3fn elsewhere, e4m3fnuz on MI300 (gfx942), as shark-ai's fp8 builds for it used.
 FP8_DTYPES = {"fp8": "f8_e4m3fn", "fp8-fnuz": "f8_e4m3fnuz"}

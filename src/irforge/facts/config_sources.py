@@ -7,9 +7,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from irforge.errors import ConfigError, UnsupportedModelError
+from irforge.formats.dtypes import BY_NAME, FLOAT_DTYPES
 
 HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama"}
-HF_DTYPES = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}
+# config.json's torch_dtype, as the dtype table names it
+HF_DTYPES = {BY_NAME[name].turbine: name for name in FLOAT_DTYPES}
 
 
 def _require(d: Mapping[str, Any], key: str, where: str) -> Any:

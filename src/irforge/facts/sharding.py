@@ -7,10 +7,12 @@ summed across devices. Everything else is replicated.
 
 from __future__ import annotations
 
-from irforge.errors import ShardingError
+from collections.abc import Mapping, Sequence
+
+from irforge.errors import InputError, ShardingError
 from irforge.facts.config import ModelConfig
 from irforge.facts.quantization import scheme
-from irforge.facts.tensor_kinds import kind_of
+from irforge.facts.tensor_kinds import expected_shapes, kind_of
 
 MAX_TP = 8
 
@@ -55,3 +57,35 @@ def check_tp(config: ModelConfig, tp: int) -> None:
                     f"{config.quantization} blocks of {block}: {what}={size} / {tp} ranks "
                     f"is not a whole number of blocks"
                 )
+
+
+def check_tensors(
+    config: ModelConfig, shapes: Mapping[str, Sequence[int]], where: object, tp: int = 1
+) -> None:
+    """Every weight the config implies is there with its shape (each rank's part when `tp` > 1).
+
+    Checked where weights are first read (convert's source, an archive): a missing or
+    misshapen weight would otherwise pass shard, export and compile, and surface only in `run`
+    as a page of IREE output.
+
+    Raises:
+        InputError: naming the first missing or misshapen tensor.
+    """
+    want: dict[str, tuple[int, ...]] = {}
+    for name, shape in expected_shapes(config).items():
+        dim = split_dim(name) if tp > 1 else None
+        if dim is None:
+            want[name] = shape
+            continue
+        part = list(shape)
+        part[dim] //= tp
+        for rank in range(tp):
+            want[shard_name(name, rank)] = tuple(part)
+    for name, shape in want.items():
+        got = shapes.get(name)
+        if got is None:
+            raise InputError(f"{where}: tensor {name!r} is missing (the config implies it)")
+        if tuple(got) != shape:
+            raise InputError(
+                f"{where}: tensor {name!r} has shape {list(got)}, the config implies {list(shape)}"
+            )

@@ -5,11 +5,10 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
-from irforge.errors import InputError
-from irforge.facts.tensor_kinds import KINDS, expected_shapes
+from irforge.facts.tensor_kinds import KINDS
 
 if TYPE_CHECKING:
-    from irforge.facts.config import ModelConfig
+    pass
 
 # HF name pattern -> canonical name; `{i}` is the block index (from the one tensor table).
 HF_TO_CANONICAL: dict[str, str] = {k.hf: k.canonical for k in KINDS}
@@ -46,19 +45,3 @@ def hf_to_canonical(name: str) -> str | None:
 def canonical_to_hf(name: str) -> str | None:
     """HF name of a canonical tensor, or None when the table does not know it."""
     return _lookup(_CANONICAL_RULES, name)
-
-
-def check_tensors(config: ModelConfig, shapes: dict[str, tuple[int, ...]], where: str) -> None:
-    """Every weight the config implies is present with the shape it implies.
-
-    Raises:
-        InputError: naming the first missing or mis-shaped tensor.
-    """
-    for name, want in expected_shapes(config).items():
-        got = shapes.get(name)
-        if got is None:
-            raise InputError(f"{where}: tensor {name!r} is missing (the config implies it)")
-        if tuple(got) != want:
-            raise InputError(
-                f"{where}: tensor {name!r} has shape {list(got)}, the config implies {list(want)}"
-            )

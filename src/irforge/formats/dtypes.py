@@ -17,7 +17,8 @@ class DType:
     itemsize: int
     kind: str  # "f" float, "i" signed int, "u" unsigned int, "b" bool
     safetensors: str
-    turbine: str  # the dtype name iree-turbine's metadata uses; also torch's attribute name
+    turbine: str  # iree-turbine's metadata name; torch's attribute, HF's and shortfin's name
+    hal: str  # iree.runtime.HalElementType's member
 
     @property
     def is_float(self) -> bool:
@@ -46,31 +47,31 @@ class DType:
 
 
 _TABLE = [
-    DType("f64", 8, "f", "F64", "float64"),
-    DType("f32", 4, "f", "F32", "float32"),
-    DType("f16", 2, "f", "F16", "float16"),
-    DType("bf16", 2, "f", "BF16", "bfloat16"),
-    DType("f8_e4m3fn", 1, "f", "F8_E4M3", "float8_e4m3fn"),
-    DType("f8_e5m2", 1, "f", "F8_E5M2", "float8_e5m2"),
+    DType("f64", 8, "f", "F64", "float64", "FLOAT_64"),
+    DType("f32", 4, "f", "F32", "float32", "FLOAT_32"),
+    DType("f16", 2, "f", "F16", "float16", "FLOAT_16"),
+    DType("bf16", 2, "f", "BF16", "bfloat16", "BFLOAT_16"),
+    DType("f8_e4m3fn", 1, "f", "F8_E4M3", "float8_e4m3fn", "FLOAT_8_E4M3_FN"),
+    DType("f8_e5m2", 1, "f", "F8_E5M2", "float8_e5m2", "FLOAT_8_E5M2"),
     # AMD MI300's fp8 (no negative zero, bias 8); safetensors has no name for it
-    DType("f8_e4m3fnuz", 1, "f", "F8_E4M3FNUZ", "float8_e4m3fnuz"),
-    DType("i64", 8, "i", "I64", "int64"),
-    DType("i32", 4, "i", "I32", "int32"),
-    DType("i16", 2, "i", "I16", "int16"),
-    DType("i8", 1, "i", "I8", "int8"),
-    DType("u64", 8, "u", "U64", "uint64"),
-    DType("u32", 4, "u", "U32", "uint32"),
-    DType("u16", 2, "u", "U16", "uint16"),
-    DType("u8", 1, "u", "U8", "uint8"),
-    DType("bool", 1, "b", "BOOL", "bool"),
+    DType("f8_e4m3fnuz", 1, "f", "F8_E4M3FNUZ", "float8_e4m3fnuz", "FLOAT_8_E4M3_FNUZ"),
+    DType("i64", 8, "i", "I64", "int64", "SINT_64"),
+    DType("i32", 4, "i", "I32", "int32", "SINT_32"),
+    DType("i16", 2, "i", "I16", "int16", "SINT_16"),
+    DType("i8", 1, "i", "I8", "int8", "SINT_8"),
+    DType("u64", 8, "u", "U64", "uint64", "UINT_64"),
+    DType("u32", 4, "u", "U32", "uint32", "UINT_32"),
+    DType("u16", 2, "u", "U16", "uint16", "UINT_16"),
+    DType("u8", 1, "u", "U8", "uint8", "UINT_8"),
+    DType("bool", 1, "b", "BOOL", "bool", "BOOL_8"),
 ]
 
 BY_NAME = {d.name: d for d in _TABLE}
 BY_SAFETENSORS = {d.safetensors: d for d in _TABLE}
 BY_TURBINE = {d.turbine: d for d in _TABLE}
 
-# Target dtypes a user may ask convert for.
-CONVERTIBLE = ("f32", "f16", "bf16")
+# A model's dtypes: what its weights and activations may be, what convert may cast to.
+FLOAT_DTYPES = ("f32", "f16", "bf16")
 
 
 def numpy_view_dtype(d: DType) -> np.dtype:

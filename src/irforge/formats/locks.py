@@ -6,6 +6,9 @@ naming the holder's pid. The kernel drops the lock when the holder exits, even o
 a stale lock file never blocks anyone; a finished run removes its lock file (a taker checks
 that the file it locked is still the one at the path, so removal cannot let two in).
 Re-entrant within a process: build locks OUT, then runs export and compile, which lock it too.
+
+Not `filelock`: its Unix lock leaves the lock file in place after release (by design, against
+this very race), and an output that failed must be left as empty as it was found.
 """
 
 from __future__ import annotations

@@ -12,8 +12,6 @@ from irforge.errors import ConfigError
 from irforge.facts.config import FLOAT_DTYPES, KV_CACHE_DTYPES, ModelConfig, storage_dtype
 from irforge.formats.dtypes import BY_NAME
 
-TORCH_DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
-
 
 @dataclass(frozen=True)
 class ModelOptions:
@@ -50,10 +48,10 @@ class ModelOptions:
         return cls(**{f.name: getattr(options, f.name) for f in dataclasses.fields(cls)})
 
     def activation_torch_dtype(self, config: ModelConfig) -> torch.dtype:
-        return TORCH_DTYPES[self.activation_dtype or config.dtype]
+        return BY_NAME[self.activation_dtype or config.dtype].torch
 
     def attention_torch_dtype(self, config: ModelConfig) -> torch.dtype:
-        return TORCH_DTYPES[self.attention_dtype or self.activation_dtype or config.dtype]
+        return BY_NAME[self.attention_dtype or self.activation_dtype or config.dtype].torch
 
     def kv_cache_torch_dtype(self, config: ModelConfig) -> torch.dtype:
         return BY_NAME[

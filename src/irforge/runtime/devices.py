@@ -6,7 +6,7 @@ import re
 from typing import Any
 
 from irforge.errors import ConfigError
-from irforge.facts.config import storage_dtype
+from irforge.facts.config import KV_CACHE_DTYPES, storage_dtype
 from irforge.facts.targets import TARGETS
 from irforge.formats.dtypes import BY_NAME
 
@@ -15,14 +15,6 @@ from irforge.formats.dtypes import BY_NAME
 DRIVERS = tuple(dict.fromkeys(t.driver for t in TARGETS.values()))
 CPU_DRIVER = "local-task"  # IREE's multithreaded CPU driver
 DRIVER_ALIASES = {"cpu": CPU_DRIVER, "rocm": "hip", "amdgpu": "hip", "nvidia": "cuda"}
-# Element types of a KV cache, by irforge's dtype name.
-_CACHE_ELEMENT = {
-    "f32": "FLOAT_32",
-    "f16": "FLOAT_16",
-    "bf16": "BFLOAT_16",
-    "fp8": "FLOAT_8_E4M3_FN",
-    "fp8-fnuz": "FLOAT_8_E4M3_FNUZ",
-}
 
 
 def normalize_driver(name: str) -> str:
@@ -96,9 +88,9 @@ def open_devices(driver: str, device_ids: list[int] | None, count: int) -> list[
 
 def cache_bytes(dtype: str) -> int:
     """Bytes per element of a KV-cache dtype (the dtype table's itemsize)."""
-    if dtype not in _CACHE_ELEMENT:
+    if dtype not in KV_CACHE_DTYPES:
         raise ConfigError(
-            f"unsupported KV-cache dtype {dtype!r}; known: {', '.join(_CACHE_ELEMENT)}"
+            f"unsupported KV-cache dtype {dtype!r}; known: {', '.join(KV_CACHE_DTYPES)}"
         )
     return BY_NAME[storage_dtype(dtype)].itemsize
 
@@ -132,6 +124,6 @@ def allocate_cache(device: Any, pages: int, page_elements: int, dtype: str) -> A
     fence = rt.HalFence(1)
     fence.insert(done, 1)
     fence.wait()
-    element = getattr(rt.HalElementType, _CACHE_ELEMENT[dtype])
+    element = getattr(rt.HalElementType, BY_NAME[storage_dtype(dtype)].hal)
     view = rt.HalBufferView(buffer, [pages, page_elements], element)
     return rt.DeviceArray(device, view)

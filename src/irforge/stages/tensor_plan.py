@@ -32,10 +32,11 @@ from irforge.facts.quantization import (
     row_scales,
     scheme,
 )
+from irforge.facts.sharding import check_tensors
 from irforge.facts.tensor_kinds import kind_of
-from irforge.facts.tensor_names import HF_IGNORED, check_tensors, hf_to_canonical
+from irforge.facts.tensor_names import HF_IGNORED, hf_to_canonical
 from irforge.formats.atomic import AtomicFile, StridedRange
-from irforge.formats.dtypes import BY_NAME, CONVERTIBLE
+from irforge.formats.dtypes import BY_NAME, FLOAT_DTYPES
 from irforge.formats.ggml_quants import dequantize, row_bytes
 from irforge.formats.gguf_tokenizer import (
     UnsupportedTokenizer,
@@ -188,7 +189,7 @@ def _dominant_float(tensors: list[PlannedTensor]) -> str:
     """The float dtype most weight bytes are in: what the model 'is' (f32, f16 or bf16)."""
     totals: dict[str, int] = {}
     for t in tensors:
-        if t.dtype in CONVERTIBLE:
+        if t.dtype in FLOAT_DTYPES:
             totals[t.dtype] = totals.get(t.dtype, 0) + t.nbytes
     return max(totals, key=totals.__getitem__) if totals else "f32"
 
@@ -203,7 +204,7 @@ def _uniform(named: Mapping[str, TensorRef], dtype: str | None) -> tuple[list[Pl
 
     def castable(name: str, ref: TensorRef) -> bool:
         # a quantized archive's scales (f32) and fp8/int8 weights stay as its scheme stores them
-        return not name.endswith(SCALE_SUFFIX) and (ref.is_quantized or ref.dtype in CONVERTIBLE)
+        return not name.endswith(SCALE_SUFFIX) and (ref.is_quantized or ref.dtype in FLOAT_DTYPES)
 
     def each(want: str | None) -> list[PlannedTensor]:
         return [
@@ -304,8 +305,8 @@ def plan(
     Raises:
         InputError, ConfigError, UnsupportedModelError.
     """
-    if dtype is not None and dtype not in CONVERTIBLE:
-        raise ConfigError(f"--dtype must be one of {', '.join(CONVERTIBLE)}, got {dtype!r}")
+    if dtype is not None and dtype not in FLOAT_DTYPES:
+        raise ConfigError(f"--dtype must be one of {', '.join(FLOAT_DTYPES)}, got {dtype!r}")
     quant = scheme(quantize) if quantize is not None else None
     src = open_source(Path(source))
     notes: list[str] = []

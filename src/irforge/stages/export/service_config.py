@@ -9,16 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from irforge.artifacts.manifest import ExportOptions
-from irforge.facts.config import ModelConfig
-
-# shortfin names dtypes as torch does.
-SHORTFIN_DTYPES = {
-    "f32": "float32",
-    "f16": "float16",
-    "bf16": "bfloat16",
-    "fp8": "float8_e4m3fn",
-    "fp8-fnuz": "float8_e4m3fnuz",
-}
+from irforge.facts.config import ModelConfig, storage_dtype
+from irforge.formats.dtypes import BY_NAME
 
 
 def shortfin_config(
@@ -41,13 +33,14 @@ def shortfin_config(
             "attention_head_count_kv": config.attention_head_count_kv,
             "block_seq_stride": options.block_seq_stride,
             "device_block_count": options.device_block_count,
-            "kv_cache_dtype": SHORTFIN_DTYPES[_resolved(options.kv_cache_dtype)],
+            "kv_cache_dtype": _resolved(options.kv_cache_dtype),
             "paged_kv_block_size_elements_per_device": [page] * tp,
         },
     }
 
 
 def _resolved(dtype: str | None) -> str:
+    """shortfin's name of an options dtype: torch's."""
     if dtype is None:
         raise ValueError("shortfin's config needs resolved export options (ExportOptions.resolve)")
-    return dtype
+    return BY_NAME[storage_dtype(dtype)].turbine

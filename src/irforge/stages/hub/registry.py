@@ -12,10 +12,9 @@ from irforge.facts.config import ModelConfig
 from irforge.facts.presets import PRESETS
 from irforge.facts.sharding import split_dim
 from irforge.facts.tensor_kinds import expected_shapes
+from irforge.formats.dtypes import BY_NAME, FLOAT_DTYPES
 
 TINY_ALIAS = "tiny"
-
-DTYPE_BYTES = {"f32": 4, "f16": 2, "bf16": 2}
 
 
 @dataclass(frozen=True)
@@ -179,15 +178,15 @@ def plan(
         ConfigError: for an unknown dtype or a missing preset.
         ShardingError: if `tp` does not divide the model's kv heads.
     """
-    if dtype not in DTYPE_BYTES:
-        raise ConfigError(f"dtype must be one of {', '.join(DTYPE_BYTES)}, got {dtype!r}")
+    if dtype not in FLOAT_DTYPES:
+        raise ConfigError(f"dtype must be one of {', '.join(FLOAT_DTYPES)}, got {dtype!r}")
     config = entry.config
     kv = config.attention_head_count_kv
     if tp < 1 or kv % tp:
         raise ShardingError(
             f"tensor-parallel size {tp} must divide attention_head_count_kv={kv} of {entry.alias}"
         )
-    width = DTYPE_BYTES[dtype]
+    width = BY_NAME[dtype].itemsize
     replicated, split = parameter_counts(config)
     # Every split dim (heads*head_dim, kv*head_dim, ffn, hidden) is a multiple of tp when
     # tp divides the kv heads and the hidden size; ceil keeps the figure an upper bound.
