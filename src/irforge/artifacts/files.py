@@ -12,13 +12,6 @@ ARCHIVE_NAME = "model.irpa"  # plus model.rank{i}.irpa for a TP program
 MLIR_NAME = "model.mlir"
 SHORTFIN_CONFIG_NAME = "config.json"  # shortfin's, exactly its keys
 PARAMETER_SCOPE = "model"  # the scope every external parameter of the program lives in
-# prefill_bs{N} takes start_pos (shortfin's `has_prefill_position` ABI): it prefills a chunk
-# after pages already in the cache, for chunked prefill and prefix caching
-HAS_PREFILL_POSITION = True
-# score_bs1 (single-device programs): a prefill that also returns each position's next-token
-# log-probability and this many likeliest alternatives (OpenAI's and vLLM's logprobs cap)
-SCORE_FUNCTION = "score_bs1"
-SCORE_TOP = 20
 TOKENIZER_JSON = "tokenizer.json"
 TOKENIZER_CONFIG = "tokenizer_config.json"
 # transformers 5 saves a chat template in its own file, not in tokenizer_config.json

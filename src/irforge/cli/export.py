@@ -32,10 +32,10 @@ def export_cmd(
     ] = None,
     bs_prefill: Annotated[
         str, typer.Option("--bs-prefill", help="Comma list of prefill batch sizes.")
-    ] = "4",
+    ] = ",".join(map(str, DEFAULTS.prefill_batch_sizes)),
     bs_decode: Annotated[
         str, typer.Option("--bs-decode", help="Comma list of decode batch sizes.")
-    ] = "4",
+    ] = ",".join(map(str, DEFAULTS.decode_batch_sizes)),
     block_seq_stride: Annotated[
         int, typer.Option(help="Tokens per KV-cache page.", min=1)
     ] = DEFAULTS.block_seq_stride,

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from irforge.artifacts.files import SCORE_TOP
+from irforge.artifacts.abi import SCORE_TOP
 from irforge.errors import ConfigError
 from irforge.facts.config import ModelConfig
 from irforge.facts.quantization import LIMB, SCALE_DTYPE, Scheme, scheme

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from irforge.artifacts.files import SCORE_TOP
+from irforge.artifacts.abi import SCORE_TOP
 from irforge.errors import ConfigError
 
 # Below this a temperature is greedy (vLLM's rule): dividing by 1e-320 overflows to inf and NaN.

@@ -9,7 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from irforge.artifacts.files import PARAMETER_SCOPE, SCORE_FUNCTION, folder_file
+from irforge.artifacts.abi import DECODE, PREFILL, PREFILL_WHOLE, SCORE, SCORE_FUNCTION, Entry
+from irforge.artifacts.files import PARAMETER_SCOPE, folder_file
 from irforge.artifacts.manifest import Compiled, Manifest
 from irforge.errors import InputError, ManifestError
 from irforge.facts.targets import runtime_version, version_text
@@ -163,16 +164,15 @@ class Session:
         """prefill_bs{N}: logits [N, 1, vocab] of each row's last position (or (values,
         indices) if exported with top_k). A folder exported before prefill took start_pos
         (`prefill_position` false) prefills whole prompts only."""
-        fn = self._function(f"prefill_bs{tokens.shape[0]}")
-        ints = [tokens, start_pos, seq_lens, block_ids]
-        if not self.prefill_position:
-            if np.any(start_pos):
-                raise InputError(
-                    f"{self.folder}: its prefill programs start at position 0 only; "
-                    "re-export it for chunked prefill and prefix caching"
-                )
-            del ints[1]
-        return _host(fn(*[a.astype(np.int64) for a in ints], *self.caches))
+        args = dict(zip(PREFILL.args, (tokens, start_pos, seq_lens, block_ids), strict=True))
+        if self.prefill_position:
+            return self._call(PREFILL, args)
+        if np.any(start_pos):
+            raise InputError(
+                f"{self.folder}: its prefill programs start at position 0 only; "
+                "re-export it for chunked prefill and prefix caching"
+            )
+        return self._call(PREFILL_WHOLE, args)
 
     def score(
         self, tokens: np.ndarray, start_pos: np.ndarray, seq_lens: np.ndarray, block_ids: np.ndarray
@@ -184,17 +184,22 @@ class Session:
                 f"{self.folder}: its program cannot score prompts (no {SCORE_FUNCTION}; "
                 "single-device folders exported by this irforge have it)"
             )
-        fn = self._function(SCORE_FUNCTION)
-        ints = [a.astype(np.int64) for a in (tokens, start_pos, seq_lens, block_ids)]
-        return _host(fn(*ints, *self.caches))  # type: ignore[no-any-return]
+        args = dict(zip(SCORE.args, (tokens, start_pos, seq_lens, block_ids), strict=True))
+        return self._call(SCORE, args)  # type: ignore[no-any-return]
 
     def decode(
         self, tokens: np.ndarray, seq_lens: np.ndarray, starts: np.ndarray, block_ids: np.ndarray
     ) -> Any:
         """decode_bs{N}: logits [N, 1, vocab] (or (values, indices) if exported with top_k)."""
-        fn = self._function(f"decode_bs{tokens.shape[0]}")
-        args = [a.astype(np.int64) for a in (tokens, seq_lens, starts, block_ids)]
-        return _host(fn(*args, *self.caches))
+        args = dict(zip(DECODE.args, (tokens, seq_lens, starts, block_ids), strict=True))
+        return self._call(DECODE, args)
+
+    def _call(self, entry: Entry, args: dict[str, np.ndarray]) -> Any:
+        """Call `entry` at the batch size of its tokens: its integer arguments in the ABI's
+        order (abi.py), then the cache slabs."""
+        fn = self._function(entry.name(args["tokens"].shape[0]))
+        ints = [args[name].astype(np.int64) for name in entry.args]
+        return _host(fn(*ints, *self.caches))
 
 
 def _target_for(driver: str) -> str:

@@ -112,7 +112,15 @@ def build(
         >>> build("tiny", out_dir=Path("out/tiny"), targets=["cpu", "gfx942"])
     """
     out_dir = Path(out_dir)
-    presets = [get_target(t) for t in targets]  # validate before doing anything
+    # Validate before doing anything. The dtypes follow the archive: left None, export
+    # resolves them.
+    chosen = ExportOptions(
+        prefill_batch_sizes=tuple(sorted(bs)),
+        decode_batch_sizes=tuple(sorted(bs)),
+        block_seq_stride=block_seq_stride,
+        device_block_count=device_block_count,
+    )
+    presets = [get_target(t) for t in targets]
     if quantize is not None:
         for preset in presets:
             check_fp8(preset, {"weights": scheme(quantize).storage})
@@ -149,13 +157,6 @@ def build(
             cmd,
             run_weights,
         )
-    )
-    # The dtypes follow the archive: left None, export resolves them.
-    chosen = ExportOptions(
-        prefill_batch_sizes=tuple(sorted(bs)),
-        decode_batch_sizes=tuple(sorted(bs)),
-        block_seq_stride=block_seq_stride,
-        device_block_count=device_block_count,
     )
     export_args = {
         "bs": list(chosen.prefill_batch_sizes),

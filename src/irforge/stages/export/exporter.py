@@ -9,10 +9,10 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from irforge import __version__
+from irforge.artifacts.abi import HAS_PREFILL_POSITION
 from irforge.artifacts.archive import ModelArchive, open_archive, rank_path
 from irforge.artifacts.files import (
     ARCHIVE_NAME,
-    HAS_PREFILL_POSITION,
     MLIR_NAME,
     SHORTFIN_CONFIG_NAME,
     copy_tokenizer_files,

@@ -7,6 +7,7 @@ config alone: no weights are read and memory does not grow with the model.
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -14,7 +15,8 @@ from typing import Any
 
 import torch
 
-from irforge.artifacts.files import PARAMETER_SCOPE, SCORE_FUNCTION
+from irforge.artifacts.abi import DECODE, PREFILL, SCORE, SCORE_FUNCTION, Entry
+from irforge.artifacts.files import PARAMETER_SCOPE
 from irforge.artifacts.manifest import ExportOptions
 from irforge.errors import InputError
 from irforge.facts.config import ModelConfig
@@ -188,7 +190,7 @@ def trace(
     with warnings.catch_warnings():  # torch's pytree deprecation noise
         warnings.simplefilter("ignore", FutureWarning)
         for bs in options.prefill_batch_sizes:
-            on_step(f"tracing prefill_bs{bs}")
+            on_step(f"tracing {PREFILL.name(bs)}")
             # a chunk of the prompt: its own page count, at most the pages given (shortfin's
             # `seq_len_blocks_dim_chunked`)
             args: tuple[Any, ...] = (
@@ -198,7 +200,7 @@ def trace(
                 ints(bs, EXAMPLE_BLOCKS),
                 caches,
             )
-            _program(fxb, f"prefill_bs{bs}", "prefill", args, prefill_dims, devices(4))
+            _program(fxb, PREFILL, bs, args, prefill_dims, devices(len(PREFILL.args)))
         if tp == 1:  # echo/logprobs of a prompt, one row at a time (artifacts.SCORE_FUNCTION)
             on_step(f"tracing {SCORE_FUNCTION}")
             args = (
@@ -208,9 +210,9 @@ def trace(
                 ints(1, EXAMPLE_BLOCKS),
                 caches,
             )
-            _program(fxb, SCORE_FUNCTION, "score", args, prefill_dims, None)
+            _program(fxb, SCORE, 1, args, prefill_dims, None)
         for bs in options.decode_batch_sizes:
-            on_step(f"tracing decode_bs{bs}")
+            on_step(f"tracing {DECODE.name(bs)}")
             args = (ints(bs, 1), ints(bs), ints(bs), ints(bs, EXAMPLE_BLOCKS), caches)
             dims = {
                 "tokens": {},
@@ -219,7 +221,7 @@ def trace(
                 "seq_block_ids": {1: block},
                 "cache": cache_dims,
             }
-            _program(fxb, f"decode_bs{bs}", "decode", args, dims, devices(4))
+            _program(fxb, DECODE, bs, args, dims, devices(len(DECODE.args)))
         on_step("importing to MLIR")
         # No symbolic shape expressions (torch.bind_symbolic_shape): with them, IREE 3.13's CPU
         # data tiling miscompiled prefill_bs4 at a start position (rows 2-3 off by 0.3) and
@@ -230,27 +232,26 @@ def trace(
     output.save_mlir(str(out))
 
 
-def _program(fxb, name, method, args, dims, arg_device) -> None:  # noqa: ANN001
-    """Register one entry point; the free function's parameter names key `dims`."""
-    fn: Callable[..., Any]
-    if method == "prefill":
+def _program(fxb, entry: Entry, bs: int, args, dims, arg_device) -> None:  # noqa: ANN001
+    """Register `entry` at batch size `bs`: a function of the ABI's argument names (abi.py),
+    which key `dims` as torch.export reads them from its signature."""
+    assert set(dims) == {*entry.args, "cache"}, (entry, dims)
 
-        def prefill(module, tokens, start_pos, seq_lens, seq_block_ids, cache):  # noqa: ANN001, ANN202
-            return module.prefill(tokens, start_pos, seq_lens, seq_block_ids, cache)
+    def call(module, *values):  # noqa: ANN001, ANN202
+        return getattr(module, entry.method)(*values)
 
-        fn = prefill
-    elif method == "score":
-
-        def score(module, tokens, start_pos, seq_lens, seq_block_ids, cache):  # noqa: ANN001, ANN202
-            return module.score(tokens, start_pos, seq_lens, seq_block_ids, cache)
-
-        fn = score
-    else:
-
-        def decode(module, tokens, seq_lens, start_positions, seq_block_ids, cache):  # noqa: ANN001, ANN202
-            return module.decode(tokens, seq_lens, start_positions, seq_block_ids, cache)
-
-        fn = decode
+    params = [inspect.Parameter("module", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    params += [
+        inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        for name in (*entry.args, "cache")
+    ]
+    call.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    call.__name__ = entry.method
     fxb.export_program(
-        fn, name=name, args=args, dynamic_shapes=dims, strict=False, arg_device=arg_device
+        call,
+        name=entry.name(bs),
+        args=args,
+        dynamic_shapes=dims,
+        strict=False,
+        arg_device=arg_device,
     )
