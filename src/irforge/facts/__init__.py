@@ -1,0 +1,1 @@
+"""What a model is: configs, tensor tables, TP rules, quantization schemes, targets, presets."""

@@ -1,0 +1,1 @@
+"""The pipeline's stages: download, convert, shard, export, compile, verify, build, run."""

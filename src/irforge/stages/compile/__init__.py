@@ -1,5 +1,5 @@
-"""Compile an exported folder to a VMFB: target presets (targets.py), the iree-compile driver
-(driver.py), and the folder step that records each VMFB in the manifest (folder.py)."""
+"""Compile an exported folder to a VMFB: the iree-compile driver (driver.py) and the folder
+step that records each VMFB in the manifest (folder.py); the targets are facts/targets.py."""
 
 from irforge.facts.targets import TARGETS, Target, get_target
 from irforge.stages.compile.driver import CompileResult, run_iree_compile

@@ -1,4 +1,4 @@
-"""Tensor parallelism: the split rules and the writer of rank files."""
+"""Tensor parallelism: the writer of rank files (the split rules are facts/sharding.py)."""
 
 from irforge.facts.sharding import check_tp, shard_name, split_dim
 from irforge.stages.sharding.shard import ShardResult, shard, unshard
