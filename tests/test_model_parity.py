@@ -148,7 +148,7 @@ def test_low_precision_stays_near_f32_reference(name: str, dtype: str, kv_dtype:
 def test_f16_attention_in_an_f32_model_stays_near_reference() -> None:
     options = ModelOptions(block_seq_stride=STRIDE, attention_dtype="f16")
     model = _paged("llama", options)
-    assert model.blk[0].attn.attn_dtype == torch.float16
+    assert model.blk[0].attn_dtype == torch.float16
     (seq,), (logits,) = greedy(model, model.allocate_cache(CACHE_PAGES), [PROMPT], [PAGES], 8)
     assert rel_err(logits, hf_logits(_hf("llama"), seq)) < 5e-3
 

@@ -1,7 +1,7 @@
 """The one table of a Llama-family model's tensors: every name, shape and TP rule comes from it.
 
-Each kind gives its canonical (GGUF-style) name, its Hugging Face name, the PagedLlama
-parameter it loads into, its torch shape `[out, in]` from the config, and how tensor
+Each kind gives its canonical (GGUF-style) name, which is also the PagedLlama parameter it
+loads into, its Hugging Face name, its torch shape `[out, in]` from the config, and how tensor
 parallelism splits it (shark-ai's layout: 0 = column-parallel, the output rows split, each
 device owning some heads or FFN channels; 1 = row-parallel, the input columns split and the
 partial products summed; None = replicated). `{i}` stands for the block index.
@@ -32,7 +32,6 @@ def _kv(c: ModelConfig) -> int:
 class TensorKind:
     canonical: str
     hf: str
-    module: str
     shape: Callable[[ModelConfig], tuple[int, ...]]
     split_dim: int | None = None
     # A linear layer's weight [out, in]: what weight-only quantization stores quantized.
@@ -47,19 +46,16 @@ KINDS: tuple[TensorKind, ...] = (
     TensorKind(
         "token_embd.weight",
         "model.embed_tokens.weight",
-        "token_embd.weight",
         lambda c: (c.vocab_size, c.embedding_length),
     ),
     TensorKind(
         "output_norm.weight",
         "model.norm.weight",
-        "output_norm.weight",
         lambda c: (c.embedding_length,),
     ),
     TensorKind(
         "output.weight",
         "lm_head.weight",
-        "output.weight",
         lambda c: (c.vocab_size, c.embedding_length),
         ROW,
         linear=True,
@@ -67,13 +63,11 @@ KINDS: tuple[TensorKind, ...] = (
     TensorKind(
         "blk.{i}.attn_norm.weight",
         "model.layers.{i}.input_layernorm.weight",
-        "blk.{i}.attn_norm.weight",
         lambda c: (c.embedding_length,),
     ),
     TensorKind(
         "blk.{i}.attn_q.weight",
         "model.layers.{i}.self_attn.q_proj.weight",
-        "blk.{i}.attn.wq.weight",
         lambda c: (_q(c), c.embedding_length),
         COLUMN,
         linear=True,
@@ -81,7 +75,6 @@ KINDS: tuple[TensorKind, ...] = (
     TensorKind(
         "blk.{i}.attn_k.weight",
         "model.layers.{i}.self_attn.k_proj.weight",
-        "blk.{i}.attn.wk.weight",
         lambda c: (_kv(c), c.embedding_length),
         COLUMN,
         linear=True,
@@ -89,7 +82,6 @@ KINDS: tuple[TensorKind, ...] = (
     TensorKind(
         "blk.{i}.attn_v.weight",
         "model.layers.{i}.self_attn.v_proj.weight",
-        "blk.{i}.attn.wv.weight",
         lambda c: (_kv(c), c.embedding_length),
         COLUMN,
         linear=True,
@@ -97,7 +89,6 @@ KINDS: tuple[TensorKind, ...] = (
     TensorKind(
         "blk.{i}.attn_output.weight",
         "model.layers.{i}.self_attn.o_proj.weight",
-        "blk.{i}.attn.wo.weight",
         lambda c: (c.embedding_length, _q(c)),
         ROW,
         linear=True,
@@ -105,13 +96,11 @@ KINDS: tuple[TensorKind, ...] = (
     TensorKind(
         "blk.{i}.ffn_norm.weight",
         "model.layers.{i}.post_attention_layernorm.weight",
-        "blk.{i}.ffn_norm.weight",
         lambda c: (c.embedding_length,),
     ),
     TensorKind(
         "blk.{i}.ffn_gate.weight",
         "model.layers.{i}.mlp.gate_proj.weight",
-        "blk.{i}.ffn.w_gate.weight",
         lambda c: (c.feed_forward_length, c.embedding_length),
         COLUMN,
         linear=True,
@@ -119,7 +108,6 @@ KINDS: tuple[TensorKind, ...] = (
     TensorKind(
         "blk.{i}.ffn_up.weight",
         "model.layers.{i}.mlp.up_proj.weight",
-        "blk.{i}.ffn.w_up.weight",
         lambda c: (c.feed_forward_length, c.embedding_length),
         COLUMN,
         linear=True,
@@ -127,7 +115,6 @@ KINDS: tuple[TensorKind, ...] = (
     TensorKind(
         "blk.{i}.ffn_down.weight",
         "model.layers.{i}.mlp.down_proj.weight",
-        "blk.{i}.ffn.w_down.weight",
         lambda c: (c.embedding_length, c.feed_forward_length),
         ROW,
         linear=True,
@@ -148,7 +135,6 @@ def _scale_kind(k: TensorKind) -> TensorKind:
     return TensorKind(
         k.canonical + SCALE_SUFFIX,
         k.hf + SCALE_SUFFIX,
-        k.module + SCALE_SUFFIX,
         lambda c: (rows(c)[0],),
         COLUMN if k.split_dim == COLUMN else None,
     )
@@ -167,7 +153,6 @@ def _block_scale_kind(k: TensorKind) -> TensorKind:
     return TensorKind(
         k.canonical + BLOCK_SCALE_SUFFIX,
         k.hf + BLOCK_SCALE_SUFFIX,
-        k.module + BLOCK_SCALE_SUFFIX,
         shape,
         k.split_dim,
     )

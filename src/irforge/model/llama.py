@@ -162,72 +162,35 @@ class RMSNorm(nn.Module):
         return (self.weight.float() * xf).to(self.out)
 
 
-class FeedForward(nn.Module):
-    """SwiGLU: down(silu(gate(x)) * up(x))."""
+class Block(nn.Module):
+    """One decoder layer: grouped-query attention with rotary embeddings (head_dim need not be
+    dim / heads), then a SwiGLU feed-forward, each after an RMSNorm and added to the residual.
 
-    def __init__(self, config: ModelConfig, dtype: torch.dtype):
-        super().__init__()
-        dim, hidden = config.embedding_length, config.feed_forward_length
-        self.w_gate = linear(config, dim, hidden, dtype)
-        self.w_up = linear(config, dim, hidden, dtype)
-        self.w_down = linear(config, hidden, dim, dtype)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w_down(F.silu(self.w_gate(x)) * self.w_up(x))
-
-
-class Attention(nn.Module):
-    """Grouped-query attention with rotary embeddings; head_dim need not be dim / heads."""
+    Its parameters carry the archive's canonical (GGUF-style) names, `blk.{i}.attn_q.weight`
+    and so on (facts/tensor_kinds.py), so loading and export need no name table.
+    """
 
     def __init__(self, config: ModelConfig, layer: int, options: ModelOptions, dtype: torch.dtype):
         super().__init__()
+        stored = stored_dtype(config)
+        dim, eps = config.embedding_length, config.rms_norm_eps
         self.layer = layer
         self.heads, self.kv_heads = config.attention_head_count, config.attention_head_count_kv
         self.head_dim = config.head_dim
         self.interleaved = config.rope_interleaved  # q/k row layout of the weights
         self.kind = options.attention
         self.attn_dtype = options.attention_torch_dtype(config)
-        dim = config.embedding_length
         q_dim, kv_dim = self.heads * self.head_dim, self.kv_heads * self.head_dim
-        self.wq = linear(config, dim, q_dim, dtype)
-        self.wk = linear(config, dim, kv_dim, dtype)
-        self.wv = linear(config, dim, kv_dim, dtype)
-        self.wo = linear(config, q_dim, dim, dtype)
-
-    def forward(
-        self,
-        x: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        allowed: torch.Tensor,
-        kv: KVAccess,
-    ) -> torch.Tensor:
-        n, s, _ = x.shape
-        q = self.wq(x).view(n, s, self.heads, self.head_dim)  # [N, S, H, D]
-        k = self.wk(x).view(n, s, self.kv_heads, self.head_dim)  # [N, S, KV, D]
-        v = self.wv(x).view(n, s, self.kv_heads, self.head_dim)  # [N, S, KV, D]
-        q = apply_rope(q, cos, sin, interleaved=self.interleaved)
-        k = apply_rope(k, cos, sin, interleaved=self.interleaved)
-        keys, values = kv(self.layer, k, v)  # [N, KV, Sk, D]: this step's or the pages'
-        ad = self.attn_dtype
-        # Prefill takes the export's kind too: IREE 3.13 cannot compile the fused kernel with
-        # a mask for gfx942 at 32/8 heads ("failed to distribute"); the decomposed form
-        # compiles everywhere, and chunked prefill bounds its scores to [chunk, keys].
-        out = attend(
-            q.transpose(1, 2).to(ad), keys.to(ad), values.to(ad), allowed, kind=self.kind
-        ).to(x.dtype)  # [N, H, S, D]
-        return self.wo(out.transpose(1, 2).reshape(n, s, -1))  # [N, S, dim]
-
-
-class Block(nn.Module):
-    def __init__(self, config: ModelConfig, layer: int, options: ModelOptions, dtype: torch.dtype):
-        super().__init__()
-        stored = stored_dtype(config)
-        dim, eps = config.embedding_length, config.rms_norm_eps
+        hidden = config.feed_forward_length
         self.attn_norm = RMSNorm(dim, eps, stored, dtype)
-        self.attn = Attention(config, layer, options, dtype)
+        self.attn_q = linear(config, dim, q_dim, dtype)
+        self.attn_k = linear(config, dim, kv_dim, dtype)
+        self.attn_v = linear(config, dim, kv_dim, dtype)
+        self.attn_output = linear(config, q_dim, dim, dtype)
         self.ffn_norm = RMSNorm(dim, eps, stored, dtype)
-        self.ffn = FeedForward(config, dtype)
+        self.ffn_gate = linear(config, dim, hidden, dtype)
+        self.ffn_up = linear(config, dim, hidden, dtype)
+        self.ffn_down = linear(config, hidden, dim, dtype)
 
     def forward(
         self,
@@ -238,8 +201,36 @@ class Block(nn.Module):
         kv: KVAccess,
     ) -> torch.Tensor:
         """x and the result are the residual stream, float32 (RESIDUAL_DTYPE)."""
-        h = x + self.attn(self.attn_norm(x), cos, sin, allowed, kv).to(RESIDUAL_DTYPE)
-        return h + self.ffn(self.ffn_norm(h)).to(RESIDUAL_DTYPE)
+        h = x + self.attention(self.attn_norm(x), cos, sin, allowed, kv).to(RESIDUAL_DTYPE)
+        return h + self.feed_forward(self.ffn_norm(h)).to(RESIDUAL_DTYPE)
+
+    def attention(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        allowed: torch.Tensor,
+        kv: KVAccess,
+    ) -> torch.Tensor:
+        n, s, _ = x.shape
+        q = self.attn_q(x).view(n, s, self.heads, self.head_dim)  # [N, S, H, D]
+        k = self.attn_k(x).view(n, s, self.kv_heads, self.head_dim)  # [N, S, KV, D]
+        v = self.attn_v(x).view(n, s, self.kv_heads, self.head_dim)  # [N, S, KV, D]
+        q = apply_rope(q, cos, sin, interleaved=self.interleaved)
+        k = apply_rope(k, cos, sin, interleaved=self.interleaved)
+        keys, values = kv(self.layer, k, v)  # [N, KV, Sk, D]: this step's or the pages'
+        ad = self.attn_dtype
+        # Prefill takes the export's kind too: IREE 3.13 cannot compile the fused kernel with
+        # a mask for gfx942 at 32/8 heads ("failed to distribute"); the decomposed form
+        # compiles everywhere, and chunked prefill bounds its scores to [chunk, keys].
+        out = attend(
+            q.transpose(1, 2).to(ad), keys.to(ad), values.to(ad), allowed, kind=self.kind
+        ).to(x.dtype)  # [N, H, S, D]
+        return self.attn_output(out.transpose(1, 2).reshape(n, s, -1))  # [N, S, dim]
+
+    def feed_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """SwiGLU: down(silu(gate(x)) * up(x))."""
+        return self.ffn_down(F.silu(self.ffn_gate(x)) * self.ffn_up(x))
 
 
 class PagedLlama(nn.Module):

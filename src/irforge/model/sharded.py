@@ -32,7 +32,6 @@ from irforge.model.llama import (
 )
 from irforge.model.options import ModelOptions
 from irforge.model.rope import inv_freq_tensor, inv_frequencies, rope_tables
-from irforge.model.weights import canonical_name
 
 Transfer = Callable[[torch.Tensor, int], torch.Tensor]
 
@@ -181,12 +180,12 @@ class ShardedPagedLlama(nn.Module):
         for layer in range(self.config.block_count):
             blocks = [r.block(layer) for r in self.rank_list()]
             parts = [
-                b.attn(b.attn_norm(x), cos, sin, a, kv)
+                b.attention(b.attn_norm(x), cos, sin, a, kv)
                 for b, x, (cos, sin), a, kv in zip(blocks, h, tables, allowed, kvs, strict=True)
             ]
             # partial sums travel in the activations' dtype; the stream is float32 (Block)
             h = [x + y.to(RESIDUAL_DTYPE) for x, y in zip(h, self._all_reduce(parts), strict=True)]
-            parts = [b.ffn(b.ffn_norm(x)) for b, x in zip(blocks, h, strict=True)]
+            parts = [b.feed_forward(b.ffn_norm(x)) for b, x in zip(blocks, h, strict=True)]
             h = [x + y.to(RESIDUAL_DTYPE) for x, y in zip(h, self._all_reduce(parts), strict=True)]
         for kv in kvs:
             kv.flush()
@@ -201,8 +200,7 @@ class ShardedPagedLlama(nn.Module):
 
 def sharded_name(module: str) -> tuple[int, str]:
     """(rank, archive name) of a ShardedPagedLlama parameter: `blk.0.attn_q.weight.shard.1`."""
-    _, rank, rest = module.split(".", 2)  # ranks.{i}.<PagedLlama name>
-    base = canonical_name(rest)
+    _, rank, base = module.split(".", 2)  # ranks.{i}.<canonical name>
     return int(rank), (shard_name(base, int(rank)) if split_dim(base) is not None else base)
 
 

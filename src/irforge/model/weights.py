@@ -10,38 +10,12 @@ import torch
 
 from irforge.errors import InputError, UnsupportedModelError
 from irforge.facts.config import ModelConfig
-from irforge.facts.tensor_kinds import ALL_KINDS
 
 if TYPE_CHECKING:
     from irforge.model.llama import PagedLlama
 
-# Canonical name -> PagedLlama parameter name; `{i}` is the block index.
-CANONICAL_TO_MODULE: dict[str, str] = {k.canonical: k.module for k in ALL_KINDS}
-
 # Tensors whose content the config already carries (GGUF's rope divisors: rope_freq_factors).
 IGNORED = frozenset({"rope_freqs.weight"})
-
-
-def module_name(canonical: str) -> str | None:
-    """The PagedLlama parameter a canonical tensor loads into, or None if none does."""
-    parts = canonical.split(".")
-    if len(parts) > 2 and parts[0] == "blk" and parts[1].isdigit():
-        pattern = ".".join(["blk", "{i}", *parts[2:]])
-        target = CANONICAL_TO_MODULE.get(pattern)
-        return None if target is None else target.replace("{i}", parts[1])
-    return CANONICAL_TO_MODULE.get(canonical)
-
-
-_MODULE_TO_CANONICAL = {v: k for k, v in CANONICAL_TO_MODULE.items()}
-
-
-def canonical_name(module: str) -> str:
-    """The canonical tensor name of a PagedLlama parameter (export names parameters so)."""
-    parts = module.split(".")
-    if len(parts) > 2 and parts[0] == "blk" and parts[1].isdigit():
-        pattern = ".".join(["blk", "{i}", *parts[2:]])
-        return _MODULE_TO_CANONICAL[pattern].replace("{i}", parts[1])
-    return _MODULE_TO_CANONICAL[module]
 
 
 def _list(names: list[str], limit: int = 8) -> str:
@@ -74,8 +48,8 @@ def load_canonical(
     state: dict[str, torch.Tensor] = {}
     unknown = []
     for name, tensor in tensors.items():
-        target = module_name(name)
-        if name in IGNORED or (tied and target is not None and target.startswith("output.weight")):
+        target = name  # PagedLlama's parameters have the canonical names
+        if name in IGNORED or (tied and target.startswith("output.weight")):
             continue
         if target not in expected:
             unknown.append(name)
@@ -97,8 +71,7 @@ def load_canonical(
     missing = sorted(set(expected) - set(state))
     problems = []
     if missing:
-        canonical = {v: k for k, v in _canonical_names(model.config.block_count).items()}
-        problems.append(f"missing {_list([canonical.get(m, m) for m in missing])}")
+        problems.append(f"missing {_list(missing)}")
     if unknown:
         problems.append(f"unknown {_list(unknown)}")
     if problems:
@@ -109,16 +82,6 @@ def load_canonical(
     if tied:  # assign=True wrapped each entry in its own Parameter; share one again
         model.output.weight = model.token_embd.weight
     model.requires_grad_(False)
-
-
-def _canonical_names(block_count: int) -> dict[str, str]:
-    """Every canonical name of a model with block_count blocks -> its module name."""
-    out = {}
-    for pattern, target in CANONICAL_TO_MODULE.items():
-        blocks = range(block_count) if "{i}" in pattern else [None]
-        for i in blocks:
-            out[pattern.replace("{i}", str(i))] = target.replace("{i}", str(i))
-    return out
 
 
 def load_archive(path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:

@@ -24,7 +24,6 @@ from irforge.formats.dtypes import BY_TURBINE
 from irforge.formats.tensor_ref import TensorRef
 from irforge.model import ModelOptions, PagedLlama
 from irforge.model.sharded import ShardedPagedLlama, sharded_name
-from irforge.model.weights import canonical_name
 from irforge.stages.export.mlir_compat import restore_isinstance
 
 # Pages in the example cache handed to torch.export; the page count stays symbolic.
@@ -107,7 +106,7 @@ def _external(
     """(device or None, archive name, parameter) of each weight the program loads."""
     for module_name, param in model.named_parameters():  # tied weights appear once
         if tp == 1:
-            yield None, canonical_name(module_name), param
+            yield None, module_name, param  # canonical names (Block)
         else:
             rank, name = sharded_name(module_name)
             yield rank, name, param
