@@ -68,9 +68,10 @@ class _Letters:
 
 
 def _request(stop: tuple[str, ...] = (), max_tokens: int = 50) -> Request:
-    req = Request(id="r", prompt=[1], sampling=Sampling(), max_tokens=max_tokens, stop=stop)
-    req.decoder = _Letters()  # type: ignore[assignment]
-    return req
+    letters = _Letters()
+    return Request(
+        id="r", prompt=[1], sampling=Sampling(), max_tokens=max_tokens, stop=stop, decoder=letters
+    )
 
 
 def test_stop_strings_are_cut_and_never_streamed() -> None:

@@ -157,6 +157,7 @@ class Engine:
         is full or the engine is stopping.
         """
         checked = self.limits.check(prompt, options)
+        detokenize = options.detokenize or any(options.stop)  # stop strings need the text
         req = Request(
             id=options.request_id or f"req-{next(_ids)}",
             prompt=checked.ids,
@@ -167,13 +168,12 @@ class Engine:
             | frozenset(options.stop_token_ids),
             min_tokens=options.min_tokens,
             prompt_text=checked.text,
-            detokenize=options.detokenize or any(options.stop),
+            detokenize=detokenize,
             logprobs=options.logprobs,
             guide=checked.guide,
             echo=options.echo and options.logprobs is not None,
+            decoder=self.text.stream() if self.text is not None and detokenize else None,
         )
-        if self.text is not None and req.detokenize:
-            req.decoder = self.text.stream()
         req.on_cancel = self._wake
         with self._cond:
             if not self._admitting:

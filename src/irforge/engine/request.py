@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from irforge.engine.text import TextStream
+from irforge.engine.text import TextOutput, TextStream
 from irforge.runtime.sampling import Sampler, Sampling
 
 
@@ -72,9 +72,8 @@ class Request:
         # one per request, so seeds reproduce
         self.sampler = Sampler(self.sampling, self.prompt, self.eos_ids, self.min_tokens)
         self.cancelled = False
+        self.output = TextOutput(self.stop, self.decoder if self.detokenize else None)
         self._deltas: list[Delta] = []
-        self._chunks: list[str] = []  # the visible text, joined when read
-        self._held = ""  # text that may still begin a stop string, streamed once it cannot
         self._cond = threading.Condition()
         # (loop, event, every delta?): astream wakes per delta, await_done only at the end
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event, bool]] = []
@@ -173,35 +172,22 @@ class Request:
                 pass
 
     def add_token(self, token: int) -> None:
-        """Append a generated token: stream its text, finish on a stop string, eos or length.
-
-        `decoder` (a streaming detokenizer, id -> new text) makes each token O(1). Only the
-        held-back tail and the new piece are searched for stop strings: a stop string cannot
-        start in text already streamed, since any tail that could begin one is held back.
-        """
+        """Append a generated token: stream its text (TextOutput: detokenized, stop strings cut
+        and held back), finish on a stop string, eos, a whole grammar output or the length."""
         now = time.perf_counter()
         self.first_token_at = self.first_token_at or now
         self.last_token_at = now
         self.tokens.append(token)
         self.sampler.observe(token)
-        decoder = self.decoder if self.detokenize else None
-        tail = self._held + (decoder.step(token) if decoder else "")
+        tail, cut = self.output.step(token, stops_armed=len(self.tokens) >= self.min_tokens)
         reason = None
-        cut = _first_stop(tail, self.stop) if len(self.tokens) >= self.min_tokens else -1
-        if cut >= 0:
-            tail, reason = tail[:cut], "stop"
-        elif token in self.eos_ids and len(self.tokens) > self.min_tokens:
+        if cut or (token in self.eos_ids and len(self.tokens) > self.min_tokens):
             reason = "stop"
         elif self.guide is not None and self.guide.finished:  # the grammar's output is whole
             reason = "stop"
         elif len(self.tokens) >= self.max_tokens:
             reason = "length"
-        if reason and cut < 0 and decoder:  # the end: bytes of an unfinished character
-            tail += decoder.flush()
-        hold = 0 if reason else _held_back(tail, self.stop)
-        delta, self._held = tail[: len(tail) - hold], tail[len(tail) - hold :]
-        if delta:
-            self._chunks.append(delta)
+        delta = self.output.release(tail, final=reason is not None, cut=cut)
         with self._cond:
             self._deltas.append(Delta(token, delta))
             if reason:
@@ -211,9 +197,7 @@ class Request:
     @property
     def text(self) -> str:
         """The visible text so far: stop strings cut, a possible stop string's start held back."""
-        if len(self._chunks) > 1:
-            self._chunks[:] = ["".join(self._chunks)]
-        return self._chunks[0] if self._chunks else ""
+        return self.output.text
 
     def set_status(
         self, status: Status, reason: str | None = None, error: str | None = None
@@ -226,16 +210,3 @@ class Request:
             if error:
                 self.error = error
             self._notify()
-
-
-def _first_stop(text: str, stops: tuple[str, ...]) -> int:
-    hits = [i for i in (text.find(s) for s in stops if s) if i >= 0]
-    return min(hits) if hits else -1
-
-
-def _held_back(text: str, stops: tuple[str, ...]) -> int:
-    """How many trailing characters may still become a stop string."""
-    for n in range(min(max(map(len, stops), default=1) - 1, len(text)), 0, -1):
-        if any(s.startswith(text[len(text) - n :]) for s in stops):
-            return n
-    return 0

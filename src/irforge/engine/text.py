@@ -82,6 +82,60 @@ class TextStream:
         return text[len(before) :] if text.startswith(before) else text
 
 
+class TextOutput:
+    """A request's visible text as its tokens arrive: each token's piece from a streaming
+    detokenizer, cut at the first stop string, and any tail that may still begin one held
+    back until it cannot.
+
+    Only the held tail and the new piece are searched for stop strings: a stop string cannot
+    start in text already released, since any tail that could begin one is held back.
+    """
+
+    def __init__(self, stop: tuple[str, ...], decoder: TextStream | None) -> None:
+        self.stop, self.decoder = stop, decoder
+        self._held = ""  # may still begin a stop string
+        self._chunks: list[str] = []  # the released text, joined when read
+
+    def step(self, token: int, stops_armed: bool) -> tuple[str, bool]:
+        """(the pending text: held tail and this token's piece, cut before the first stop
+        string when `stops_armed`; whether a stop string cut it)."""
+        tail = self._held + (self.decoder.step(token) if self.decoder else "")
+        cut = first_stop(tail, self.stop) if stops_armed else -1
+        return (tail[:cut], True) if cut >= 0 else (tail, False)
+
+    def release(self, tail: str, *, final: bool, cut: bool) -> str:
+        """Release what of `tail` can no longer begin a stop string (all of it when `final`,
+        with the bytes of an unfinished character unless a stop string cut it); the rest is
+        held for the next step. Returns the released text."""
+        if final and not cut and self.decoder:
+            tail += self.decoder.flush()
+        hold = 0 if final else held_back(tail, self.stop)
+        delta, self._held = tail[: len(tail) - hold], tail[len(tail) - hold :]
+        if delta:
+            self._chunks.append(delta)
+        return delta
+
+    @property
+    def text(self) -> str:
+        if len(self._chunks) > 1:
+            self._chunks[:] = ["".join(self._chunks)]
+        return self._chunks[0] if self._chunks else ""
+
+
+def first_stop(text: str, stops: tuple[str, ...]) -> int:
+    """Where the first stop string in `text` begins, or -1."""
+    hits = [i for i in (text.find(s) for s in stops if s) if i >= 0]
+    return min(hits) if hits else -1
+
+
+def held_back(text: str, stops: tuple[str, ...]) -> int:
+    """How many trailing characters may still become a stop string."""
+    for n in range(min(max(map(len, stops), default=1) - 1, len(text)), 0, -1):
+        if any(s.startswith(text[len(text) - n :]) for s in stops):
+            return n
+    return 0
+
+
 def chat_template(folder: Path, config: dict[str, Any]) -> str | None:
     """The folder's chat template where transformers looks, first found first:
     chat_template.jinja, chat_template.json, tokenizer_config.json's `chat_template` (a
