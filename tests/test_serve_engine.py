@@ -96,9 +96,9 @@ def test_metrics_text_format() -> None:
     from prometheus_client.parser import text_string_to_metric_families
 
     m = Metrics()
-    m.inc("requests_finished_total", reason="stop")
-    m.observe("time_to_first_token_seconds", 0.02)
-    m.observe("time_to_first_token_seconds", 100)
+    m.requests_finished.labels(reason="stop").inc()
+    m.time_to_first_token.observe(0.02)
+    m.time_to_first_token.observe(100)
     text = m.render({"kv_pages_free": 3, "kv_pages_total": 4})
     families = {f.name: f for f in text_string_to_metric_families(text)}
     samples = {

@@ -177,18 +177,18 @@ class Engine:
         req.on_cancel = self._wake
         with self._cond:
             if not self._admitting:
-                self.metrics.inc("requests_rejected_total", reason="shutting_down")
+                self.metrics.requests_rejected.labels(reason="shutting_down").inc()
                 raise ShuttingDown("the server is shutting down; no new requests", 5)
             queue = self.scheduler.queue
             if len(queue) >= self.options.max_queue and not self.scheduler.cache_takes(req):
-                self.metrics.inc("requests_rejected_total", reason="queue_full")
+                self.metrics.requests_rejected.labels(reason="queue_full").inc()
                 raise Overloaded(
                     f"the request queue is full ({self.options.max_queue} waiting, "
                     f"{self.pages.free_count} cache pages free); retry shortly"
                 )
             queue.append(req)
             self._cond.notify()
-        self.metrics.inc("requests_received_total")
+        self.metrics.requests_received.inc()
         return req
 
     def shutdown(self, *, drain: bool = True, timeout: float | None = None) -> None:
@@ -263,7 +263,7 @@ class Engine:
             return  # already finished and counted
         if not req.done:
             req.set_status(status, reason, error)
-        self.metrics.inc("requests_finished_total", reason=req.finish_reason or reason)
+        self.metrics.requests_finished.labels(reason=req.finish_reason or reason).inc()
 
     def _emit(self, req: Request, scores: Any, ids: Any) -> None:
         try:
@@ -276,12 +276,12 @@ class Engine:
         first = req.first_token_at is None
         last = req.last_token_at
         req.add_token(token)
-        self.metrics.inc("generation_tokens_total")
+        self.metrics.generation_tokens.inc()
         now = req.last_token_at or time.perf_counter()  # add_token just set it
         if first or last is None:
-            self.metrics.observe("time_to_first_token_seconds", now - req.submitted_at)
+            self.metrics.time_to_first_token.observe(now - req.submitted_at)
         else:
-            self.metrics.observe("time_per_output_token_seconds", now - last)
+            self.metrics.time_per_output_token.observe(now - last)
         if req.done:
             self._finish(req, req.status, req.finish_reason or "stop")
 
@@ -303,9 +303,9 @@ class Engine:
                     [r.prefilled for r, _ in batch.rows],
                 )
             )
-            self.metrics.inc("prefill_calls_total", bs=str(batch.bs))
+            self.metrics.prefill_calls.labels(bs=str(batch.bs)).inc()
             for row, (r, chunk) in enumerate(batch.rows):
-                self.metrics.inc("prompt_tokens_total", len(chunk))
+                self.metrics.prompt_tokens.inc(len(chunk))
                 if s.prefilled(r, len(chunk)):
                     self._emit(r, *row_logits(out, row, len(r.prompt) - 1))
 
@@ -326,8 +326,8 @@ class Engine:
             )
             for i in range(len(context) - 1)
         ]
-        self.metrics.inc("prefill_calls_total", bs="1")
-        self.metrics.inc("prompt_tokens_total", len(context))
+        self.metrics.prefill_calls.labels(bs="1").inc()
+        self.metrics.prompt_tokens.inc(len(context))
         self.scheduler.prefilled(r, len(context) - r.prefilled)
         self._emit(r, *row_logits(last, 0, len(context) - 1))
 
@@ -348,7 +348,7 @@ class Engine:
             started = time.perf_counter()
             out = self.runner.decode(*arrays)
             log.debug("decode_bs%d %.2f ms", batch.bs, (time.perf_counter() - started) * 1e3)
-            self.metrics.inc("decode_calls_total", bs=str(batch.bs))
+            self.metrics.decode_calls.labels(bs=str(batch.bs)).inc()
             for row, r in enumerate(group):
                 if r.status is Status.PREFILLED:
                     r.set_status(Status.GENERATING)

@@ -26,46 +26,13 @@ PREFIX = "irforge_"
 TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
-# name: (kind, help, label names or histogram buckets)
-SERIES: dict[str, tuple[str, str, tuple]] = {
-    "requests_received_total": ("counter", "Requests admitted into the queue.", ()),
-    "requests_rejected_total": ("counter", "Requests refused before queueing.", ("reason",)),
-    "requests_finished_total": ("counter", "Requests done, by finish reason.", ("reason",)),
-    "prompt_tokens_total": ("counter", "Prompt tokens prefilled.", ()),
-    "generation_tokens_total": ("counter", "Tokens generated.", ()),
-    "preemptions_total": (
-        "counter",
-        "Running requests whose pages were taken back (recomputed when readmitted).",
-        (),
-    ),
-    "prefix_cache_lookups_total": ("counter", "Admissions that looked up the prefix cache.", ()),
-    "prefix_cache_queried_tokens_total": (
-        "counter",
-        "Context tokens looked up in the prefix cache.",
-        (),
-    ),
-    "prefix_cache_hit_tokens_total": (
-        "counter",
-        "Context tokens found in the prefix cache (not prefilled again).",
-        (),
-    ),
-    "prefill_calls_total": ("counter", "prefill_bs{N} calls, by batch size.", ("bs",)),
-    "decode_calls_total": ("counter", "decode_bs{N} calls, by batch size.", ("bs",)),
-    "queue_depth": ("gauge", "Requests waiting for pages or prefill.", ()),
-    "running_requests": ("gauge", "Requests holding pages (prefilled or generating).", ()),
-    "kv_pages_free": ("gauge", "Free KV-cache pages (idle cached pages included).", ()),
-    "kv_pages_cached": ("gauge", "KV-cache pages held by the prefix cache.", ()),
-    "kv_pages_total": ("gauge", "KV-cache pages requests can use (scratch excluded).", ()),
-    "time_to_first_token_seconds": (
-        "histogram",
-        "From submission to the first token.",
-        TTFT_BUCKETS,
-    ),
-    "time_per_output_token_seconds": (
-        "histogram",
-        "Between consecutive tokens of a request.",
-        TOKEN_BUCKETS,
-    ),
+# Read at scrape time from the engine (Engine.gauges): name -> help.
+GAUGES = {
+    "queue_depth": "Requests waiting for pages or prefill.",
+    "running_requests": "Requests holding pages (prefilled or generating).",
+    "kv_pages_free": "Free KV-cache pages (idle cached pages included).",
+    "kv_pages_cached": "KV-cache pages held by the prefix cache.",
+    "kv_pages_total": "KV-cache pages requests can use (scratch excluded).",
 }
 
 
@@ -76,45 +43,70 @@ class _Gauges(Collector):
         self.values: dict[str, float] = {}
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        for name, (kind, text, _) in SERIES.items():
-            if kind == "gauge" and name in self.values:
+        for name, text in GAUGES.items():
+            if name in self.values:
                 yield GaugeMetricFamily(PREFIX + name, text, value=self.values[name])
 
 
 class Metrics:
-    """Thread-safe: the scheduler thread writes, the HTTP loop reads `render()`."""
+    """The engine's series, one prometheus_client object each, in the engine's own registry.
+
+    Thread-safe: the scheduler thread writes, the HTTP loop reads `render()`. prometheus_client
+    adds `_total` to a counter's name in the exposition (`irforge_requests_received_total`).
+    """
 
     def __init__(self) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry = r = CollectorRegistry(auto_describe=True)
         self._lock = threading.Lock()
         self._gauges = _Gauges()
-        self.registry.register(self._gauges)
-        self._series: dict[str, Counter | Histogram] = {}
-        for name, (kind, text, extra) in SERIES.items():
-            if kind == "counter":  # prometheus_client adds the _total suffix itself
-                self._series[name] = Counter(
-                    PREFIX + name.removesuffix("_total"), text, extra, registry=self.registry
-                )
-            elif kind == "histogram":
-                self._series[name] = Histogram(
-                    PREFIX + name, text, buckets=extra, registry=self.registry
-                )
+        r.register(self._gauges)
 
-    def _counter(self, name: str, labels: dict[str, str]) -> Counter:
-        series = self._series[name]
-        assert isinstance(series, Counter)
-        return series.labels(**labels) if labels else series
+        def counter(name: str, text: str, labels: tuple[str, ...] = ()) -> Counter:
+            return Counter(PREFIX + name, text, labels, registry=r)
 
-    def inc(self, name: str, value: float = 1, **labels: str) -> None:
-        self._counter(name, labels).inc(value)
-
-    def observe(self, name: str, value: float) -> None:
-        series = self._series[name]
-        assert isinstance(series, Histogram)
-        series.observe(value)
+        self.requests_received = counter("requests_received", "Requests admitted into the queue.")
+        self.requests_rejected = counter(
+            "requests_rejected", "Requests refused before queueing.", ("reason",)
+        )
+        self.requests_finished = counter(
+            "requests_finished", "Requests done, by finish reason.", ("reason",)
+        )
+        self.prompt_tokens = counter("prompt_tokens", "Prompt tokens prefilled.")
+        self.generation_tokens = counter("generation_tokens", "Tokens generated.")
+        self.preemptions = counter(
+            "preemptions",
+            "Running requests whose pages were taken back (recomputed when readmitted).",
+        )
+        self.prefix_cache_lookups = counter(
+            "prefix_cache_lookups", "Admissions that looked up the prefix cache."
+        )
+        self.prefix_cache_queried_tokens = counter(
+            "prefix_cache_queried_tokens", "Context tokens looked up in the prefix cache."
+        )
+        self.prefix_cache_hit_tokens = counter(
+            "prefix_cache_hit_tokens",
+            "Context tokens found in the prefix cache (not prefilled again).",
+        )
+        self.prefill_calls = counter(
+            "prefill_calls", "prefill_bs{N} calls, by batch size.", ("bs",)
+        )
+        self.decode_calls = counter("decode_calls", "decode_bs{N} calls, by batch size.", ("bs",))
+        self.time_to_first_token = Histogram(
+            PREFIX + "time_to_first_token_seconds",
+            "From submission to the first token.",
+            buckets=TTFT_BUCKETS,
+            registry=r,
+        )
+        self.time_per_output_token = Histogram(
+            PREFIX + "time_per_output_token_seconds",
+            "Between consecutive tokens of a request.",
+            buckets=TOKEN_BUCKETS,
+            registry=r,
+        )
 
     def counter(self, name: str, **labels: str) -> float:
-        """The current value of a counter (for tests and benchmarks)."""
+        """The current value of a series by its exposed name less the prefix (for tests and
+        benchmarks): `counter("prefill_calls_total", bs="4")`."""
         return self.registry.get_sample_value(PREFIX + name, labels) or 0.0
 
     def render(self, gauges: dict[str, float]) -> str:

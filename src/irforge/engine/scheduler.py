@@ -135,9 +135,9 @@ class Scheduler:
             if not req.tokens:  # a first admission, not a resumption
                 req.cached_tokens = req.prefilled
             if self.pages.enabled:
-                self.metrics.inc("prefix_cache_lookups_total")
-                self.metrics.inc("prefix_cache_queried_tokens_total", len(context))
-                self.metrics.inc("prefix_cache_hit_tokens_total", req.prefilled)
+                self.metrics.prefix_cache_lookups.inc()
+                self.metrics.prefix_cache_queried_tokens.inc(len(context))
+                self.metrics.prefix_cache_hit_tokens.inc(req.prefilled)
             admitted.append(self.queue.popleft())
         self.prefilling += admitted
         return admitted
@@ -220,7 +220,7 @@ class Scheduler:
         victim.set_status(Status.QUEUED)
         with self.lock:
             self.queue.appendleft(victim)
-        self.metrics.inc("preemptions_total")
+        self.metrics.preemptions.inc()
         log.info("preempted %s at %d tokens", victim.id, len(victim.context()))
 
     def release(self, req: Request) -> bool:
