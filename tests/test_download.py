@@ -339,9 +339,8 @@ def test_registry_entries() -> None:
         if entry.alias != "tiny":  # the tiny preset arrives with `irforge build tiny`
             assert entry.preset in PRESETS, entry
             assert PRESETS[entry.preset].source == f"hf:{entry.repo_id}"
-        if entry.has_config:
-            for tp in entry.tp:
-                assert entry.config.attention_head_count_kv % tp == 0
+        for tp in entry.tp:
+            assert entry.config.attention_head_count_kv % tp == 0
     assert REGISTRY["llama-3.1-405b"].tp == (8,)
     assert REGISTRY["mistral-nemo-instruct-2407"].tp == (1,)
 

@@ -43,10 +43,8 @@ def models_cmd(as_json: JsonOpt = False) -> None:
             "preset": entry.preset,
             "tp": list(entry.tp),
             "description": entry.description,
-            "plans": [],
+            "plans": [plan(entry, tp).to_dict() for tp in entry.tp],
         }
-        if entry.has_config:
-            row["plans"] = [plan(entry, tp).to_dict() for tp in entry.tp]
         rows.append(row)
     from irforge.cli._output import out
 

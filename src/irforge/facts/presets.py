@@ -1,9 +1,37 @@
-"""ModelConfig presets for the seed models, with the hyperparameters of their published configs."""
+"""The seed models: the one table of the models irforge knows by name.
+
+Each has its Hub repo, the ModelConfig of its published config.json (so it can be planned and
+exported before anything is downloaded), the tensor-parallel sizes shark-ai supports for it, and
+for some a GGUF repo. `irforge models`, `build ALIAS`, `download ALIAS`, `export --preset` and
+the Makefile's pattern rule all read it.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from irforge.errors import ConfigError
 from irforge.facts.config import ModelConfig, RopeScaling
+
+TINY_ALIAS = "tiny"
+
+
+@dataclass(frozen=True)
+class RegistryEntry:
+    """A model irforge knows by name. `repo_id` is None for the built-in tiny model."""
+
+    alias: str
+    repo_id: str | None
+    config: ModelConfig
+    tp: tuple[int, ...]
+    gguf_repo: str | None = None
+    description: str = ""
+
+    @property
+    def preset(self) -> str:
+        """Its name as an export preset (`irforge export --preset`)."""
+        return self.alias
+
 
 # Llama-3.1's `llama3` rope scaling, identical for every size.
 _LLAMA31_ROPE = RopeScaling(
@@ -83,26 +111,82 @@ TINY_CONFIG = {
     "torch_dtype": "float32",
 }
 
-PRESETS: dict[str, ModelConfig] = {
-    "llama-3.1-8b": _llama31("meta-llama/Llama-3.1-8B", 4096, 32, 32, 14336, _LLAMA31_BASE_EOS),
-    "llama-3.1-8b-instruct": _llama31(
-        "meta-llama/Llama-3.1-8B-Instruct", 4096, 32, 32, 14336, _LLAMA31_INSTRUCT_EOS
+_TP_1_8 = (1, 2, 4, 8)
+_BASE, _INSTRUCT = _LLAMA31_BASE_EOS, _LLAMA31_INSTRUCT_EOS
+
+
+def _llama(
+    alias: str,
+    repo: str,
+    shape: tuple[int, ...],
+    eos: tuple[int, ...],
+    tp: tuple[int, ...],
+    what: str,
+    gguf: str | None = None,
+) -> RegistryEntry:
+    hidden, layers, heads, ffn = shape
+    return RegistryEntry(
+        alias, repo, _llama31(repo, hidden, layers, heads, ffn, eos), tp, gguf, what
+    )
+
+
+def _nemo(alias: str, repo: str, what: str) -> RegistryEntry:
+    return RegistryEntry(alias, repo, _mistral_nemo(repo), (1,), None, what)
+
+
+# (hidden, layers, heads, ffn) of each Llama 3.1 size
+_8B, _70B, _405B = (4096, 32, 32, 14336), (8192, 80, 64, 28672), (16384, 126, 128, 53248)
+
+# As shark-ai's serving guide lists them (llama-serving-guide.md, "Supported Models").
+ENTRIES: tuple[RegistryEntry, ...] = (
+    _llama("llama-3.1-8b", "meta-llama/Llama-3.1-8B", _8B, _BASE, _TP_1_8, "Llama 3.1 8B base"),
+    _llama(
+        "llama-3.1-8b-instruct",
+        "meta-llama/Llama-3.1-8B-Instruct",
+        _8B,
+        _INSTRUCT,
+        _TP_1_8,
+        "Llama 3.1 8B instruct",
+        # The f16 GGUF sharktank's hf_datasets registry downloads for this model.
+        gguf="SanctumAI/Meta-Llama-3.1-8B-Instruct-GGUF",
     ),
-    "llama-3.1-70b": _llama31("meta-llama/Llama-3.1-70B", 8192, 80, 64, 28672, _LLAMA31_BASE_EOS),
-    "llama-3.1-70b-instruct": _llama31(
-        "meta-llama/Llama-3.1-70B-Instruct", 8192, 80, 64, 28672, _LLAMA31_INSTRUCT_EOS
+    _llama("llama-3.1-70b", "meta-llama/Llama-3.1-70B", _70B, _BASE, _TP_1_8, "Llama 3.1 70B base"),
+    _llama(
+        "llama-3.1-70b-instruct",
+        "meta-llama/Llama-3.1-70B-Instruct",
+        _70B,
+        _INSTRUCT,
+        _TP_1_8,
+        "Llama 3.1 70B instruct",
     ),
-    "llama-3.1-405b": _llama31(
-        "meta-llama/Llama-3.1-405B", 16384, 126, 128, 53248, _LLAMA31_BASE_EOS
+    _llama(
+        "llama-3.1-405b", "meta-llama/Llama-3.1-405B", _405B, _BASE, (8,), "Llama 3.1 405B base"
     ),
-    "llama-3.1-405b-instruct": _llama31(
-        "meta-llama/Llama-3.1-405B-Instruct", 16384, 126, 128, 53248, _LLAMA31_INSTRUCT_EOS
+    _llama(
+        "llama-3.1-405b-instruct",
+        "meta-llama/Llama-3.1-405B-Instruct",
+        _405B,
+        _INSTRUCT,
+        (8,),
+        "Llama 3.1 405B instruct",
     ),
-    "mistral-nemo-base-2407": _mistral_nemo("mistralai/Mistral-Nemo-Base-2407"),
-    "mistral-nemo-instruct-2407": _mistral_nemo("mistralai/Mistral-Nemo-Instruct-2407"),
-    # The built-in model of `irforge build tiny` (irforge/stages/tiny.py writes its weights).
-    "tiny": ModelConfig.from_hf_config(TINY_CONFIG, source="irforge built-in tiny model"),
-}
+    _nemo("mistral-nemo-base-2407", "mistralai/Mistral-Nemo-Base-2407", "Mistral NeMo 12B base"),
+    _nemo(
+        "mistral-nemo-instruct-2407",
+        "mistralai/Mistral-Nemo-Instruct-2407",
+        "Mistral NeMo 12B instruct",
+    ),
+    RegistryEntry(
+        TINY_ALIAS,
+        None,
+        ModelConfig.from_hf_config(TINY_CONFIG, source="irforge built-in tiny model"),
+        (1, 2),
+        None,
+        "built-in tiny seeded Llama for tests and demos (`irforge build tiny` makes it)",
+    ),
+)
+
+PRESETS: dict[str, ModelConfig] = {e.alias: e.config for e in ENTRIES}
 
 
 def get_preset(name: str) -> ModelConfig:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from irforge.facts.presets import ENTRIES, RegistryEntry
 from irforge.stages.hub.download import (
     MANIFEST_NAME,
     DownloadedFile,
@@ -9,7 +10,7 @@ from irforge.stages.hub.download import (
     download,
     resolve_model,
 )
-from irforge.stages.hub.registry import ENTRIES, REGISTRY, ModelPlan, RegistryEntry, lookup, plan
+from irforge.stages.hub.registry import REGISTRY, ModelPlan, lookup, plan
 from irforge.stages.hub.select import select_files
 
 __all__ = [

@@ -13,6 +13,7 @@ from typing import Any
 
 from irforge import __version__
 from irforge.errors import DownloadError
+from irforge.facts.presets import TINY_ALIAS
 from irforge.formats.atomic import AtomicFile
 from irforge.stages.hub.hub_errors import (
     hub_error,
@@ -20,7 +21,7 @@ from irforge.stages.hub.hub_errors import (
     transport_errors,
     unreachable_error,
 )
-from irforge.stages.hub.registry import REGISTRY, TINY_ALIAS, lookup
+from irforge.stages.hub.registry import REGISTRY, lookup
 from irforge.stages.hub.select import FORMATS, select_files
 from irforge.stages.hub.target import HubTarget
 

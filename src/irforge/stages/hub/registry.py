@@ -1,4 +1,4 @@
-"""The model registry: seed models with their HF ids, supported TP sizes and config presets."""
+"""The model registry: lookups and plans over the seed-model table (facts/presets.py)."""
 
 from __future__ import annotations
 
@@ -9,104 +9,10 @@ from typing import Any
 from irforge.artifacts.manifest import DEFAULTS
 from irforge.errors import ConfigError, ShardingError
 from irforge.facts.config import ModelConfig
-from irforge.facts.presets import PRESETS
+from irforge.facts.presets import ENTRIES, RegistryEntry
 from irforge.facts.sharding import split_dim
 from irforge.facts.tensor_kinds import expected_shapes
 from irforge.formats.dtypes import BY_NAME, FLOAT_DTYPES
-
-TINY_ALIAS = "tiny"
-
-
-@dataclass(frozen=True)
-class RegistryEntry:
-    """A model irforge knows by name.
-
-    `preset` names a ModelConfig in `irforge.facts.presets.PRESETS`, so a model can be planned
-    (sizes, memory per device) before it is downloaded. `tp` lists the tensor-parallel sizes
-    shark-ai supports for it. `repo_id` is None for the built-in tiny model.
-    """
-
-    alias: str
-    repo_id: str | None
-    preset: str
-    tp: tuple[int, ...]
-    gguf_repo: str | None = None
-    description: str = ""
-
-    @property
-    def config(self) -> ModelConfig:
-        """The preset's ModelConfig.
-
-        Raises:
-            ConfigError: if the preset is not defined (yet) in irforge.facts.presets.
-        """
-        try:
-            return PRESETS[self.preset]
-        except KeyError:
-            raise ConfigError(
-                f"model {self.alias!r} has no config preset {self.preset!r} "
-                "in irforge.facts.presets"
-            ) from None
-
-    @property
-    def has_config(self) -> bool:
-        return self.preset in PRESETS
-
-
-def _seed(
-    alias: str, repo: str, tp: tuple[int, ...], what: str, gguf: str | None = None
-) -> RegistryEntry:
-    return RegistryEntry(alias, repo, alias, tp, gguf, what)
-
-
-_TP_1_8 = (1, 2, 4, 8)
-
-# As shark-ai's serving guide lists them (llama-serving-guide.md, "Supported Models").
-ENTRIES: tuple[RegistryEntry, ...] = (
-    _seed("llama-3.1-8b", "meta-llama/Llama-3.1-8B", _TP_1_8, "Llama 3.1 8B base"),
-    _seed(
-        "llama-3.1-8b-instruct",
-        "meta-llama/Llama-3.1-8B-Instruct",
-        _TP_1_8,
-        "Llama 3.1 8B instruct",
-        # The f16 GGUF sharktank's hf_datasets registry downloads for this model.
-        gguf="SanctumAI/Meta-Llama-3.1-8B-Instruct-GGUF",
-    ),
-    _seed("llama-3.1-70b", "meta-llama/Llama-3.1-70B", _TP_1_8, "Llama 3.1 70B base"),
-    _seed(
-        "llama-3.1-70b-instruct",
-        "meta-llama/Llama-3.1-70B-Instruct",
-        _TP_1_8,
-        "Llama 3.1 70B instruct",
-    ),
-    _seed("llama-3.1-405b", "meta-llama/Llama-3.1-405B", (8,), "Llama 3.1 405B base"),
-    _seed(
-        "llama-3.1-405b-instruct",
-        "meta-llama/Llama-3.1-405B-Instruct",
-        (8,),
-        "Llama 3.1 405B instruct",
-    ),
-    _seed(
-        "mistral-nemo-base-2407",
-        "mistralai/Mistral-Nemo-Base-2407",
-        (1,),
-        "Mistral NeMo 12B base",
-    ),
-    _seed(
-        "mistral-nemo-instruct-2407",
-        "mistralai/Mistral-Nemo-Instruct-2407",
-        (1,),
-        "Mistral NeMo 12B instruct",
-    ),
-    RegistryEntry(
-        TINY_ALIAS,
-        None,
-        "tiny",
-        (1, 2),
-        None,
-        "built-in tiny seeded Llama for tests and demos (`irforge build tiny` makes it)",
-    ),
-)
 
 REGISTRY: dict[str, RegistryEntry] = {e.alias: e for e in ENTRIES}
 
