@@ -186,16 +186,19 @@ def test_page_growth_preempts_the_newest() -> None:
     the most recently admitted one gives its pages back and goes first in the queue."""
     cache = PrefixCache(PageAllocator(5), STRIDE, enabled=False)  # 4 usable
     s = Scheduler(cache, STRIDE, [1], [2])
-    old, new = _request(0, 8), _request(1, 8)  # two full pages each
-    s.queue.extend([old, new])
-    assert s.admit() == [old, new]
+    old, new, later = _request(0, 8), _request(1, 8), _request(2, 3)  # 2, 2 and 1 pages
+    s.queue.extend([old, new, later])
+    assert s.admit() == [old, new] and list(s.queue) == [later]
     for r in (old, new):
         s.prefilled(r, 8)
         r.tokens.append(1)  # the next token starts a third page
     batches = s.decode_plan()
     assert [b.rows for b in batches] == [[old]]
-    assert list(s.queue) == [new] and new.status is Status.QUEUED and not new.pages
+    # requeued first, ahead of the request that arrived after it
+    assert list(s.queue) == [new, later] and new.status is Status.QUEUED and not new.pages
     assert len(old.pages) == 3 and s.metrics.counter("preemptions_total") == 1
+    # one page is free: enough for `later`, but nobody jumps the line
+    assert cache.free_count == 1 and s.admit() == [] and list(s.queue) == [new, later]
 
 
 def test_the_eager_model_runner_keeps_transformers_greedy_tokens(tmp_path: Path) -> None:
