@@ -68,6 +68,8 @@ class Engine:
         start: bool = True,
         **fields: Any,
     ) -> None:
+        if options is not None and fields:
+            raise TypeError(f"give EngineOptions or its fields, not both ({', '.join(fields)})")
         options = options or EngineOptions(**fields)
         self.options = options
         self.folder = Path(folder)
