@@ -36,9 +36,8 @@ EXIT_INTERNAL = 1
 _debug_anywhere = False  # `--debug` seen after the command name, in this invocation
 
 
-def _debug(ctx: typer.Context) -> bool:
-    given = _debug_anywhere or bool((ctx.obj or {}).get("debug"))
-    return given or bool(os.environ.get("IRFORGE_DEBUG"))
+def _debug() -> bool:
+    return _debug_anywhere or bool(os.environ.get("IRFORGE_DEBUG"))
 
 
 def _tidy(command: Any) -> Any:
@@ -102,28 +101,19 @@ class _Group(TyperGroup):
         except ClickException as e:
             typer.echo(f"error: {e.format_message()}", err=True)
             code = e.exit_code
-        code = code if isinstance(code, int) else 0
-        if standalone_mode:
-            sys.exit(code)
-        return code
-
-    def invoke(self, ctx: Any) -> Any:
-        try:
-            return super().invoke(ctx)
-        except (typer.Exit, typer.Abort, typer.TyperException):
-            raise
-        except ToolchainError as e:
-            if _debug(ctx):
+        except ToolchainError as e:  # bad input, said in one line
+            if _debug():
                 traceback.print_exc()
             typer.echo(f"error: {e}", err=True)
-            raise typer.Exit(EXIT_USER_ERROR) from None
-        except BrokenPipeError:  # `irforge inspect ... | head`
-            raise typer.Exit(0) from None
+            code = EXIT_USER_ERROR
+        except SystemExit as e:
+            # click exits 1 on a closed stdout (`irforge inspect ... | head`): not a failure
+            code = 0 if isinstance(e.__context__, BrokenPipeError) else e.code
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
-            raise typer.Exit(130) from None
+            code = 130
         except Exception as e:
-            if _debug(ctx):
+            if _debug():
                 traceback.print_exc()
             else:
                 typer.echo(
@@ -131,7 +121,11 @@ class _Group(TyperGroup):
                     "traceback, and please report it)",
                     err=True,
                 )
-            raise typer.Exit(EXIT_INTERNAL) from None
+            code = EXIT_INTERNAL
+        code = code if isinstance(code, int) else 0
+        if standalone_mode:
+            sys.exit(code)
+        return code
 
 
 app = typer.Typer(
