@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from irforge.cli._options import DeviceIdsOpt, DeviceOpt, parse_device_ids
+from irforge.runtime.devices import CPU_DRIVER
 
 
 def run_cmd(
@@ -32,7 +33,7 @@ def run_cmd(
     ignore_eos: Annotated[
         bool, typer.Option("--ignore-eos", help="Keep going past end-of-sequence.")
     ] = False,
-    device: DeviceOpt = "local-task",
+    device: DeviceOpt = CPU_DRIVER,
     device_ids: DeviceIdsOpt = None,
     vmfb: Annotated[Path | None, typer.Option(help="VMFB to run instead of the match.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,

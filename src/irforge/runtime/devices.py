@@ -13,7 +13,7 @@ from irforge.formats.dtypes import BY_NAME
 # The drivers the compile targets run on (each target names its own), and the spellings users
 # reach for.
 DRIVERS = tuple(dict.fromkeys(t.driver for t in TARGETS.values()))
-CPU_DRIVER = "local-task"  # IREE's multithreaded CPU driver
+CPU_DRIVER = TARGETS["cpu"].driver  # local-task: IREE's multithreaded CPU driver
 DRIVER_ALIASES = {"cpu": CPU_DRIVER, "rocm": "hip", "amdgpu": "hip", "nvidia": "cuda"}
 
 

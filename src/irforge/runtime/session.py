@@ -17,6 +17,7 @@ from irforge.facts.targets import runtime_version, version_text
 from irforge.formats.irpa import read_irpa
 from irforge.runtime.device_memory import default_pages, free_bytes
 from irforge.runtime.devices import (
+    CPU_DRIVER,
     allocate_cache,
     cache_bytes,
     iree_reason,
@@ -65,7 +66,7 @@ class Session:
         self,
         folder: Path,
         *,
-        device: str = "local-task",
+        device: str = CPU_DRIVER,
         device_ids: list[int] | None = None,
         vmfb: Path | None = None,
         page_count: int | None = None,

@@ -10,6 +10,7 @@ from typing import Any
 from irforge.artifacts.files import TOKENIZER_JSON
 from irforge.errors import ConfigError
 from irforge.runtime import Sampling, Session, generate
+from irforge.runtime.devices import CPU_DRIVER
 
 
 @dataclass
@@ -38,7 +39,7 @@ def run(
     max_tokens: int = 32,
     sampling: Sampling | None = None,
     ignore_eos: bool = False,
-    device: str = "local-task",
+    device: str = CPU_DRIVER,
     device_ids: list[int] | None = None,
     vmfb: Path | None = None,
     keep_logits: bool = False,

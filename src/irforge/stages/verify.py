@@ -19,6 +19,7 @@ import numpy as np
 from irforge.artifacts.files import ARCHIVE_NAME, TOKENIZER_JSON
 from irforge.facts.quantization import scheme
 from irforge.formats.dtypes import BY_NAME
+from irforge.runtime.devices import CPU_DRIVER
 
 PROMPT = "The capital of France is Paris. The capital of Germany is Berlin. The capital of Italy is"
 STEPS = 16
@@ -88,7 +89,7 @@ def verify_folder(folder: Path, *, steps: int = STEPS) -> Verification:
     from irforge.runtime import Session, generate
 
     folder = Path(folder)
-    session = Session(folder, device="local-task")
+    session = Session(folder, device=CPU_DRIVER)
     try:
         prompt = _prompt(folder, session.config.vocab_size)
         prompt = prompt[: max(1, session.options.max_seq_len - steps)]
