@@ -16,7 +16,7 @@ from irforge import __version__
 from irforge.artifacts.files import is_bare_name
 from irforge.errors import InputError
 from irforge.facts.config import METADATA_KEY, ModelConfig
-from irforge.facts.sharding import check_tensors
+from irforge.facts.sharding import MAX_TP, check_tensors
 from irforge.formats.irpa import OutputEntry, read_irpa
 from irforge.formats.tensor_ref import TensorRef, read_bytes
 
@@ -68,8 +68,8 @@ class ArchiveMetadata:
             )
         config = None if d.get("config") is None else ModelConfig.from_dict(d["config"])
         tp = d.get("tensor_parallelism_size", 1)
-        if isinstance(tp, bool) or not isinstance(tp, int) or not 1 <= tp <= 64:
-            raise InputError(f"{where}: tensor_parallelism_size must be 1 to 64, got {tp!r}")
+        if isinstance(tp, bool) or not isinstance(tp, int) or not 1 <= tp <= MAX_TP:
+            raise InputError(f"{where}: tensor_parallelism_size must be 1 to {MAX_TP}, got {tp!r}")
         names = d.get("rank_files") or []
         if (
             not isinstance(names, list)

@@ -108,7 +108,9 @@ class _Group(TyperGroup):
             code = EXIT_USER_ERROR
         except SystemExit as e:
             # click exits 1 on a closed stdout (`irforge inspect ... | head`): not a failure
-            code = 0 if isinstance(e.__context__, BrokenPipeError) else e.code
+            if not isinstance(e.__context__, BrokenPipeError):
+                raise
+            code = 0
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
             code = 130

@@ -65,8 +65,6 @@ def serve_cmd(
     """
     from irforge.serve.server import serve
 
-    if kv_cache_pages is not None and kv_cache_gib is not None:
-        raise typer.BadParameter("give --kv-cache-pages or --kv-cache-gib, not both")
     ids = parse_device_ids(device_ids)
     options = EngineOptions(
         device=device,

@@ -43,14 +43,8 @@ class GenerationOptions:
     def __post_init__(self) -> None:
         if self.max_tokens is not None and self.max_tokens < 1:
             raise BadRequest(f"max_tokens must be at least 1, got {self.max_tokens}", "max_tokens")
-        if self.min_tokens < 0 or (
-            self.max_tokens is not None and self.min_tokens > self.max_tokens
-        ):
-            raise BadRequest(
-                f"min_tokens must be between 0 and max_tokens ({self.max_tokens}), "
-                f"got {self.min_tokens}",
-                "min_tokens",
-            )
+        if self.min_tokens < 0:  # its upper bound, max_tokens resolved, is Limits'
+            raise BadRequest(f"min_tokens must be 0 or more, got {self.min_tokens}", "min_tokens")
         if self.logprobs is not None and not 0 <= self.logprobs <= MAX_LOGPROBS:
             raise BadRequest(
                 f"logprobs must be between 0 and {MAX_LOGPROBS}, got {self.logprobs}", "logprobs"
@@ -81,14 +75,11 @@ class EngineOptions:
     def __post_init__(self) -> None:
         if self.max_queue < 1:
             raise ConfigError(f"max_queue must be at least 1, got {self.max_queue}")
-        if self.page_count is not None and self.page_count < 2:
-            raise ConfigError(
-                f"a KV cache of {self.page_count} pages holds nothing: page 0 is scratch, so "
-                "at least 2 are needed"
-            )
         if self.cache_gib is not None and self.cache_gib <= 0:
             raise ConfigError(f"the KV cache size must be over 0 GiB, got {self.cache_gib}")
         if self.page_count is not None and self.cache_gib is not None:
-            raise ConfigError("give the KV cache in pages or in GiB, not both")
+            raise ConfigError(
+                "give the KV cache in pages (--kv-cache-pages) or in GiB (--kv-cache-gib), not both"
+            )
         if self.prefill_chunk < 0:
             raise ConfigError(f"prefill_chunk must be 0 or more tokens, got {self.prefill_chunk}")

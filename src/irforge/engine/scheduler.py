@@ -26,7 +26,6 @@ from dataclasses import dataclass
 
 from irforge.engine.metrics import Metrics
 from irforge.engine.request import Request, Status
-from irforge.errors import ConfigError
 from irforge.runtime.batching import blocks, split
 from irforge.runtime.prefix_cache import PrefixCache
 
@@ -63,7 +62,7 @@ class Scheduler:
         stride: positions per page (block_seq_stride).
         prefill_sizes, decode_sizes: the batch sizes the program has.
         prefill_chunk: prompt tokens per step, all requests together (rounded down to whole
-            pages; 0: whole prompts at once).
+            pages; 0: whole prompts at once; EngineOptions checks it).
         metrics: where admissions and preemptions are counted.
 
     `lock` guards the queue: `submit` appends under it from any thread; everything else runs
@@ -80,8 +79,6 @@ class Scheduler:
         prefill_chunk: int = 0,
         metrics: Metrics | None = None,
     ) -> None:
-        if prefill_chunk < 0:
-            raise ConfigError(f"prefill_chunk must be 0 or more tokens, got {prefill_chunk}")
         self.pages, self.stride = pages, stride
         self.prefill_sizes, self.decode_sizes = list(prefill_sizes), list(decode_sizes)
         # whole pages, as a chunk after the first starts on a page boundary

@@ -11,7 +11,7 @@ import numpy as np
 
 from irforge.artifacts.archive import ArchiveMetadata, open_archive, rank_entry, rank_path
 from irforge.errors import ConfigError, InputError, ShardingError, ToolchainError
-from irforge.facts.sharding import check_tp, shard_name, split_dim
+from irforge.facts.sharding import MAX_TP, check_tp, shard_name, split_dim
 from irforge.formats.atomic import link_or_copy
 from irforge.formats.irpa import OutputEntry, tensor_metadata, write_irpa, write_irpas
 from irforge.formats.locks import locked
@@ -132,7 +132,7 @@ def shard(
         link_or_copy(path, rank_path(out, rank))
     for own in previous | set(names):
         out.with_name(own).unlink(missing_ok=True)
-    for rank in range(len(names), 64):  # canonical names of a wider previous sharding
+    for rank in range(len(names), MAX_TP):  # canonical names of a wider previous sharding
         stale = rank_path(out, rank)
         if not stale.exists():
             break
