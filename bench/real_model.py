@@ -13,6 +13,9 @@ forced over a few thousand tokens of English prose, against the reference's:
 
     python bench/real_model.py                         # every path, 3072 tokens
     python bench/real_model.py --paths f16,int8 --tokens 1024
+
+`hf-*` paths build from an HF folder (safetensors, config.json, tokenizer) that transformers
+writes from the same reference model, so both kinds of source meet the same reference.
 """
 
 from __future__ import annotations
@@ -43,6 +46,8 @@ PATHS: dict[str, dict[str, object]] = {
     "fp8": {"quantize": "fp8"},
     "q8_0": {"quantize": "q8_0"},
     "tp3": {"tp": 3},
+    # an HF source: transformers' own f32 model of the GGUF, saved with save_pretrained
+    "hf-f16": {"source": "hf", "dtype": "f16"},
 }
 WINDOW = 1024  # tokens of context per teacher-forced window
 NEAR_TIE = 0.1
@@ -152,7 +157,19 @@ def main() -> None:
     for name in args.paths.split(","):
         started = time.perf_counter()
         out = args.root / name
-        build(str(gguf), out_dir=out, targets=["cpu"], bs=(1,), **PATHS[name])  # type: ignore[arg-type]
+        options = dict(PATHS[name])
+        source = str(gguf)
+        if options.pop("source", None) == "hf":
+            source = str(args.root / "hf-source")
+            if not (args.root / "hf-source" / "config.json").is_file():
+                # the GGUF-loaded model refuses save_pretrained (gguf-quantized); a plain copy
+                config = model.config
+                config.quantization_config = None
+                plain = type(model)(config)
+                plain.load_state_dict(model.state_dict())
+                plain.save_pretrained(source)
+                tok.save_pretrained(source)
+        build(source, out_dir=out, targets=["cpu"], bs=(1,), **options)  # type: ignore[arg-type]
         built_s = time.perf_counter() - started
         session = Session(out, device="local-task")
         try:
