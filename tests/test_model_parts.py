@@ -68,7 +68,7 @@ def test_pages_round_trip_and_token_lands_at_its_page_and_offset() -> None:
     ids = torch.tensor([[4, 1], [2, 5]])
     k = [torch.randn(2, 8, 2, 3) for _ in range(2)]  # per layer [N, B·stride, KV, D]
     v = [torch.randn(2, 8, 2, 3) for _ in range(2)]
-    kvc.write_pages(slab, k, v, ids)
+    kvc.write_pages(slab, torch.stack(k), torch.stack(v), ids)
     for layer in range(2):
         keys, values = kvc.gather(slab, layer, ids, torch.float32)  # [N, KV, B·stride, D]
         torch.testing.assert_close(keys, k[layer].transpose(1, 2))
@@ -78,7 +78,7 @@ def test_pages_round_trip_and_token_lands_at_its_page_and_offset() -> None:
     before = slab.clone()
     new_k = [torch.randn(2, 2, 3) for _ in range(2)]  # per layer [N, KV, D]
     new_v = [torch.randn(2, 2, 3) for _ in range(2)]
-    kvc.write_token(slab, new_k, new_v, ids, torch.tensor([5, 2]))
+    kvc.write_token(slab, torch.stack(new_k), torch.stack(new_v), ids, torch.tensor([5, 2]))
     pages = kvc.pages(slab)
     for layer in range(2):
         torch.testing.assert_close(pages[1, layer, 0, :, 1], new_k[layer][0])  # pos 5: block 1

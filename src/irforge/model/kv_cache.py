@@ -20,6 +20,7 @@ sequence does not own must name a scratch page no live sequence uses (the runtim
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -87,12 +88,13 @@ class PagedKVCache:
     def write_pages(
         self,
         slab: torch.Tensor,
-        k: list[torch.Tensor],
-        v: list[torch.Tensor],
+        k: torch.Tensor,
+        v: torch.Tensor,
         seq_block_ids: torch.Tensor,
     ) -> None:
-        """Store every layer's k, v [N, B·stride, kv_heads, D] into pages seq_block_ids [N, B]."""
-        kv = torch.stack([torch.stack(p, dim=2) for p in zip(k, v, strict=True)], dim=2)
+        """Store every layer's k, v [L, N, B·stride, kv_heads, D] into pages seq_block_ids
+        [N, B]."""
+        kv = torch.stack([k, v], dim=1).permute(2, 3, 0, 1, 4, 5)  # [N, B·stride, L, 2, KV, D]
         kv = kv.unflatten(1, (-1, self.block_seq_stride))  # [N, B, stride, L, 2, KV, D]
         kv = kv.permute(0, 1, 3, 4, 5, 2, 6).flatten(0, 1)  # [N·B, L, 2, KV, stride, D]
         # whole pages: one index over the leading dim, one scatter into the slab
@@ -101,12 +103,12 @@ class PagedKVCache:
     def write_token(
         self,
         slab: torch.Tensor,
-        k: list[torch.Tensor],
-        v: list[torch.Tensor],
+        k: torch.Tensor,
+        v: torch.Tensor,
         seq_block_ids: torch.Tensor,
         positions: torch.Tensor,
     ) -> None:
-        """Store one position per sequence for every layer: k, v [N, kv_heads, D] at [N]."""
+        """Store one position per sequence for every layer: k, v [L, N, kv_heads, D] at [N]."""
         n, dev = positions.shape[0], positions.device
         block = torch.div(positions, self.block_seq_stride, rounding_mode="floor")  # [N]
         page = seq_block_ids.gather(1, block.unsqueeze(1)).view(n, 1, 1, 1)
@@ -114,14 +116,19 @@ class PagedKVCache:
         layer = torch.arange(self.layers, device=dev).view(1, -1, 1, 1)
         part = torch.arange(2, device=dev).view(1, 1, 2, 1)  # K, V
         head = torch.arange(self.kv_heads, device=dev).view(1, 1, 1, -1)
-        kv = torch.stack([torch.stack(p, dim=1) for p in zip(k, v, strict=True)], dim=1)
+        kv = torch.stack([k, v], dim=1).permute(2, 0, 1, 3, 4)  # [N, L, 2, KV, D]
         # indices broadcast to [N, L, 2, KV]; kv is [N, L, 2, KV, D]
         self.pages(slab).index_put_((page, layer, part, head, offset), self._stored(kv))
 
     def gather(
-        self, slab: torch.Tensor, layer: int, seq_block_ids: torch.Tensor, dtype: torch.dtype
+        self,
+        slab: torch.Tensor,
+        layer: int | torch.Tensor,
+        seq_block_ids: torch.Tensor,
+        dtype: torch.dtype,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """K and V [N, kv_heads, B·stride, D] of one layer over the pages seq_block_ids [N, B]."""
+        """K and V [N, kv_heads, B·stride, D] of one layer over the pages seq_block_ids [N, B];
+        `layer` may be a 0-d tensor (a block function shared by every layer)."""
         # Gather rows of the [pages·layers, ...] view. The same read written as
         # `pages[:, layer][ids]` exports too, but IREE 3.9 (llvm-cpu) computes it wrongly.
         pages = self.pages(slab).flatten(0, 1)  # [pages·layers, 2, KV, stride, D]
@@ -131,7 +138,37 @@ class PagedKVCache:
         return widen(kv[0], dtype), widen(kv[1], dtype)
 
 
-class PrefillKV:
+class _NewKV:
+    """The K/V a call computes, held until flush writes them once (after every layer's read):
+    layer by layer (`record`, `keep`) or all layers stacked at once (`keep_all`)."""
+
+    k: list[torch.Tensor]
+    v: list[torch.Tensor]
+    stacked: tuple[torch.Tensor, torch.Tensor] | None
+
+    def kept(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def record(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Keep a layer's k, v for flush."""
+        self.keep(*self.kept(k, v))
+
+    def keep(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Hold a layer's `kept` k, v until flush."""
+        self.k.append(k)
+        self.v.append(v)
+
+    def keep_all(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Hold every layer's `kept` k, v at once, stacked [L, ...] (instead of `keep`)."""
+        self.stacked = (k, v)
+
+    def _all_kept(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.stacked is not None:
+            return self.stacked
+        return torch.stack(self.k), torch.stack(self.v)
+
+
+class PrefillKV(_NewKV):
     """Prefill's cache access for a chunk at positions [start_pos, start_pos + S) of each row:
     attend to the pages before the chunk plus the chunk's own K/V; store the chunk's pages at
     flush. With start_pos 0 it is a whole prompt's prefill (the gathered pages are all replaced).
@@ -164,13 +201,26 @@ class PrefillKV:
         self.chunk_pages = seq_block_ids.gather(1, pages.clamp(max=seq_block_ids.shape[1] - 1))
         self.k: list[torch.Tensor] = []
         self.v: list[torch.Tensor] = []
+        self.stacked: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    # What a layer's read takes: an exported block function receives these as arguments.
+    STATE = ("slab", "seq_block_ids", "in_chunk", "before_end", "chunk_index")
 
     def __call__(
         self, layer: int, k: torch.Tensor, v: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """k, v [N, S, KV, D] -> keys, values [N, KV, B·stride, D] (the chunk put in)."""
-        self.k.append(k)
-        self.v.append(v)
+        self.record(k, v)
+        return self.read(layer, k, v)
+
+    def kept(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """What flush writes of a layer's k, v: all of them."""
+        return k, v
+
+    def read(
+        self, layer: int | torch.Tensor, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The keys and values layer `layer` attends over; reads the state only."""
         keys, values = self.cache.gather(self.slab, layer, self.seq_block_ids, k.dtype)
         index = self.chunk_index.expand(-1, keys.shape[1], -1, keys.shape[3])
         keys = torch.where(self.in_chunk, k.transpose(1, 2).gather(2, index), keys)
@@ -179,10 +229,10 @@ class PrefillKV:
 
     def flush(self) -> None:
         """Write every layer's K/V of the chunk (call once, after the last layer)."""
-        self.cache.write_pages(self.slab, self.k, self.v, self.chunk_pages)
+        self.cache.write_pages(self.slab, *self._all_kept(), self.chunk_pages)
 
 
-class DecodeKV:
+class DecodeKV(_NewKV):
     """Decode's cache access: read the sequence's pages with the new token's K/V put in at its
     position; store that K/V at flush."""
 
@@ -202,13 +252,25 @@ class DecodeKV:
         self.is_new = (slots == positions.view(n, 1)).view(n, 1, sk, 1)  # [N, 1, Sk, 1]
         self.k: list[torch.Tensor] = []
         self.v: list[torch.Tensor] = []
+        self.stacked: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    STATE = ("slab", "seq_block_ids", "key_valid", "is_new")  # as PrefillKV.STATE
 
     def __call__(
         self, layer: int, k: torch.Tensor, v: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """k, v [N, 1, KV, D] -> keys, values [N, KV, B·stride, D] (the new token included)."""
-        self.k.append(k[:, 0])
-        self.v.append(v[:, 0])
+        self.record(k, v)
+        return self.read(layer, k, v)
+
+    def kept(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """What flush writes of a layer's k, v [N, 1, KV, D]: [N, KV, D]."""
+        return k[:, 0], v[:, 0]
+
+    def read(
+        self, layer: int | torch.Tensor, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The keys and values layer `layer` attends over; reads the state only."""
         keys, values = self.cache.gather(self.slab, layer, self.seq_block_ids, k.dtype)
         keys = torch.where(self.is_new, k.transpose(1, 2), keys)
         values = torch.where(self.is_new, v.transpose(1, 2), values)
@@ -218,4 +280,21 @@ class DecodeKV:
 
     def flush(self) -> None:
         """Write the new token's K/V of every layer (call once, after the last layer)."""
-        self.cache.write_token(self.slab, self.k, self.v, self.seq_block_ids, self.positions)
+        self.cache.write_token(self.slab, *self._all_kept(), self.seq_block_ids, self.positions)
+
+
+def state_of(kv: PrefillKV | DecodeKV) -> tuple[torch.Tensor, ...]:
+    """The tensors a layer's `read` takes (kind.STATE), in order."""
+    return tuple(getattr(kv, name) for name in kv.STATE)
+
+
+def with_state(
+    kind: type[PrefillKV] | type[DecodeKV], cache: PagedKVCache, state: Sequence[torch.Tensor]
+) -> PrefillKV | DecodeKV:
+    """A `kind` that can `read` from given STATE tensors (a block function's arguments) and
+    records nothing: no slab write follows it."""
+    kv = kind.__new__(kind)
+    kv.cache = cache
+    for name, t in zip(kind.STATE, state, strict=True):
+        setattr(kv, name, t)
+    return kv

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Protocol, cast
 
 import torch
 import torch.nn.functional as F
@@ -201,8 +202,23 @@ class Block(nn.Module):
         kv: KVAccess,
     ) -> torch.Tensor:
         """x and the result are the residual stream, float32 (RESIDUAL_DTYPE)."""
-        h = x + self.attention(self.attn_norm(x), cos, sin, allowed, kv).to(RESIDUAL_DTYPE)
-        return h + self.feed_forward(self.ffn_norm(h)).to(RESIDUAL_DTYPE)
+        h = x + self.attention_part(x, cos, sin, allowed, kv).to(RESIDUAL_DTYPE)
+        return h + self.feed_forward_part(h).to(RESIDUAL_DTYPE)
+
+    def attention_part(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        allowed: torch.Tensor,
+        kv: KVAccess,
+    ) -> torch.Tensor:
+        """What attention adds to the residual stream x (before any all-reduce)."""
+        return self.attention(self.attn_norm(x), cos, sin, allowed, kv)
+
+    def feed_forward_part(self, x: torch.Tensor) -> torch.Tensor:
+        """What the feed-forward adds to the residual stream x (before any all-reduce)."""
+        return self.feed_forward(self.ffn_norm(x))
 
     def attention(
         self,
@@ -233,6 +249,48 @@ class Block(nn.Module):
         return self.ffn_down(F.silu(self.ffn_gate(x)) * self.ffn_up(x))
 
 
+class Layered(Protocol):
+    """A model whose decoder layers run through `layer` (PagedLlama, ShardedPagedLlama)."""
+
+    @property
+    def layer_count(self) -> int: ...
+
+    def layer(
+        self, index: int, *args: torch.Tensor, kvs: Sequence[KVAccess]
+    ) -> tuple[torch.Tensor, ...]: ...
+
+    def layer_parameters(self, index: int) -> list[tuple[str, nn.Parameter]]: ...
+
+
+class LayerRunner(Protocol):
+    """How a model runs its decoder layers in order: `streams` (each device's residual
+    stream) go through every layer; `rest` (rope tables, masks) and each device's cache access
+    `kvs` are the same for all. Returns the streams after the last layer.
+
+    Every layer computes the same function of its own weights: export passes a LayerRunner
+    that traces that function once and calls it per layer (stages/export/layer_functions.py)."""
+
+    def __call__(
+        self,
+        model: Layered,
+        streams: tuple[torch.Tensor, ...],
+        rest: tuple[torch.Tensor, ...],
+        kvs: Sequence[KVAccess],
+    ) -> tuple[torch.Tensor, ...]: ...
+
+
+def run_in_place(
+    model: Layered,
+    streams: tuple[torch.Tensor, ...],
+    rest: tuple[torch.Tensor, ...],
+    kvs: Sequence[KVAccess],
+) -> tuple[torch.Tensor, ...]:
+    """Run the layers right here: eagerly, or inlined into the caller's trace."""
+    for index in range(model.layer_count):
+        streams = model.layer(index, *streams, *rest, kvs=kvs)
+    return streams
+
+
 class PagedLlama(nn.Module):
     """Llama-family decoder whose K/V live in pages of a caller-owned cache slab.
 
@@ -261,6 +319,7 @@ class PagedLlama(nn.Module):
         # Plain floats, not a buffer: export builds the model on the meta device, where a
         # buffer would have no data to put in the program (see rope.inv_freq_tensor).
         self.inv_freq_values = tuple(inv_frequencies(config).tolist())
+        self.run_layers: LayerRunner = run_in_place
 
     @classmethod
     def from_state_dict(
@@ -369,6 +428,23 @@ class PagedLlama(nn.Module):
         kv = DecodeKV(self.kv_cache, slab, seq_block_ids, start_positions, allowed[:, 0])
         return self._forward(tokens, positions, allowed, kv)
 
+    @property
+    def layer_count(self) -> int:
+        return len(self.blk)
+
+    def layer(
+        self, index: int, *args: torch.Tensor, kvs: Sequence[KVAccess]
+    ) -> tuple[torch.Tensor, ...]:
+        """Decoder layer `index`: args are the residual stream h (float32), cos, sin and the
+        allowed keys; the result, h after the layer."""
+        h, cos, sin, allowed = args
+        (kv,) = kvs
+        return (cast(Block, self.blk[index])(h, cos, sin, allowed, kv),)
+
+    def layer_parameters(self, index: int) -> list[tuple[str, nn.Parameter]]:
+        """(name in this model, parameter) of every weight layer `index` reads."""
+        return [(f"blk.{index}.{n}", p) for n, p in self.blk[index].named_parameters()]
+
     def _forward(
         self,
         tokens: torch.Tensor,
@@ -381,8 +457,7 @@ class PagedLlama(nn.Module):
         cos, sin = rope_tables(
             positions, inv_freq_tensor(self.inv_freq_values, tokens.device)
         )  # [N, S, 1, D/2]
-        for block in self.blk:
-            h = block(h, cos, sin, allowed, kv)
+        (h,) = self.run_layers(self, (h,), (cos, sin, allowed), [kv])
         kv.flush()  # every layer has read the cache: now write this call's K/V, once
         if keep is not None:
             h = last_positions(h, keep)

@@ -22,12 +22,15 @@ from irforge.model.kv_cache import DecodeKV, PagedKVCache, PrefillKV
 from irforge.model.llama import (
     RESIDUAL_DTYPE,
     Block,
+    KVAccess,
+    LayerRunner,
     RMSNorm,
     as_dtype,
     decode_inputs,
     last_positions,
     linear,
     prefill_inputs,
+    run_in_place,
     stored_dtype,
 )
 from irforge.model.options import ModelOptions
@@ -91,6 +94,7 @@ class ShardedPagedLlama(nn.Module):
         self.config, self.options, self.tp = config, options or ModelOptions(), tp
         self.ranks = nn.ModuleList(Rank(config, self.options, i, tp) for i in range(tp))
         self.transfer = transfer
+        self.run_layers: LayerRunner = run_in_place
         self.inv_freq_values = tuple(inv_frequencies(config).tolist())
 
     def rank_list(self) -> list[Rank]:
@@ -162,6 +166,36 @@ class ShardedPagedLlama(nn.Module):
         ]
         return self._forward(self._each(tokens), positions, allowed, kvs)
 
+    @property
+    def layer_count(self) -> int:
+        return self.config.block_count
+
+    def layer(
+        self, index: int, *args: torch.Tensor, kvs: Sequence[KVAccess]
+    ) -> tuple[torch.Tensor, ...]:
+        """Decoder layer `index` on every rank: args are each rank's residual stream, then
+        each rank's cos, sin and allowed keys; results, each rank's stream after the layer."""
+        tp = self.tp
+        h, cos, sin, allowed = (list(args[i * tp : (i + 1) * tp]) for i in range(4))
+        blocks = [r.block(index) for r in self.rank_list()]
+        parts = [
+            b.attention_part(x, c, s, a, kv)
+            for b, x, c, s, a, kv in zip(blocks, h, cos, sin, allowed, kvs, strict=True)
+        ]
+        # partial sums travel in the activations' dtype; the stream is float32 (Block)
+        h = [x + y.to(RESIDUAL_DTYPE) for x, y in zip(h, self._all_reduce(parts), strict=True)]
+        parts = [b.feed_forward_part(x) for b, x in zip(blocks, h, strict=True)]
+        h = [x + y.to(RESIDUAL_DTYPE) for x, y in zip(h, self._all_reduce(parts), strict=True)]
+        return tuple(h)
+
+    def layer_parameters(self, index: int) -> list[tuple[str, nn.Parameter]]:
+        """(name in this model, parameter) of every weight layer `index` reads, rank by rank."""
+        return [
+            (f"ranks.{i}.blk.{index}.{n}", p)
+            for i, r in enumerate(self.rank_list())
+            for n, p in r.block(index).named_parameters()
+        ]
+
     def _forward(
         self,
         tokens: list[torch.Tensor],
@@ -177,16 +211,8 @@ class ShardedPagedLlama(nn.Module):
         tables = [
             rope_tables(p, inv_freq_tensor(self.inv_freq_values, p.device)) for p in positions
         ]
-        for layer in range(self.config.block_count):
-            blocks = [r.block(layer) for r in self.rank_list()]
-            parts = [
-                b.attention(b.attn_norm(x), cos, sin, a, kv)
-                for b, x, (cos, sin), a, kv in zip(blocks, h, tables, allowed, kvs, strict=True)
-            ]
-            # partial sums travel in the activations' dtype; the stream is float32 (Block)
-            h = [x + y.to(RESIDUAL_DTYPE) for x, y in zip(h, self._all_reduce(parts), strict=True)]
-            parts = [b.feed_forward(b.ffn_norm(x)) for b, x in zip(blocks, h, strict=True)]
-            h = [x + y.to(RESIDUAL_DTYPE) for x, y in zip(h, self._all_reduce(parts), strict=True)]
+        cos, sin = [c for c, _ in tables], [s for _, s in tables]
+        h = list(self.run_layers(self, tuple(h), (*cos, *sin, *allowed), kvs))
         for kv in kvs:
             kv.flush()
         if keep is not None:  # each row's last position only, as PagedLlama.prefill

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from irforge.artifacts.abi import DECODE, PREFILL, SCORE, SCORE_FUNCTION, Entry
+from irforge.artifacts.abi import DECODE, PREFILL, SCORE, Entry
 from irforge.artifacts.files import PARAMETER_SCOPE
 from irforge.artifacts.manifest import ExportOptions
 from irforge.errors import InputError
@@ -24,7 +24,13 @@ from irforge.formats.dtypes import BY_TURBINE
 from irforge.formats.tensor_ref import TensorRef
 from irforge.model import ModelOptions, PagedLlama
 from irforge.model.sharded import ShardedPagedLlama, sharded_name
+from irforge.stages.export.layer_functions import (
+    PROBE,
+    LayerFunctions,
+    link_layer_calls,
+)
 from irforge.stages.export.mlir_compat import restore_isinstance
+from irforge.stages.export.tracing import fast_tracing
 
 # Pages in the example cache handed to torch.export; the page count stays symbolic.
 EXAMPLE_PAGES = 16
@@ -136,15 +142,15 @@ def check_parameters(
             )
 
 
-def _cache_slabs(model: PagedLlama | ShardedPagedLlama) -> list[torch.Tensor]:
+def _cache_slabs(
+    model: PagedLlama | ShardedPagedLlama, pages: int = EXAMPLE_PAGES
+) -> list[torch.Tensor]:
     caches = (
         [model.kv_cache]
         if isinstance(model, PagedLlama)
         else [r.kv_cache for r in model.rank_list()]
     )
-    return [
-        torch.empty(EXAMPLE_PAGES, c.page_elements, dtype=c.dtype, device="meta") for c in caches
-    ]
+    return [torch.empty(pages, c.page_elements, dtype=c.dtype, device="meta") for c in caches]
 
 
 def trace(
@@ -186,47 +192,51 @@ def trace(
         "seq_block_ids": {1: block},
         "cache": cache_dims,
     }
-    with warnings.catch_warnings():  # torch's pytree deprecation noise
-        warnings.simplefilter("ignore", FutureWarning)
-        for bs in options.prefill_batch_sizes:
-            on_step(f"tracing {PREFILL.name(bs)}")
-            # a chunk of the prompt: its own page count, at most the pages given (shortfin's
+    decode_dims = {
+        "tokens": {},
+        "seq_lens": {},
+        "start_positions": {},
+        "seq_block_ids": {1: block},
+        "cache": cache_dims,
+    }
+
+    def example(entry: Entry, bs: int, chunk_blocks: int, blocks: int, slabs: Any) -> tuple:
+        """Arguments of `entry` at batch size bs (abi.py's order)."""
+        tokens = 1 if entry is DECODE else chunk_blocks * stride
+        return (ints(bs, tokens), ints(bs), ints(bs), ints(bs, blocks), slabs)
+
+    # (entry, batch size): a prefill per size, the score program (single device: echo and
+    # logprobs of a prompt, one row at a time, artifacts.SCORE_FUNCTION), a decode per size
+    programs = [(PREFILL, bs) for bs in options.prefill_batch_sizes]
+    programs += [(SCORE, 1)] if tp == 1 else []
+    programs += [(DECODE, bs) for bs in options.decode_batch_sizes]
+    functions = LayerFunctions(stride, lambda name: name if tp == 1 else sharded_name(name)[1])
+    model.run_layers = functions
+    probe_slabs = _cache_slabs(model, PROBE.pages)
+    probe_caches = probe_slabs[0] if tp == 1 else probe_slabs
+    with warnings.catch_warnings(), fast_tracing():
+        warnings.simplefilter("ignore", FutureWarning)  # torch's pytree deprecation noise
+        on_step("tracing each kind of layer once")
+        for entry, bs in programs:  # a meta run finds each distinct layer call
+            getattr(model, entry.method)(
+                *example(entry, bs, PROBE.chunk_blocks, PROBE.blocks, probe_caches)
+            )
+        functions.trace_pending()
+        for entry, bs in programs:
+            on_step(f"tracing {entry.name(bs)}")
+            # a prefill chunk has its own page count, at most the pages given (shortfin's
             # `seq_len_blocks_dim_chunked`)
-            args: tuple[Any, ...] = (
-                ints(bs, EXAMPLE_CHUNK_BLOCKS * stride),
-                ints(bs),
-                ints(bs),
-                ints(bs, EXAMPLE_BLOCKS),
-                caches,
-            )
-            _program(fxb, PREFILL, bs, args, prefill_dims, devices(len(PREFILL.args)))
-        if tp == 1:  # echo/logprobs of a prompt, one row at a time (artifacts.SCORE_FUNCTION)
-            on_step(f"tracing {SCORE_FUNCTION}")
-            args = (
-                ints(1, EXAMPLE_CHUNK_BLOCKS * stride),
-                ints(1),
-                ints(1),
-                ints(1, EXAMPLE_BLOCKS),
-                caches,
-            )
-            _program(fxb, SCORE, 1, args, prefill_dims, None)
-        for bs in options.decode_batch_sizes:
-            on_step(f"tracing {DECODE.name(bs)}")
-            args = (ints(bs, 1), ints(bs), ints(bs), ints(bs, EXAMPLE_BLOCKS), caches)
-            dims = {
-                "tokens": {},
-                "seq_lens": {},
-                "start_positions": {},
-                "seq_block_ids": {1: block},
-                "cache": cache_dims,
-            }
-            _program(fxb, DECODE, bs, args, dims, devices(len(DECODE.args)))
+            args = example(entry, bs, EXAMPLE_CHUNK_BLOCKS, EXAMPLE_BLOCKS, caches)
+            dims = decode_dims if entry is DECODE else prefill_dims
+            arg_device = None if entry is SCORE else devices(len(entry.args))
+            _program(fxb, entry, bs, args, dims, arg_device)
         on_step("importing to MLIR")
         # No symbolic shape expressions (torch.bind_symbolic_shape): with them, IREE 3.13's CPU
         # data tiling miscompiled prefill_bs4 at a start position (rows 2-3 off by 0.3) and
         # segfaulted in f16/bf16 prefill; without them both are exact (tests/test_serve_engine.py,
         # tests/test_real_scale.py) and the default code is as fast (bench/RESULTS.md).
         output = aot.export(fxb, import_symbolic_shape_expressions=False)
+        link_layer_calls(output.mlir_module)
     on_step("writing MLIR")
     output.save_mlir(str(out))
 
