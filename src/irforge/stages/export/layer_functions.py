@@ -58,7 +58,8 @@ class LayerFunction:
     layer, stacked [L, ...]). The op names only layer 0's weights, so tracing an entry point
     costs the same at any depth; link_layer_calls loads the others by their external names."""
 
-    name: str
+    name: str  # of its MLIR function
+    key: str  # in FUNCTIONS: unique to this export, as two may trace at once
     n_streams: int
     n_shared: int
     kind: type[PrefillKV] | type[DecodeKV]
@@ -202,7 +203,7 @@ class LayerFunctions:
             ]
         else:
             weights = [p for _, p in model.layer_parameters(0)]
-            outs = call_layers(fn.name, [*streams, *rest, *states, *weights])
+            outs = call_layers(fn.key, [*streams, *rest, *states, *weights])
         kept = outs[fn.n_streams :]
         for i, kv in enumerate(kvs):
             kv.keep_all(kept[2 * i], kept[2 * i + 1])
@@ -225,8 +226,10 @@ class LayerFunctions:
     ) -> None:
         """Trace-to-be of layer 0 of this stack, and its results' shapes."""
         named = model.layer_parameters(0)
+        name = f"irforge_layers_{key[0].lower()}_bs{key[1]}"
         fn = LayerFunction(
-            name=f"irforge_layers_{key[0].lower()}_bs{key[1]}_{next(_serial)}",
+            name=name,
+            key=f"{name}#{next(_serial)}",
             n_streams=len(streams),
             n_shared=len(rest),
             kind=type(kvs[0]),
@@ -268,7 +271,7 @@ class LayerFunctions:
             if decompositions:
                 program = program.run_decompositions(decompositions)
             fn.program = program
-            FUNCTIONS[fn.name] = fn
+            FUNCTIONS[fn.key] = fn
         self.recording = False
 
 
@@ -321,6 +324,7 @@ def link_layer_calls(module: Any) -> None:
     module_op = module.operation
     symbols = SymbolTable(module_op)
     weights = _LayerWeights(module_op, symbols)
+    linked: dict[str, LayerFunction] = {}  # taken from FUNCTIONS, which keeps no old export
     ops = [
         op
         for func in module_op.regions[0].blocks[0].operations
@@ -332,7 +336,9 @@ def link_layer_calls(module: Any) -> None:
     ]
     for op in ops:
         name_op, list_op = (OpResult(v).owner for v in op.operands)
-        fn = FUNCTIONS[StringAttr(name_op.attributes["value"]).value]
+        key = StringAttr(name_op.attributes["value"]).value
+        fn = linked[key] if key in linked else FUNCTIONS.pop(key)
+        linked[key] = fn
         if fn.name not in symbols:
             importer = FxImporter(context=module_op.context)
             importer.import_program(
