@@ -21,7 +21,8 @@ model dimension has (PROBE), so each dynamic dimension is found by its size.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -273,6 +274,22 @@ class LayerFunctions:
             fn.program = program
             FUNCTIONS[fn.key] = fn
         self.recording = False
+
+
+@contextmanager
+def first_layer_only(model: nn.Module) -> Iterator[None]:
+    """The model holding layer 0 alone (each `blk` list cut to its first block) while the
+    entry points are traced: torch.export lifts every parameter of the module it traces, used
+    or not (9k at 405B TP8), and the traced op names only layer 0's weights."""
+    lists = [m for m in model.modules() if isinstance(getattr(m, "blk", None), nn.ModuleList)]
+    kept = [m.blk for m in lists]
+    for m, blk in zip(lists, kept, strict=True):
+        m.blk = nn.ModuleList(blk[:1])
+    try:
+        yield
+    finally:
+        for m, blk in zip(lists, kept, strict=True):
+            m.blk = blk
 
 
 class _DimsBySize:

@@ -27,6 +27,7 @@ from irforge.model.sharded import ShardedPagedLlama, sharded_name
 from irforge.stages.export.layer_functions import (
     PROBE,
     LayerFunctions,
+    first_layer_only,
     link_layer_calls,
 )
 from irforge.stages.export.mlir_compat import restore_isinstance
@@ -222,6 +223,8 @@ def trace(
                 *example(entry, bs, PROBE.chunk_blocks, PROBE.blocks, probe_caches)
             )
         functions.trace_pending()
+    with warnings.catch_warnings(), fast_tracing(), first_layer_only(model):
+        warnings.simplefilter("ignore", FutureWarning)
         for entry, bs in programs:
             on_step(f"tracing {entry.name(bs)}")
             # a prefill chunk has its own page count, at most the pages given (shortfin's
