@@ -24,7 +24,7 @@ import itertools
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -282,7 +282,7 @@ def first_layer_only(model: nn.Module) -> Iterator[None]:
     entry points are traced: torch.export lifts every parameter of the module it traces, used
     or not (9k at 405B TP8), and the traced op names only layer 0's weights."""
     lists = [m for m in model.modules() if isinstance(getattr(m, "blk", None), nn.ModuleList)]
-    kept = [m.blk for m in lists]
+    kept = [cast(nn.ModuleList, m.blk) for m in lists]
     for m, blk in zip(lists, kept, strict=True):
         m.blk = nn.ModuleList(blk[:1])
     try:
