@@ -95,7 +95,11 @@ FUNCTIONS: dict[str, LayerFunction] = {}
 _serial = itertools.count()
 
 
-@torch.library.custom_op("irforge::call_layers", mutates_args=())
+_OP = "irforge::call_layers"
+_OP_NAME = "torch." + _OP.replace("::", ".")  # as torch-mlir's importer names it
+
+
+@torch.library.custom_op(_OP, mutates_args=())
 def call_layers(fn: str, args: list[torch.Tensor]) -> list[torch.Tensor]:
     """Every layer of function `fn`: a placeholder in a traced entry point, which
     `link_layer_calls` replaces by calls of the function (it never runs eagerly)."""
@@ -105,9 +109,6 @@ def call_layers(fn: str, args: list[torch.Tensor]) -> list[torch.Tensor]:
 @call_layers.register_fake
 def _call_layers_results(fn: str, args: list[torch.Tensor]) -> list[torch.Tensor]:
     return FUNCTIONS[fn].op_results(args)
-
-
-_OP_NAME = "torch.irforge.call_layers"
 
 
 class _Capture:

@@ -31,12 +31,16 @@ def fast_tracing() -> Iterator[None]:
     import torch.export.exported_program
     import torch.fx.config
 
+    patches = [
+        (torch.fx.config, "do_not_emit_stack_traces", True),
+        (torch.export._trace, _COPY, _param_buffer_metadata),
+        (torch.export.exported_program, _COPY, _param_buffer_metadata),
+    ]
     with ExitStack() as stack:
-        stack.enter_context(mock.patch.object(torch.fx.config, "do_not_emit_stack_traces", True))
-        for module in (torch.export._trace, torch.export.exported_program):
-            stack.enter_context(
-                mock.patch.object(
-                    module, "_populate_param_buffer_metadata_to_new_gm", _param_buffer_metadata
-                )
-            )
+        for module, name, value in patches:
+            if hasattr(module, name):  # another torch may lack one: export is then slower
+                stack.enter_context(mock.patch.object(module, name, value))
         yield
+
+
+_COPY = "_populate_param_buffer_metadata_to_new_gm"
