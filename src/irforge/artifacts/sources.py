@@ -9,7 +9,6 @@ from typing import Any
 
 from irforge.artifacts.files import tokenizer_files
 from irforge.errors import InputError
-from irforge.formats.gguf import read_gguf
 from irforge.formats.safetensors import (
     INDEX_NAME,
     SafetensorsFile,
@@ -76,6 +75,8 @@ def open_source(path: Path) -> Source:
     with open(path, "rb") as f:
         magic = f.read(4)
     if magic == b"GGUF":
+        from irforge.formats.gguf import read_gguf  # the gguf package: 50 ms, GGUF sources only
+
         g = read_gguf(path)
         return Source("gguf", path, g.tensors, gguf_metadata=g.metadata, inputs=[path])
     if path.name.endswith(".index.json"):

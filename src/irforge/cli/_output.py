@@ -6,13 +6,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -30,6 +23,14 @@ def byte_progress(
     if quiet or not err.is_terminal:
         yield (lambda total: None), (lambda n: None)
         return
+    from rich.progress import (  # 10 ms: only when a bar is shown
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
     columns = (BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
     with Progress(f"[bold]{label}", *columns, console=err, transient=True) as progress:
         task = progress.add_task(label, total=None)
@@ -45,7 +46,7 @@ def steps(label: str, *, quiet: bool = False) -> Iterator[Callable[[str], None]]
     if quiet or not err.is_terminal:
         yield lambda step: None
         return
-    from rich.progress import SpinnerColumn, TextColumn, TimeElapsedColumn
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     columns = (SpinnerColumn(), TextColumn("[bold]{task.description}"), TimeElapsedColumn())
     with Progress(*columns, console=err, transient=True) as progress:

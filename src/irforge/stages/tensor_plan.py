@@ -37,7 +37,6 @@ from irforge.facts.tensor_kinds import kind_of
 from irforge.facts.tensor_names import HF_IGNORED, hf_to_canonical
 from irforge.formats.atomic import AtomicFile, StridedRange
 from irforge.formats.dtypes import BY_NAME, FLOAT_DTYPES
-from irforge.formats.ggml_quants import dequantize, row_bytes
 from irforge.formats.gguf_tokenizer import (
     UnsupportedTokenizer,
     tokenizer_config_text,
@@ -93,6 +92,8 @@ class PlannedTensor:
 
     def _source_row_bytes(self) -> int:
         if self.ref.is_quantized:
+            from irforge.formats.ggml_quants import row_bytes  # gguf: 50 ms, GGUF sources only
+
             return row_bytes(self.ref)
         return self.cols * BY_NAME[self.ref.dtype].itemsize
 
@@ -101,6 +102,8 @@ class PlannedTensor:
         step = self._source_row_bytes()
         raw = read_range(self.ref, r0 * step, (r1 - r0) * step)
         if self.ref.is_quantized:
+            from irforge.formats.ggml_quants import dequantize
+
             values = dequantize(self.ref, raw)
         else:
             values = raw.view(BY_NAME[self.ref.dtype].numpy)
