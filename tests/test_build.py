@@ -80,6 +80,23 @@ def test_corrupt_intermediate_is_rebuilt(built: Path) -> None:
     assert next(s for s in result.steps if s.name == "convert").reason.startswith("an output")
 
 
+def test_steps_made_by_other_code_are_not_up_to_date(built: Path) -> None:
+    """An irforge or IREE upgrade changes what export and compile make: a folder built by
+    another version rebuilds (here: the export step's record claims other code)."""
+    path = built / "build.json"
+    record = json.loads(path.read_text())
+    assert len(record["steps"]["export"]["code"]) == 16
+    record["steps"]["export"]["code"] = "0" * 16
+    path.write_text(json.dumps(record))
+    result = build("tiny", out_dir=built, **{**ARGS, "dry_run": True})
+    planned = {s.name: (s.status, s.reason) for s in result.steps}
+    assert planned["export"] == ("would run", "made by another irforge or IREE")
+    assert planned["convert"] == ("up to date", "")
+    result = build("tiny", out_dir=built, **ARGS)  # the same program again: nothing after it
+    assert statuses(result)["export"] == "ran"
+    assert statuses(result)["compile cpu"] == "skipped"
+
+
 def test_changed_argument_reruns_only_later_steps(built: Path) -> None:
     result = build("tiny", out_dir=built, **{**ARGS, "bs": (1, 2)})
     assert statuses(result) == {

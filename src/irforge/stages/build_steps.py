@@ -4,13 +4,16 @@ Each step is recorded as soon as it completes in OUT/build.json (and, at the end
 OUT/manifest.json under "build"): its arguments, and the size and sha256 of its inputs and
 outputs, with paths relative to OUT, so a moved, copied or differently spelled OUT is still
 up to date, and an interrupted build keeps the steps it finished. A step re-runs when its
-arguments or an input changed, or when an output is missing or no longer matches what was
-written (a corrupt intermediate); everything after a re-run step then sees a changed input and
-re-runs too.
+arguments or an input changed, when an output is missing or no longer matches what was
+written (a corrupt intermediate), or when the code that made it changed (irforge's own source,
+or the release of torch, iree-turbine or IREE it drove); everything after a re-run step then
+sees a changed input and re-runs too.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import os
 import shlex
@@ -81,6 +84,27 @@ def _fingerprint(paths: Sequence[Path], known: dict[str, Any], root: Path) -> di
     return out
 
 
+_TOOLS = ("torch", "iree-turbine", "iree-base-compiler", "iree-base-runtime")
+
+
+@functools.cache
+def code_identity() -> str:
+    """A digest of irforge's source files and of the releases of the tools it drives: a step
+    made by other code is not up to date (an upgrade changes what export or compile make)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    digest = hashlib.sha256()
+    package = Path(__file__).resolve().parents[1]
+    for path in sorted(package.rglob("*.py")):
+        digest.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes())
+    for tool in _TOOLS:
+        try:
+            digest.update(f"{tool}={version(tool)}".encode())
+        except PackageNotFoundError:
+            digest.update(f"{tool}=none".encode())
+    return digest.hexdigest()[:16]
+
+
 def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
     """Equal contents (size and hash); a rewrite with identical bytes counts as unchanged."""
     strip = lambda d: {k: (v["size"], v["sha256"]) for k, v in d.items()}  # noqa: E731
@@ -93,6 +117,8 @@ def _stale(step: Step, previous: dict[str, Any] | None, root: Path) -> str:
         return "never built"
     if previous["args"] != step.args:
         return "arguments changed"
+    if previous.get("code") != code_identity():
+        return "made by another irforge or IREE"
     missing = [p for p in step.outputs if not p.exists()]
     if missing:
         return f"{missing[0].name} is missing"
@@ -147,6 +173,7 @@ def run_steps(
         seconds = time.perf_counter() - started
         record["steps"][step.name] = {
             "args": step.args,
+            "code": code_identity(),
             "command": shlex.join(step.command),
             "inputs": _fingerprint(step.inputs, {}, out_dir),
             "outputs": _fingerprint(step.outputs, {}, out_dir),

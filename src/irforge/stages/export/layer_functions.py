@@ -7,8 +7,9 @@ about 31 s a layer at TP8). Here the model's `run_layers` hook (model/llama.py) 
 stack of layers into one custom op, `irforge::call_layers`, whose operands are the streams
 entering the first layer, what every layer shares (rope tables, masks, each device's
 cache-read state) and every layer's weights; its results are the streams after the last layer
-and each layer's new K/V. Each distinct stack (cache access, batch size) has its layer exported
-once as a torch program with the weights and the layer index as inputs. After import,
+and each layer's new K/V. Each distinct stack (cache access, and batch size unless recorded
+at PROBE.batch, which makes the batch a dynamic dimension) has its layer exported once as a
+torch program with the weights and the layer index as inputs. After import,
 `link_layer_calls` adds that program as a private function and replaces the op by one
 `func.call` per layer. The entry points keep their ABI and their external parameters (each
 layer's weights are loaded there and passed in); with tensor parallelism the function holds
@@ -41,6 +42,7 @@ class Probe:
     """Sizes of the dynamic dimensions in the meta run that finds a layer's inputs: primes
     far from any model dimension or batch size, so a size names its dimension."""
 
+    batch: int = 1019  # rows: a layer recorded at this batch serves every batch size
     chunk_blocks: int = 1009  # prefill's tokens are chunk_blocks · stride
     blocks: int = 1013  # pages a sequence lists (seq_block_ids' width)
     pages: int = 10007  # cache slab rows
@@ -180,7 +182,7 @@ class LayerFunctions:
         """external_name: the parameter name a program loads for a model's parameter."""
         self.external_name = external_name
         self.dims = _DimsBySize(stride)
-        self.functions: dict[tuple[str, int], LayerFunction] = {}
+        self.functions: dict[str, LayerFunction] = {}  # by kind of cache access (and batch)
         self._examples: dict[str, tuple[Layered, list[torch.Tensor]]] = {}
         self.recording = True
 
@@ -191,7 +193,10 @@ class LayerFunctions:
         rest: tuple[torch.Tensor, ...],
         kvs: Sequence[KVAccess],
     ) -> tuple[torch.Tensor, ...]:
-        key = (type(kvs[0]).__name__, int(streams[0].shape[0]))
+        kind, batch = type(kvs[0]).__name__, int(streams[0].shape[0])
+        key = kind if batch == PROBE.batch else f"{kind}_bs{batch}"
+        if key not in self.functions and kind in self.functions:
+            key = kind  # recorded at PROBE.batch: it serves every batch size
         states = [t for kv in kvs for t in state_of(kv)]
         if self.recording and key not in self.functions:
             self._note(key, model, streams, rest, kvs, states)
@@ -219,7 +224,7 @@ class LayerFunctions:
 
     def _note(
         self,
-        key: tuple[str, int],
+        key: str,
         model: Layered,
         streams: tuple[torch.Tensor, ...],
         rest: tuple[torch.Tensor, ...],
@@ -228,7 +233,7 @@ class LayerFunctions:
     ) -> None:
         """Trace-to-be of layer 0 of this stack, and its results' shapes."""
         named = model.layer_parameters(0)
-        name = f"irforge_layers_{key[0].lower()}_bs{key[1]}"
+        name = f"irforge_layers_{key.lower()}"
         fn = LayerFunction(
             name=name,
             key=f"{name}#{next(_serial)}",
@@ -298,8 +303,10 @@ class _DimsBySize:
 
     def __init__(self, stride: int) -> None:
         chunk = torch.export.Dim("chunk")
+        batch = torch.export.Dim("batch")
         block = torch.export.Dim("block")
         self.by_size: dict[int, Any] = {
+            PROBE.batch: batch,
             PROBE.chunk_blocks * stride: chunk * stride,
             PROBE.blocks * stride: block * stride,
             PROBE.blocks: block,
@@ -374,6 +381,10 @@ def link_layer_calls(module: Any) -> None:
         (unpack,) = [use.owner for use in op.results[0].uses]
         per_layer: list[list[Any]] = []  # each layer's kept k, v of each device
         with InsertionPoint(op), op.location:
+            # to the function's types (its batch dimension is dynamic) once, not per layer
+            fixed = [*streams, *shared]
+            fixed = [_cast(v, t) for v, t in zip(fixed, ftype.inputs[: fn.n_fixed], strict=True)]
+            streams, shared = fixed[: fn.n_streams], fixed[fn.n_streams :]
             for layer, names in enumerate(fn.parameters):
                 index = Operation.create(
                     "torch.vtensor.literal",
@@ -395,10 +406,11 @@ def link_layer_calls(module: Any) -> None:
                 streams = list(call.results[: fn.n_streams])
                 per_layer.append(list(call.results[fn.n_streams :]))
         with InsertionPoint(unpack), unpack.location:
-            stacked = [
-                _stack([kept[i] for kept in per_layer], unpack.results[fn.n_streams + i].type)
-                for i in range(len(per_layer[0]))
-            ]
+            stacked = []
+            for i in range(len(per_layer[0])):
+                to = unpack.results[fn.n_streams + i].type  # [L, ...] at this batch size
+                one = _layer_type(to)
+                stacked.append(_stack([_cast(kept[i], one) for kept in per_layer], to))
             for old, new in zip(unpack.results, [*streams, *stacked], strict=True):
                 old.replace_all_uses_with(_cast(new, old.type))
         unpack.erase()
@@ -484,6 +496,14 @@ def _stack(values: list[Any], to: Any) -> Any:
         attributes={"value": IntegerAttr.get(IntegerType.get_signless(64), 0)},
     ).results[0]
     return Operation.create("torch.aten.stack", results=[to], operands=[listed, zero]).results[0]
+
+
+def _layer_type(stacked: Any) -> Any:
+    """The type of one layer's part of a `[L, ...]` torch tensor type."""
+    from iree.turbine.support.ir_imports import IrType
+
+    head, rest = str(stacked).split("[", 1)  # !torch.vtensor<[L,d1,...],dtype>
+    return IrType.parse(head + "[" + rest.split(",", 1)[1])
 
 
 def _cast(value: Any, to: Any) -> Any:
