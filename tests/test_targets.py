@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from irforge.cli.main import app
-from irforge.facts.targets import CPU_DATA_TILING, CPU_NO_CONST_EVAL
+from irforge.facts.targets import CPU_DATA_TILING
 from irforge.stages.compile import TARGETS, compile_folder
 
 pytestmark = pytest.mark.iree
@@ -48,13 +48,6 @@ def test_cpu_data_tiling_only_for_the_releases_it_was_verified_on() -> None:
     assert tiling <= set(TARGETS["cpu"].flags(1, (3, 13)))
     assert not tiling & set(TARGETS["cpu"].flags(1, (3, 9)))
     assert not tiling & set(TARGETS["gfx942"].flags(1, (3, 13)))
-
-
-def test_cpu_preset_turns_constant_evaluation_off() -> None:
-    """Measured on SmolLM2: a fifth of the compile time and no faster step (bench/RESULTS.md)."""
-    assert set(CPU_NO_CONST_EVAL) <= set(TARGETS["cpu"].flags(1, (3, 13)))
-    assert set(CPU_NO_CONST_EVAL) <= set(TARGETS["cpu"].flags(2, (3, 9)))
-    assert not set(CPU_NO_CONST_EVAL) & set(TARGETS["gfx942"].flags(1, (3, 13)))
 
 
 @pytest.mark.parametrize("name", sorted(TARGETS))

@@ -13,12 +13,6 @@ from irforge.errors import ConfigError, ToolNotFoundError
 # Verified on 3.13 only. It costs a packed copy of the weights in memory; pass
 # `--iree-flag=--iree-global-opt-data-tiling=false` to go without (the last occurrence wins).
 CPU_DATA_TILING = ["--iree-global-opt-data-tiling", "--iree-llvmcpu-enable-ukernels=mmt4d"]
-# Constant evaluation JIT-compiles the constant expressions IREE hoists (rope tables, masks) to
-# fold them into the program. Without it they are computed once when the program loads. On
-# SmolLM2 (bs 1,4, IREE 3.13) it cost 11.7 s of a 55 s compile and bought nothing: decode and
-# prefill steps within noise, load +5 ms (bench/RESULTS.md, issue 36). CPU only: GPU targets
-# were not measured.
-CPU_NO_CONST_EVAL = ["--iree-opt-const-eval=false"]
 
 
 @dataclass(frozen=True)
@@ -50,7 +44,6 @@ class Target:
             ]
             if compiler_version >= (3, 13):
                 out += CPU_DATA_TILING
-            out += CPU_NO_CONST_EVAL
         elif self.device == "hip":
             # IREE 3.9-3.10 spell the ROCm architecture flag --iree-hip-target; 3.11 renamed it.
             flag = "--iree-hip-target" if compiler_version < (3, 11) else "--iree-rocm-target"
