@@ -85,11 +85,17 @@ def apply_rope(
     (i, i + D/2) (NeoX / HF order). Both rotate pair i by frequency i, so a checkpoint in
     either row order gives the same attention scores. Rotation runs in float32.
     """
+    # One elementwise expression over x and x with each pair's halves swapped (a flip, which
+    # IREE fuses into its neighbours): out = x·cos + swap(x)·(-sin, sin). Splitting x and
+    # concatenating the halves cost SmolLM2's decode 6 dispatches a layer for q and k (copies
+    # of halves); the tables' widening is shared by every layer and folded once.
     xf = x.float()
-    if interleaved:
-        pairs = xf.unflatten(-1, (-1, 2))  # [N, S, heads, D/2, 2]
-        x1, x2 = pairs[..., 0], pairs[..., 1]  # [N, S, heads, D/2] each
-        out = torch.stack((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
-        return out.flatten(-2).to(x.dtype)  # [N, S, heads, D]
-    x1, x2 = xf.chunk(2, dim=-1)  # [N, S, heads, D/2] each
-    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).to(x.dtype)
+    if interleaved:  # pairs (2i, 2i+1)
+        swapped = xf.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
+        cos_d = torch.stack((cos, cos), dim=-1).flatten(-2)
+        sin_d = torch.stack((-sin, sin), dim=-1).flatten(-2)
+    else:  # pairs (i, i + D/2)
+        swapped = xf.unflatten(-1, (2, -1)).flip(-2).flatten(-2)
+        cos_d = torch.cat((cos, cos), dim=-1)
+        sin_d = torch.cat((-sin, sin), dim=-1)
+    return (xf * cos_d + swapped * sin_d).to(x.dtype)  # [N, S, heads, D]
