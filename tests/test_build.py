@@ -137,6 +137,24 @@ def test_dry_run_lists_steps_and_commands(tmp_path: Path) -> None:
     assert not out.exists()
 
 
+@pytest.mark.parametrize(
+    ("options", "prefill", "decode"),
+    [
+        ([], "1,4", "1,4,8,32"),  # decode serves 32 sequences a step by default
+        (["--bs", "2"], "2", "2"),
+        (["--bs", "2", "--bs-decode", "16,1"], "2", "1,16"),
+        (["--bs-prefill", "8"], "8", "1,4,8,32"),
+    ],
+)
+def test_build_batch_size_options(
+    tmp_path: Path, options: list[str], prefill: str, decode: str
+) -> None:
+    args = ["build", "tiny", "-o", str(tmp_path / "x"), "--dry-run", *options]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert f"--bs-prefill {prefill} --bs-decode {decode} " in result.stdout.replace("\n", " ")
+
+
 def test_a_copied_or_respelled_out_is_still_up_to_date(
     built: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -149,6 +149,11 @@ class ExportOptions:
 
 
 DEFAULTS = ExportOptions()
+# `irforge build`'s batch sizes. Prefill is compute-bound: rows beyond 4 gain little and
+# multiply its transient memory. Decode reads every weight once per step whatever its rows,
+# so one step for up to 32 sequences is how a server keeps up with 32 clients (issue 37).
+BUILD_PREFILL_BS = (1, 4)
+BUILD_DECODE_BS = (1, 4, 8, 32)
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,12 @@ from typing import Annotated
 
 import typer
 
-from irforge.artifacts.manifest import DEFAULTS
+from irforge.artifacts.manifest import BUILD_DECODE_BS, BUILD_PREFILL_BS, DEFAULTS
 from irforge.cli._options import QuantizeOpt, QuietOpt, batch_sizes
+
+
+def _text(sizes: tuple[int, ...]) -> str:
+    return ",".join(map(str, sizes))
 
 
 def build_cmd(
@@ -26,7 +30,27 @@ def build_cmd(
         typer.Option("--target", "-t", help="Compile target, repeatable (cpu, gfx942, ...)."),
     ] = None,
     tp: Annotated[int, typer.Option("--tp", help="Tensor-parallel devices.", min=1)] = 1,
-    bs: Annotated[str, typer.Option(help="Batch sizes for prefill and decode.")] = "1,4",
+    bs: Annotated[
+        str | None,
+        typer.Option(help="Batch sizes for both prefill and decode.", show_default=False),
+    ] = None,
+    bs_prefill: Annotated[
+        str | None,
+        typer.Option(
+            "--bs-prefill",
+            help=f"Prefill batch sizes, instead of --bs [default: {_text(BUILD_PREFILL_BS)}].",
+            show_default=False,
+        ),
+    ] = None,
+    bs_decode: Annotated[
+        str | None,
+        typer.Option(
+            "--bs-decode",
+            help="Decode batch sizes, instead of --bs; the largest is how many sequences one "
+            f"step serves [default: {_text(BUILD_DECODE_BS)}].",
+            show_default=False,
+        ),
+    ] = None,
     dtype: Annotated[str | None, typer.Option(help="Cast weights to f32, f16 or bf16.")] = None,
     quantize: QuantizeOpt = None,
     block_seq_stride: Annotated[
@@ -69,7 +93,8 @@ def build_cmd(
             out_dir=out,
             targets=target or ["cpu"],
             tp=tp,
-            bs=batch_sizes(bs, "--bs"),
+            bs_prefill=_sizes(bs_prefill, bs, "--bs-prefill"),
+            bs_decode=_sizes(bs_decode, bs, "--bs-decode"),
             dtype=dtype,
             quantize=quantize,
             block_seq_stride=block_seq_stride,
@@ -95,3 +120,10 @@ def build_cmd(
         for f in sorted(out.glob("model*")):
             err.print(f"  {f.name:<24} {f.stat().st_size / 2**20:10.1f} MiB", highlight=False)
     typer.echo(out)
+
+
+def _sizes(own: str | None, both: str | None, option: str) -> list[int] | None:
+    """--bs-prefill / --bs-decode win over --bs; None leaves build()'s default."""
+    if own is not None:
+        return batch_sizes(own, option)
+    return None if both is None else batch_sizes(both, "--bs")

@@ -14,7 +14,7 @@ from irforge.artifacts.files import (
     TOKENIZER_JSON,
     vmfb_name,
 )
-from irforge.artifacts.manifest import DEFAULTS, ExportOptions
+from irforge.artifacts.manifest import BUILD_DECODE_BS, BUILD_PREFILL_BS, DEFAULTS, ExportOptions
 from irforge.errors import ConfigError
 from irforge.facts.quantization import scheme
 from irforge.facts.targets import check_fp8
@@ -79,7 +79,9 @@ def build(
     out_dir: Path,
     targets: Sequence[str] = ("cpu",),
     tp: int = 1,
-    bs: Sequence[int] = (1, 4),
+    bs: Sequence[int] | None = None,
+    bs_prefill: Sequence[int] | None = None,
+    bs_decode: Sequence[int] | None = None,
     dtype: str | None = None,
     quantize: str | None = None,
     block_seq_stride: int = DEFAULTS.block_seq_stride,
@@ -98,7 +100,8 @@ def build(
             once), a registry alias, an HF repo id, or a local GGUF/safetensors/HF folder.
         targets: compile targets sharing one export (cpu, gfx942, ...).
         tp: tensor-parallel devices; >1 shards while converting.
-        bs: batch sizes for both prefill and decode.
+        bs: batch sizes for both prefill and decode; bs_prefill / bs_decode set one of
+            them (default BUILD_PREFILL_BS and BUILD_DECODE_BS).
         force: re-run every step. dry_run: only plan (see BuildResult.steps / .commands).
         verify: with a cpu target (one device), run a short prompt through the compiled
             program and the eager model in f32 (verify.py) and fail on a wrong program.
@@ -115,8 +118,8 @@ def build(
     # Validate before doing anything. The dtypes follow the archive: left None, export
     # resolves them.
     chosen = ExportOptions(
-        prefill_batch_sizes=tuple(sorted(bs)),
-        decode_batch_sizes=tuple(sorted(bs)),
+        prefill_batch_sizes=tuple(sorted(set(bs_prefill or bs or BUILD_PREFILL_BS))),
+        decode_batch_sizes=tuple(sorted(set(bs_decode or bs or BUILD_DECODE_BS))),
         block_seq_stride=block_seq_stride,
         device_block_count=device_block_count,
     )
@@ -160,6 +163,7 @@ def build(
     )
     export_args = {
         "bs": list(chosen.prefill_batch_sizes),
+        "bs_decode": list(chosen.decode_batch_sizes),
         "block_seq_stride": chosen.block_seq_stride,
         "device_block_count": chosen.device_block_count,
     }
