@@ -94,7 +94,7 @@ def post(url: str, body: object, *, raw: bytes | None = None) -> tuple[int, Mess
 def metrics(url: str) -> dict[str, float]:
     with urllib.request.urlopen(f"{url}/metrics", timeout=10) as r:
         text = r.read().decode()
-    found = re.findall(r"^(irforge_\w+(?:\{[^}]*\})?) (\S+)$", text, re.M)
+    found = re.findall(r"^((?:irforge_|vllm:)\w+(?:\{[^}]*\})?) (\S+)$", text, re.M)
     return {name: float(value) for name, value in found}
 
 
@@ -579,6 +579,10 @@ def test_32_concurrent_clients_get_their_solo_tokens(server: str, session: Sessi
     m = wait_all_pages_free(server)
     assert m["irforge_kv_pages_free"] == m["irforge_kv_pages_total"] > 0
     assert m["irforge_running_requests"] == 0 and m["irforge_queue_depth"] == 0
+    # vLLM's series, labelled with the served name (tests/test_serve_engine.py checks them
+    # under load)
+    assert m['vllm:num_requests_running{model_name="tiny"}'] == 0
+    assert m['vllm:kv_cache_usage_perc{model_name="tiny"}'] == 0
 
 
 @pytest.mark.parametrize("stream", [True, False], ids=["stream", "whole"])

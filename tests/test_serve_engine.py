@@ -354,6 +354,47 @@ def test_pages_too_few_for_everyone_make_requests_wait(llama_artifacts: Path) ->
     assert np.isclose(engine.metrics.counter("generation_tokens_total"), 5 * 28)
 
 
+def _vllm_series(text: str) -> dict[str, tuple[dict[str, str], float]]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {
+        s.name: (s.labels, s.value)
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+        if s.name.startswith("vllm:")
+    }
+
+
+@pytest.mark.iree
+def test_vllm_series_an_endpoint_picker_reads(llama_artifacts: Path) -> None:
+    """Under a held load (8 usable pages for 5 requests that each grow to 3: some run, the
+    rest wait) /metrics has vLLM's series with vLLM's meanings, read with Prometheus's own
+    parser."""
+    with Engine(llama_artifacts, page_count=9) as engine:
+        reqs = [engine.submit(BASE, max_tokens=28, ignore_eos=True) for _ in range(5)]
+        deadline, held = time.monotonic() + 60, None
+        while held is None and time.monotonic() < deadline:
+            g = engine.gauges()
+            if g["queue_depth"] and g["running_requests"]:
+                held = g, _vllm_series(engine.metrics.render(g, "tiny"))
+        assert held is not None, "never saw requests waiting and running at once"
+        g, series = held
+        assert series["vllm:num_requests_waiting"] == ({"model_name": "tiny"}, g["queue_depth"])
+        running = g["running_requests"]
+        assert series["vllm:num_requests_running"] == ({"model_name": "tiny"}, running)
+        assert running + g["queue_depth"] <= 5
+        labels, usage = series["vllm:kv_cache_usage_perc"]
+        assert labels == {"model_name": "tiny"} and 0 < usage <= 1
+        assert usage == pytest.approx(1 - g["kv_pages_free"] / 8)
+        info = {"block_size": str(engine.scheduler.stride), "num_gpu_blocks": "8"}
+        assert series["vllm:cache_config_info"] == (info, 1)
+        assert all(r.wait(60).finish_reason == "length" for r in reqs)
+        assert _all_free(engine)
+        idle = _vllm_series(engine.metrics.render(engine.gauges(), "tiny"))
+    assert idle["vllm:num_requests_waiting"][1] == idle["vllm:num_requests_running"][1] == 0
+    assert idle["vllm:kv_cache_usage_perc"][1] == 0  # cached pages no request holds are free
+
+
 @pytest.mark.iree
 def test_an_oversubscribed_cache_preempts_and_everyone_gets_solo_tokens(
     llama_artifacts: Path,

@@ -227,6 +227,7 @@ class Engine:
             "kv_pages_free": self.pages.free_count,
             "kv_pages_cached": self.pages.cached_count,
             "kv_pages_total": self.pages.page_count - 1,
+            "page_tokens": s.stride,
         }
 
     def _wake(self, _: Request | None = None) -> None:

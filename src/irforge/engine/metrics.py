@@ -36,16 +36,52 @@ GAUGES = {
 }
 
 
+# The series the Gateway API Inference Extension's endpoint picker (llm-d, KServe) reads from
+# model servers by default, named and meant as vLLM's (vllm/v1/metrics/loggers.py), so it
+# routes to irforge pods unchanged. vLLM labels them with the served model's name.
+VLLM_WAITING = "vllm:num_requests_waiting"
+VLLM_RUNNING = "vllm:num_requests_running"
+VLLM_KV_USAGE = "vllm:kv_cache_usage_perc"
+VLLM_CACHE_INFO = "vllm:cache_config_info"
+
+
 class _Gauges(Collector):
     """The gauges handed to `Metrics.render`, read at scrape time."""
 
     def __init__(self) -> None:
         self.values: dict[str, float] = {}
+        self.model_name = ""
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
+        v = self.values
         for name, text in GAUGES.items():
-            if name in self.values:
-                yield GaugeMetricFamily(PREFIX + name, text, value=self.values[name])
+            if name in v:
+                yield GaugeMetricFamily(PREFIX + name, text, value=v[name])
+        if not {"queue_depth", "running_requests", "kv_pages_free", "kv_pages_total"} <= set(v):
+            return
+        model = [self.model_name]
+        for name, key, text in (
+            (VLLM_WAITING, "queue_depth", "Requests waiting to be scheduled (as vLLM's)."),
+            (VLLM_RUNNING, "running_requests", "Requests being prefilled or decoded."),
+        ):
+            family = GaugeMetricFamily(name, text, labels=["model_name"])
+            family.add_metric(model, v[key])
+            yield family
+        total = v["kv_pages_total"]
+        # vLLM's block pool counts cached pages no request holds as free, as kv_pages_free does
+        used = 1.0 - v["kv_pages_free"] / total if total else 0.0
+        usage = GaugeMetricFamily(
+            VLLM_KV_USAGE, "KV-cache usage, 0 to 1 (1 is full).", labels=["model_name"]
+        )
+        usage.add_metric(model, used)
+        yield usage
+        info = GaugeMetricFamily(
+            VLLM_CACHE_INFO,
+            "KV-cache configuration: tokens per page, pages (value 1).",
+            labels=["block_size", "num_gpu_blocks"],
+        )
+        info.add_metric([str(int(v.get("page_tokens", 0))), str(int(total))], 1)
+        yield info
 
 
 class Metrics:
@@ -109,8 +145,10 @@ class Metrics:
         benchmarks): `counter("prefill_calls_total", bs="4")`."""
         return self.registry.get_sample_value(PREFIX + name, labels) or 0.0
 
-    def render(self, gauges: dict[str, float]) -> str:
-        """The exposition text: every counter, the given gauges, the histograms."""
+    def render(self, gauges: dict[str, float], model_name: str = "") -> str:
+        """The exposition text: every counter, the given gauges (and vLLM's series made from
+        them, labelled with `model_name`), the histograms."""
         with self._lock:
             self._gauges.values = dict(gauges)
+            self._gauges.model_name = model_name
             return generate_latest(self.registry).decode()

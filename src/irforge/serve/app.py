@@ -61,7 +61,7 @@ def create_app(engine: Engine, *, model_name: str | None = None) -> FastAPI:
 
     @app.get("/metrics")
     async def metrics() -> Response:
-        text = engine.metrics.render(engine.gauges())
+        text = engine.metrics.render(engine.gauges(), app.state.model_name)
         return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     app.include_router(shortfin_api.router)
