@@ -67,6 +67,7 @@ COMMANDS = {
     "run": "irforge.cli.run:run_cmd",
     "build": "irforge.cli.build:build_cmd",
     "serve": "irforge.cli.serve:serve_cmd",
+    "deploy": "irforge.cli.deploy:deploy_cmd",
 }
 
 

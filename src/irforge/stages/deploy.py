@@ -1,0 +1,212 @@
+"""Kubernetes manifests that serve a built folder: Deployment, Service and InferencePool.
+
+`irforge deploy OUT --kubernetes -o DIR` writes them from OUT's manifest (tensor parallelism,
+the targets it was compiled for). The pods run `irforge serve` on the folder, taken from a
+PersistentVolumeClaim that holds it or built in the pod by an init container (`irforge build`),
+ask for the devices the program spans (`amd.com/gpu`, `nvidia.com/gpu`), answer probes on
+/health and are scraped on /metrics. The InferencePool (the Gateway API Inference Extension's,
+inference.networking.k8s.io/v1) selects the same pods for an endpoint picker, which routes by
+the vLLM series /metrics exposes (engine/metrics.py).
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from irforge.artifacts.manifest import Manifest
+from irforge.errors import ConfigError
+from irforge.facts.targets import TARGETS
+from irforge.runtime.devices import cache_bytes
+
+APP_LABEL = "app.kubernetes.io/name"
+MODELS_DIR = "/models"  # where the folder is mounted (or built) in the pod
+PORT_NAME = "http"
+EPP_PORT = 9002  # the endpoint picker's ext-proc port in the extension's own charts
+GPU_RESOURCE = {"hip": "amd.com/gpu", "cuda": "nvidia.com/gpu"}  # device plugins' names
+DEPLOYMENT_FILE, SERVICE_FILE, POOL_FILE = "deployment.yaml", "service.yaml", "inferencepool.yaml"
+# DNS-1123 label: what Deployment, Service and label values accept
+_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+@dataclass(frozen=True)
+class DeployOptions:
+    """What the manifests need beyond the folder itself."""
+
+    image: str  # an image with irforge installed
+    name: str  # Deployment, Service and pool name; the served model id
+    replicas: int = 1
+    port: int = 8000
+    target: str | None = None  # one of the folder's compiled targets (default: a GPU one)
+    volume_claim: str | None = None  # a PVC holding the folder under its own name
+    build_source: str | None = None  # or: `irforge build` this source in an init container
+
+    def __post_init__(self) -> None:
+        if not _NAME.match(self.name):
+            raise ConfigError(
+                f"name {self.name!r} is not a Kubernetes name: lower-case letters, digits "
+                "and '-', at most 63, starting and ending with a letter or digit"
+            )
+        if not self.image.strip() or any(c.isspace() for c in self.image):
+            raise ConfigError(f"image {self.image!r} is not an image reference")
+        if not 1 <= self.replicas <= 1000:
+            raise ConfigError(f"replicas must be from 1 to 1000, got {self.replicas}")
+        if not 1 <= self.port <= 65535:
+            raise ConfigError(f"port must be from 1 to 65535, got {self.port}")
+        if (self.volume_claim is None) == (self.build_source is None):
+            raise ConfigError(
+                "say where the pods get the folder: --volume-claim (a PVC that holds it) or "
+                "--build SOURCE (built in each pod before the server starts)"
+            )
+        if self.volume_claim is not None and not _NAME.match(self.volume_claim):
+            raise ConfigError(f"volume claim {self.volume_claim!r} is not a Kubernetes name")
+
+
+def manifests(folder: Path, options: DeployOptions) -> dict[str, dict[str, Any]]:
+    """file name -> Kubernetes object, for the built `folder`.
+
+    Raises:
+        ManifestError: `folder` is not an exported folder.
+        ConfigError: it was compiled for no target, or not for `options.target`.
+    """
+    folder = Path(folder)
+    manifest = Manifest.load(folder)
+    target = _pick_target(manifest, options.target, folder)
+    tp = manifest.options.tensor_parallelism_size
+    labels = {APP_LABEL: options.name, "app.kubernetes.io/part-of": "irforge"}
+    selector = {APP_LABEL: options.name}
+    return {
+        DEPLOYMENT_FILE: _deployment(folder, manifest, options, target, tp, labels, selector),
+        SERVICE_FILE: {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": options.name, "labels": labels},
+            "spec": {
+                "selector": selector,
+                "ports": [{"name": PORT_NAME, "port": options.port, "targetPort": PORT_NAME}],
+            },
+        },
+        POOL_FILE: {
+            "apiVersion": "inference.networking.k8s.io/v1",
+            "kind": "InferencePool",
+            "metadata": {"name": options.name, "labels": labels},
+            "spec": {
+                "selector": {"matchLabels": selector},
+                "targetPorts": [{"number": options.port}],
+                # deployed with the extension's chart (README: running at scale)
+                "endpointPickerRef": {
+                    "name": f"{options.name}-epp",
+                    "port": {"number": EPP_PORT},
+                },
+            },
+        },
+    }
+
+
+def _pick_target(manifest: Manifest, wanted: str | None, folder: Path) -> str:
+    compiled = [c.target for c in manifest.compiled]
+    if not compiled:
+        raise ConfigError(f"{folder}: compiled for no target; run `irforge compile` first")
+    if wanted is not None:
+        if wanted not in compiled:
+            raise ConfigError(f"{folder}: compiled for {', '.join(compiled)}, not {wanted}")
+        return wanted
+    gpus = [t for t in compiled if TARGETS[t].driver in GPU_RESOURCE]
+    return (gpus or compiled)[0]
+
+
+def _deployment(
+    folder: Path,
+    manifest: Manifest,
+    o: DeployOptions,
+    target: str,
+    tp: int,
+    labels: dict[str, str],
+    selector: dict[str, str],
+) -> dict[str, Any]:
+    driver = TARGETS[target].driver
+    path = f"{MODELS_DIR}/{folder.resolve().name}"
+    serve = ["irforge", "serve", path, "--host", "0.0.0.0", "--port", str(o.port)]
+    serve += ["--device", driver, "--model-name", o.name]
+    health = {"httpGet": {"path": "/health", "port": PORT_NAME}}
+    container: dict[str, Any] = {
+        "name": "server",
+        "image": o.image,
+        "command": serve,
+        "ports": [{"name": PORT_NAME, "containerPort": o.port}],
+        # loading the weights and the program takes a while on a large model
+        "startupProbe": {**health, "periodSeconds": 10, "failureThreshold": 180},
+        "readinessProbe": {**health, "periodSeconds": 5},
+        "livenessProbe": {**health, "periodSeconds": 20, "failureThreshold": 3},
+        "resources": _resources(folder, manifest, driver, tp),
+        "volumeMounts": [{"name": "models", "mountPath": MODELS_DIR}],
+    }
+    pod: dict[str, Any] = {"containers": [container]}
+    if o.volume_claim is not None:
+        container["volumeMounts"][0]["readOnly"] = True
+        volume = {"persistentVolumeClaim": {"claimName": o.volume_claim, "readOnly": True}}
+    else:
+        volume = {"emptyDir": {}}
+        pod["initContainers"] = [
+            {
+                "name": "build",
+                "image": o.image,
+                "command": _build_command(o.build_source or "", path, target, manifest, tp),
+                "volumeMounts": [{"name": "models", "mountPath": MODELS_DIR}],
+            }
+        ]
+    pod["volumes"] = [{"name": "models", **volume}]
+    # drain: the server finishes its requests on SIGTERM (serve --drain-timeout)
+    pod["terminationGracePeriodSeconds"] = 60
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": o.name, "labels": labels},
+        "spec": {
+            "replicas": o.replicas,
+            "selector": {"matchLabels": selector},
+            "template": {
+                "metadata": {
+                    "labels": labels,
+                    "annotations": {
+                        "prometheus.io/scrape": "true",
+                        "prometheus.io/port": str(o.port),
+                        "prometheus.io/path": "/metrics",
+                    },
+                },
+                "spec": pod,
+            },
+        },
+    }
+
+
+def _build_command(source: str, path: str, target: str, manifest: Manifest, tp: int) -> list[str]:
+    """The `irforge build` that remakes the folder in the pod, with the folder's options."""
+    o = manifest.options
+    command = ["irforge", "build", source, "-o", path, "--target", target, "--tp", str(tp)]
+    command += ["--bs-prefill", ",".join(map(str, o.prefill_batch_sizes))]
+    command += ["--bs-decode", ",".join(map(str, o.decode_batch_sizes))]
+    command += ["--block-seq-stride", str(o.block_seq_stride)]
+    command += ["--device-block-count", str(o.device_block_count)]
+    if shlex.quote(source) != source or source.startswith("-"):
+        raise ConfigError(f"build source {source!r} must be a plain name, path or repo id")
+    return command
+
+
+def _resources(folder: Path, manifest: Manifest, driver: str, tp: int) -> dict[str, Any]:
+    """The devices the program spans. On the CPU a memory request: the weights twice (the
+    archive mapped and its packed copy), the KV cache, and 2 GiB for a long prefill's
+    transients and the runtime (SmolLM2 f16: 2.65 GB peak after a 4-row 512-token prefill,
+    bench/RESULTS.md)."""
+    if driver in GPU_RESOURCE:
+        return {"limits": {GPU_RESOURCE[driver]: str(tp)}}
+    o = manifest.options
+    weights = sum((folder / name).stat().st_size for name in manifest.parameters)
+    page = manifest.config.page_elements(o.block_seq_stride) * cache_bytes(
+        o.kv_cache_dtype or manifest.config.dtype
+    )
+    gib = -(-(2 * weights + o.device_block_count * page + 2 * 2**30) // 2**30)
+    return {"requests": {"cpu": "2", "memory": f"{gib}Gi"}}
