@@ -24,7 +24,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet torch==$(TORCH_VERSION)
-	$(PIP) install --quiet -e ".[test]"
+	$(PIP) install --quiet -e ".[test,ray]"
 	# structured output (engine/guided.py): xgrammar without its declared triton (1 GB, for its
 	# GPU kernel; irforge masks logits on the CPU)
 	$(PIP) install --quiet --no-deps $$($(PY) -c 'from irforge.engine.guided import PINS; print(*PINS)')

@@ -57,6 +57,18 @@ def serve_cmd(
     drain_timeout: Annotated[
         float, typer.Option(help="Seconds to finish in-flight requests on SIGTERM.", min=0)
     ] = 120.0,
+    replicas: Annotated[
+        int,
+        typer.Option(
+            help="Engines of the folder behind one port, on Ray Serve (pip install "
+            '"irforge[ray]"); 1 is the plain one-process server.',
+            min=1,
+        ),
+    ] = 1,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(help="Join this Ray cluster for the replicas instead of starting one."),
+    ] = None,
 ) -> None:
     """Serve a compiled model with continuous batching: /generate, /v1/*, /health, /metrics.
 
@@ -75,4 +87,18 @@ def serve_cmd(
         prefix_caching=prefix_caching,
         prefill_chunk=prefill_chunk,
     )
+    if replicas > 1 or ray_address:
+        from irforge.serve.replicas import serve_replicas
+
+        serve_replicas(
+            folder,
+            options,
+            replicas=replicas,
+            ray_address=ray_address,
+            host=host,
+            port=port,
+            model_name=model_name,
+            drain_timeout=drain_timeout,
+        )
+        return
     serve(folder, options, host=host, port=port, model_name=model_name, drain_timeout=drain_timeout)
