@@ -64,6 +64,8 @@ def serve_replicas(
     # Ray's C++ failure handler turns the SIGTERM that asks this process to drain into an
     # abort (exit -6); the handlers below do the stopping
     os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
+    # no usage report to Ray's servers unless the user asks for it
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     try:
         import ray
         from ray import serve
