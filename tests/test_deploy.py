@@ -198,3 +198,13 @@ def test_without_kubernetes_or_a_folder(tmp_path: Path) -> None:
     result = runner.invoke(app, ["deploy", str(tmp_path), "--kubernetes", "--image", IMAGE,
                                  "--build", "x", "-o", str(tmp_path / "o")])  # fmt: skip
     assert result.exit_code == 2 and "manifest" in result.output
+
+
+@pytest.mark.iree
+def test_a_cpu_program_on_a_volume_is_said_to_be_this_machines(
+    tmp_path: Path, llama_artifacts: Path
+) -> None:
+    folder = built(tmp_path, llama_artifacts, {"cpu": "local-task"})
+    code, output, files = deploy(folder, tmp_path / "k8s", "--volume-claim", "models")
+    assert code == 0 and "compiled for the build machine's CPU" in output, output
+    assert len(files) == 3

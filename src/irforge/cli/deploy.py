@@ -96,19 +96,13 @@ def deploy_cmd(
         def ignore_aliases(self, data: object) -> bool:
             return True  # a shared dict written out each time, not as &id001 / *id001
 
-    files = manifests(folder, options)
-    for file_name, obj in files.items():
+    made = manifests(folder, options)
+    for file_name, obj in made.files.items():
         with AtomicFile(out / file_name) as f:
             f.write(yaml.dump(obj, Dumper=Dumper, sort_keys=False).encode())
-    server = files["deployment.yaml"]["spec"]["template"]["spec"]["containers"][0]
-    if volume_claim and "--device" in server["command"]:
-        device = server["command"][server["command"].index("--device") + 1]
-        if device == "local-task":
-            note(
-                "the CPU program was compiled for this machine's CPU; on nodes with another "
-                "CPU use --build, which compiles it in the pod"
-            )
+    for line in made.notes:
+        note(line)
     if not quiet:
-        for file_name in files:
+        for file_name in made.files:
             err.print(f"  {out / file_name}", highlight=False)
     typer.echo(out)

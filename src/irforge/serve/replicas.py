@@ -8,7 +8,6 @@ response back. A replica that dies is restarted by Ray. Ray is optional (`pip in
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import sys
@@ -19,14 +18,12 @@ from typing import Any
 
 from irforge.engine.options import EngineOptions
 from irforge.errors import InputError
-from irforge.facts.targets import TARGETS
+from irforge.runtime.devices import CPU_DRIVER, normalize_driver
 
-log = logging.getLogger("irforge.serve")
 APP_NAME = "irforge"
 # Ray Serve's default (5) would queue a replica's requests in Ray instead of in its engine,
 # which batches them: let the engine see all it can hold
 MAX_ONGOING = 1024
-GPU_DRIVERS = {t.driver for t in TARGETS.values() if t.driver not in ("local-task",)}
 
 
 def _builder(folder: str, options: EngineOptions, model_name: str | None) -> Callable[[], Any]:
@@ -52,11 +49,9 @@ def serve_replicas(
     port: int = 8000,
     model_name: str | None = None,
     drain_timeout: float = 120.0,
-    stop: threading.Event | None = None,
-    on_ready: Callable[[], None] = lambda: None,
 ) -> None:
-    """Run `replicas` engines of `folder` until SIGTERM/SIGINT (or `stop` is set), then
-    shut Serve down and, if this call started Ray, Ray too.
+    """Run `replicas` engines of `folder` until SIGTERM or SIGINT, then shut Serve down
+    and, if this call started Ray, Ray too.
 
     Each replica asks Ray for the devices its program spans: `tp` GPUs on a GPU driver,
     else one CPU.
@@ -78,14 +73,15 @@ def serve_replicas(
     manifest = Manifest.load(folder)  # a bad folder fails here, before Ray starts
     tp = manifest.options.tensor_parallelism_size
     name = model_name or Path(folder).resolve().name
-    actor = {"num_gpus": tp} if options.device in GPU_DRIVERS else {"num_cpus": 1}
+    on_cpu = normalize_driver(options.device) == CPU_DRIVER
+    actor = {"num_cpus": 1} if on_cpu else {"num_gpus": tp}
     started_ray = not ray.is_initialized()
     if started_ray:
         try:
             ray.init(address=ray_address, include_dashboard=False, log_to_driver=False)
         except (ConnectionError, ValueError, RuntimeError) as e:
             raise InputError(f"cannot start or join Ray ({ray_address or 'local'}): {e}") from None
-    stop = stop or threading.Event()
+    stop = threading.Event()
     restore = _stop_on_signals(stop)  # after ray.init, which installs a SIGTERM handler of its own
     try:
         serve.start(http_options={"host": host, "port": port})
@@ -103,7 +99,6 @@ def serve_replicas(
             file=sys.stderr,
             flush=True,
         )
-        on_ready()
         stop.wait()
     finally:
         serve.shutdown()

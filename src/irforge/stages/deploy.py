@@ -63,10 +63,19 @@ class DeployOptions:
             )
         if self.volume_claim is not None and not _NAME.match(self.volume_claim):
             raise ConfigError(f"volume claim {self.volume_claim!r} is not a Kubernetes name")
+        source = self.build_source
+        if source is not None and (shlex.quote(source) != source or source.startswith("-")):
+            raise ConfigError(f"build source {source!r} must be a plain name, path or repo id")
 
 
-def manifests(folder: Path, options: DeployOptions) -> dict[str, dict[str, Any]]:
-    """file name -> Kubernetes object, for the built `folder`.
+@dataclass(frozen=True)
+class Manifests:
+    files: dict[str, dict[str, Any]]  # file name -> Kubernetes object
+    notes: list[str]  # what the user should know, one line each
+
+
+def manifests(folder: Path, options: DeployOptions) -> Manifests:
+    """The Kubernetes objects that serve the built `folder`.
 
     Raises:
         ManifestError: `folder` is not an exported folder.
@@ -78,7 +87,13 @@ def manifests(folder: Path, options: DeployOptions) -> dict[str, dict[str, Any]]
     tp = manifest.options.tensor_parallelism_size
     labels = {APP_LABEL: options.name, "app.kubernetes.io/part-of": "irforge"}
     selector = {APP_LABEL: options.name}
-    return {
+    notes = []
+    if TARGETS[target].driver not in GPU_RESOURCE and options.volume_claim is not None:
+        notes.append(
+            "the CPU program was compiled for the build machine's CPU; on nodes with another "
+            "CPU use --build, which compiles it in the pod"
+        )
+    files = {
         DEPLOYMENT_FILE: _deployment(folder, manifest, options, target, tp, labels, selector),
         SERVICE_FILE: {
             "apiVersion": "v1",
@@ -104,6 +119,7 @@ def manifests(folder: Path, options: DeployOptions) -> dict[str, dict[str, Any]]
             },
         },
     }
+    return Manifests(files, notes)
 
 
 def _pick_target(manifest: Manifest, wanted: str | None, folder: Path) -> str:
@@ -191,8 +207,6 @@ def _build_command(source: str, path: str, target: str, manifest: Manifest, tp: 
     command += ["--bs-decode", ",".join(map(str, o.decode_batch_sizes))]
     command += ["--block-seq-stride", str(o.block_seq_stride)]
     command += ["--device-block-count", str(o.device_block_count)]
-    if shlex.quote(source) != source or source.startswith("-"):
-        raise ConfigError(f"build source {source!r} must be a plain name, path or repo id")
     return command
 
 
