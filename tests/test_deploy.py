@@ -1,9 +1,13 @@
 """irforge deploy --kubernetes: manifests checked against Kubernetes' own API types (the
-`kubernetes` client's models, generated from the API's OpenAPI spec) and the Gateway API
-Inference Extension's InferencePool CRD schema (vendored in tests/data/k8s)."""
+`kubernetes` client's models, generated from the API's OpenAPI spec), the Gateway API
+Inference Extension's InferencePool CRD schema and KubeRay's RayService CRD schema (both
+vendored in tests/data/k8s), and the RayService's Serve config against Ray's own schema."""
 
 from __future__ import annotations
 
+import functools
+import gzip
+import importlib
 import json
 import re
 import shutil
@@ -18,7 +22,10 @@ from typer.testing import CliRunner
 from irforge.cli.main import app
 
 runner = CliRunner()
-CRD = Path(__file__).parent / "data" / "k8s" / "inference.networking.k8s.io_inferencepools.yaml"
+K8S = Path(__file__).parent / "data" / "k8s"
+CRD = K8S / "inference.networking.k8s.io_inferencepools.yaml"
+RAY_CRD = K8S / "ray.io_rayservices.yaml.gz"
+FILES = {"deployment.yaml", "service.yaml", "inferencepool.yaml", "rayservice.yaml"}
 IMAGE = "registry.example/irforge:0.1"
 PRIMITIVES = {"str": str, "int": int, "bool": bool, "float": (int, float)}
 
@@ -71,10 +78,37 @@ def strict(schema: Any) -> Any:
     return schema
 
 
-def pool_schema() -> dict[str, Any]:
-    crd = yaml.safe_load(CRD.read_text())
+@functools.cache
+def crd_schema(text: str) -> dict[str, Any]:
+    crd = yaml.safe_load(text)
     version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1")
     return strict(version["schema"]["openAPIV3Schema"])
+
+
+def pool_schema() -> dict[str, Any]:
+    return crd_schema(CRD.read_text())
+
+
+def check_ray_service(service: dict[str, Any]) -> dict[str, Any]:
+    """`service` is valid for KubeRay's CRD, its pods for Kubernetes, its Serve config for
+    Ray and its app's args for irforge's builder; returns the application's config."""
+    jsonschema.validate(service, crd_schema(gzip.decompress(RAY_CRD.read_bytes()).decode()))
+    cluster = service["spec"]["rayClusterConfig"]
+    check_k8s(cluster["headGroupSpec"]["template"], "V1PodTemplateSpec")
+    for group in cluster["workerGroupSpecs"]:
+        check_k8s(group["template"], "V1PodTemplateSpec")
+    config = yaml.safe_load(service["spec"]["serveConfigV2"])
+    (application,) = config["applications"]
+    module, name = application["import_path"].split(":")
+    from irforge.engine.replica_args import ReplicaArgs
+
+    ReplicaArgs(**application["args"])
+    if importlib.util.find_spec("ray") is not None:  # the `ray` extra: Ray's own checks too
+        from ray.serve.schema import ServeDeploySchema
+
+        ServeDeploySchema(**config)
+        assert callable(getattr(importlib.import_module(module), name))
+    return application
 
 
 def built(tmp_path: Path, llama_artifacts: Path, targets: dict[str, str], tp: int = 1) -> Path:
@@ -117,7 +151,7 @@ def test_gpu_manifests_are_valid_and_ask_for_the_programs_devices(
         folder, tmp_path / "k8s", "--replicas", "3", "--volume-claim", "models"
     )
     assert code == 0, output
-    assert set(files) == {"deployment.yaml", "service.yaml", "inferencepool.yaml"}
+    assert set(files) == FILES
     check_k8s(files["deployment.yaml"], "V1Deployment")
     check_k8s(files["service.yaml"], "V1Service")
     jsonschema.validate(files["inferencepool.yaml"], pool_schema())
@@ -142,6 +176,20 @@ def test_gpu_manifests_are_valid_and_ask_for_the_programs_devices(
     selector = files["inferencepool.yaml"]["spec"]["selector"]["matchLabels"]
     assert selector.items() <= labels.items()
     assert files["service.yaml"]["spec"]["selector"].items() <= labels.items()
+
+    application = check_ray_service(files["rayservice.yaml"])
+    assert application["args"] == {
+        "folder": "/models/Tiny_Llama", "model_name": "tiny-llama", "engine": {
+            **application["args"]["engine"], "device": "hip"}, "replicas": 3, "num_gpus": 2,
+        "batch": max(json.loads((folder / "manifest.json").read_text())["options"][
+            "decode_batch_sizes"]),
+    }  # fmt: skip
+    (workers,) = files["rayservice.yaml"]["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+    assert workers["replicas"] == 3
+    worker = workers["template"]["spec"]["containers"][0]
+    assert worker["resources"] == server["resources"]
+    assert worker["readinessProbe"] == server["readinessProbe"]
+    assert workers["template"]["spec"]["volumes"] == pod["volumes"]
 
 
 @pytest.mark.iree
@@ -170,6 +218,13 @@ def test_cpu_pods_build_the_folder_with_its_own_options(
     assert "--device" in server["command"] and "local-task" in server["command"]
     assert server["resources"]["requests"]["memory"].endswith("Gi")
     assert files["inferencepool.yaml"]["spec"]["targetPorts"] == [{"number": 9000}]
+    application = check_ray_service(files["rayservice.yaml"])
+    assert application["args"]["engine"]["device"] == "local-task"
+    (workers,) = files["rayservice.yaml"]["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+    assert workers["rayStartParams"] == {"num-cpus": "1"}  # one engine replica a pod
+    assert workers["template"]["spec"]["initContainers"] == pod["initContainers"]
+    serve_config = yaml.safe_load(files["rayservice.yaml"]["spec"]["serveConfigV2"])
+    assert serve_config["http_options"]["port"] == 9000
 
 
 @pytest.mark.iree
@@ -207,4 +262,4 @@ def test_a_cpu_program_on_a_volume_is_said_to_be_this_machines(
     folder = built(tmp_path, llama_artifacts, {"cpu": "local-task"})
     code, output, files = deploy(folder, tmp_path / "k8s", "--volume-claim", "models")
     assert code == 0 and "compiled for the build machine's CPU" in output, output
-    assert len(files) == 3
+    assert set(files) == FILES

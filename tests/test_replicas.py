@@ -1,14 +1,22 @@
 """irforge serve --replicas: engines on Ray Serve (a local Ray cluster, loopback only) answer
-as the one-process server does, and stopping leaves no Ray process behind."""
+as the one-process server does, route shared prefixes to one replica, survive a replica's
+death, scale with load, and stopping leaves no Ray process behind."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
+import threading
 import time
+import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from test_serve import JSON, serving
@@ -16,49 +24,146 @@ from test_serve import JSON, serving
 pytest.importorskip("ray.serve")
 pytestmark = pytest.mark.iree
 RAY_PROCESSES = "raylet|gcs_server|ray::"
+ENGINE_REPLICA = "ServeReplica:irforge:engine"  # an engine replica's process title
+SHARED = [3 + (7 * j) % 50 for j in range(40)]  # 40 token ids: over 64 characters of prefix
 
 
-def complete(url: str, body: dict) -> str:
-    """The completion's text, joined from the stream's chunks when streamed."""
+def complete(url: str, body: dict) -> tuple[str, str]:
+    """(text, the replica that answered), the text joined from the chunks when streamed."""
     req = urllib.request.Request(
         f"{url}/v1/completions", data=json.dumps(body).encode(), headers=JSON
     )
     with urllib.request.urlopen(req, timeout=120) as r:
+        replica = r.headers["x-irforge-replica"]
         if not body.get("stream"):
-            return json.loads(r.read())["choices"][0]["text"]
+            return json.loads(r.read())["choices"][0]["text"], replica
         text = []
         for raw in r:
             line = raw.decode().strip()
             if line.startswith("data: {"):
                 text += [c["text"] for c in json.loads(line[6:])["choices"]]
-        return "".join(text)
+        return "".join(text), replica
 
 
 def ray_processes() -> list[str]:
-    found = subprocess.run(["pgrep", "-af", RAY_PROCESSES], capture_output=True, text=True)
+    return _pgrep(RAY_PROCESSES)
+
+
+def engine_replicas() -> list[int]:
+    return [int(line.split()[0]) for line in _pgrep(ENGINE_REPLICA)]
+
+
+def _pgrep(pattern: str) -> list[str]:
+    found = subprocess.run(["pgrep", "-af", pattern], capture_output=True, text=True)
     return [line for line in found.stdout.splitlines() if "pgrep" not in line]
 
 
-def test_two_replicas_answer_as_one_process_and_stop_clean(llama_artifacts: Path) -> None:
+@contextmanager
+def replicas(folder: Path, *args: str) -> Iterator[str]:
+    """A `serve --replicas` server; afterwards it has exited 0 and no Ray process is left."""
     assert not ray_processes(), "a Ray cluster is already running here"
-    bodies = [
-        {
-            "prompt": [5 + i % 11, 6, 7 + i % 5, 9],
-            "max_tokens": 6,
-            "temperature": 0,
-            "ignore_eos": True,
-            "stream": i % 2 == 0,
-        }  # fmt: skip
-        for i in range(64)
-    ]
-    with serving(llama_artifacts) as (url, _):
-        want = [complete(url, b) for b in bodies]
-    with serving(llama_artifacts, "--replicas", "2", timeout_s=240) as (url, proc):
-        with ThreadPoolExecutor(32) as pool:
-            got = list(pool.map(lambda b: complete(url, b), bodies))
-        assert got == want
+    with serving(folder, *args, timeout_s=240) as (url, proc):
+        yield url
     assert proc.returncode == 0, proc.stdout.read() if proc.stdout else ""
     deadline = time.monotonic() + 30
     while ray_processes() and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not ray_processes()
+
+
+def body(prompt: list[int], i: int, **more: Any) -> dict[str, Any]:
+    return {"prompt": prompt, "max_tokens": 6, "temperature": 0, "ignore_eos": True,
+            "stream": i % 2 == 0, **more}  # fmt: skip
+
+
+def test_two_replicas_answer_as_one_process_and_keep_prefixes_together(
+    llama_artifacts: Path,
+) -> None:
+    plain = [body([5 + i % 11, 6, 7 + i % 5, 9], i) for i in range(48)]
+    shared = [body([*SHARED, 60 + i], i) for i in range(16)]
+    with serving(llama_artifacts) as (url, _):
+        want = [complete(url, b)[0] for b in plain + shared]
+    with replicas(llama_artifacts, "--replicas", "2") as url:
+        with ThreadPoolExecutor(32) as pool:
+            got = list(pool.map(lambda b: complete(url, b), plain + shared))
+        assert [text for text, _ in got] == want
+        assert len({replica for _, replica in got}) == 2  # both replicas served
+        # a prefix's first request picks a replica; the ones after follow it while the
+        # load stays within a decode batch of the least-loaded (4 here)
+        _, owner = complete(url, body([*SHARED, 1], 1))
+        with ThreadPoolExecutor(4) as pool:
+            after = list(pool.map(lambda b: complete(url, b)[1], shared))
+        assert set(after) == {owner}
+
+
+def test_a_killed_replica_ends_its_requests_cleanly_and_is_restarted(
+    llama_artifacts: Path,
+) -> None:
+    outcomes: list[str] = []
+    stop = threading.Event()
+
+    def client(k: int) -> None:
+        i = 0
+        while not stop.is_set():
+            i += 1
+            outcomes.append(one_request(url, body([5 + k, 6, 7 + i % 5], i, max_tokens=40)))
+
+    with replicas(llama_artifacts, "--replicas", "2") as url:
+        with ThreadPoolExecutor(8) as pool:
+            running = [pool.submit(client, k) for k in range(8)]
+            time.sleep(3)
+            victim = engine_replicas()[0]
+            os.kill(victim, signal.SIGKILL)
+            time.sleep(5)
+            stop.set()
+            for f in running:
+                f.result(timeout=120)  # a hang fails here
+        assert set(outcomes) <= {"answer", "error"}, set(outcomes)
+        assert outcomes.count("answer") > 20
+        deadline = time.monotonic() + 120
+        while len(engine_replicas()) < 2 or victim in engine_replicas():
+            assert time.monotonic() < deadline, "the killed replica was not restarted"
+            time.sleep(1)
+        after = [one_request(url, body([5, 6, 7], i)) for i in range(8)]
+        assert after == ["answer"] * 8
+
+
+def one_request(url: str, b: dict[str, Any]) -> str:
+    """ "answer" (a whole answer), "error" (a JSON error, or a stream that ends in an error
+    event), or what went wrong."""
+    req = urllib.request.Request(f"{url}/v1/completions", data=json.dumps(b).encode(), headers=JSON)
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            if not b["stream"]:
+                return "answer" if json.loads(r.read())["choices"] else "empty"
+            lines = [raw.decode().strip() for raw in r]
+    except urllib.error.HTTPError as e:
+        error = json.loads(e.read())["error"]
+        return "error" if e.code == 503 and error["code"] == "REPLICA_STOPPED" else f"{e.code}"
+    events = [line[6:] for line in lines if line.startswith("data: ")]
+    if events and events[-1] == "[DONE]":
+        return "answer"
+    if events and "error" in json.loads(events[-1]):
+        return "error"
+    return f"cut: {events[-1:]}"
+
+
+def test_replicas_scale_with_the_queue(llama_artifacts: Path) -> None:
+    stop = threading.Event()
+
+    def client(k: int) -> None:
+        while not stop.is_set():
+            complete(url, body([5 + k, 6, 7], 0, max_tokens=60))
+
+    with replicas(llama_artifacts, "--min-replicas", "1", "--max-replicas", "2") as url:
+        assert len(engine_replicas()) == 1
+        # 12 streams against a target of 4 (the largest decode batch) per replica
+        with ThreadPoolExecutor(12) as pool:
+            running = [pool.submit(client, k) for k in range(12)]
+            deadline = time.monotonic() + 90
+            while len(engine_replicas()) < 2 and time.monotonic() < deadline:
+                time.sleep(1)
+            stop.set()
+            for f in running:
+                f.result(timeout=120)
+        assert len(engine_replicas()) == 2

@@ -19,7 +19,8 @@ def deploy_cmd(
         bool,
         typer.Option(
             "--kubernetes",
-            help="Write Kubernetes manifests: a Deployment, a Service and an InferencePool.",
+            help="Write Kubernetes manifests: a Deployment, a Service and an InferencePool; "
+            "and, for clusters with KubeRay, a RayService instead of those.",
         ),
     ] = False,
     out: Annotated[Path, typer.Option("--out", "-o", help="The folder to write them into.")] = (
@@ -68,7 +69,9 @@ def deploy_cmd(
     With --kubernetes: OUT/deployment.yaml (pods running `irforge serve`, asking for the
     devices the program spans, probes on /health, Prometheus scraping /metrics),
     OUT/service.yaml and OUT/inferencepool.yaml (the Gateway API Inference Extension's pool,
-    for an endpoint picker that routes by the vLLM series on /metrics).
+    for an endpoint picker that routes by the vLLM series on /metrics). Or, with KubeRay,
+    OUT/rayservice.yaml alone: a Ray head and one worker pod per replica running irforge's
+    Ray Serve application (as `irforge serve --replicas`), routing by prompt prefix.
     """
     import yaml
 

@@ -65,6 +65,25 @@ def serve_cmd(
             min=1,
         ),
     ] = 1,
+    min_replicas: Annotated[
+        int | None,
+        typer.Option(
+            help="With --max-replicas: as many replicas as the load needs, from this many "
+            "(Ray Serve's autoscaler, on requests per replica against its largest decode batch).",
+            min=1,
+        ),
+    ] = None,
+    max_replicas: Annotated[
+        int | None, typer.Option(help="The most replicas autoscaling starts.", min=1)
+    ] = None,
+    routing: Annotated[
+        str,
+        typer.Option(
+            help="How replicas are picked: 'prefix' sends a prompt to the replica that holds "
+            "its beginning (least-loaded when that one is far behind); 'load': Ray's "
+            "power-of-two choices.",
+        ),
+    ] = "prefix",
     ray_address: Annotated[
         str | None,
         typer.Option(help="Join this Ray cluster for the replicas instead of starting one."),
@@ -87,13 +106,26 @@ def serve_cmd(
         prefix_caching=prefix_caching,
         prefill_chunk=prefill_chunk,
     )
-    if replicas > 1 or ray_address:
+    if replicas > 1 or ray_address or min_replicas or max_replicas:
+        from typing import get_args
+
+        from irforge.engine.replica_args import Routing
+        from irforge.errors import InputError
         from irforge.serve.replicas import serve_replicas
 
+        if routing not in get_args(Routing):
+            raise InputError(f"--routing must be one of {', '.join(get_args(Routing))}")
+        if (min_replicas is None) != (max_replicas is None) or replicas > 1 and min_replicas:
+            raise InputError(
+                "autoscale with both --min-replicas and --max-replicas, without --replicas"
+            )
         serve_replicas(
             folder,
             options,
             replicas=replicas,
+            min_replicas=min_replicas,
+            max_replicas=max_replicas,
+            routing=routing,  # type: ignore[arg-type]
             ray_address=ray_address,
             host=host,
             port=port,

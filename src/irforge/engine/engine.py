@@ -145,6 +145,11 @@ class Engine:
         if not self._thread.is_alive():
             self._thread.start()
 
+    @property
+    def running(self) -> bool:
+        """Whether the scheduler thread is serving (False before start and after shutdown)."""
+        return self._thread.is_alive()
+
     def submit(
         self, prompt: str | Sequence[int], sampling: Sampling | None = None, **options: Any
     ) -> Request:

@@ -1,9 +1,8 @@
-"""serve_replicas(): N engines of one folder on Ray Serve, behind one HTTP port.
+"""serve_replicas(): engines of one folder on Ray Serve, behind one HTTP port.
 
-Each replica is a Ray actor running the same FastAPI app as `irforge serve` (serve/app.py)
-over its own Engine; Ray Serve's proxy routes each request to a replica and streams the
-response back. A replica that dies is restarted by Ray. Ray is optional (`pip install
-"irforge[ray]"`); the one-process server needs none of it.
+The application itself is serve/ray_app.py, built from engine/replica_args.py's args; this
+module runs it on a local or joined Ray cluster until a signal (Ray is imported only then).
+Ray is optional (`pip install "irforge[ray]"`); the one-process server needs none of it.
 """
 
 from __future__ import annotations
@@ -14,48 +13,29 @@ import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
+from irforge.artifacts.manifest import Manifest
 from irforge.engine.options import EngineOptions
+from irforge.engine.replica_args import APP_NAME, Routing, replica_args
 from irforge.errors import InputError
-from irforge.runtime.devices import CPU_DRIVER, normalize_driver
-
-APP_NAME = "irforge"
-# Ray Serve's default (5) would queue a replica's requests in Ray instead of in its engine,
-# which batches them: let the engine see all it can hold
-MAX_ONGOING = 1024
-
-
-def _builder(folder: str, options: EngineOptions, model_name: str | None) -> Callable[[], Any]:
-    """A function Ray Serve calls in each replica to make its ASGI app (a closure, not a
-    partial: Serve takes only plain functions as app builders)."""
-
-    def build() -> Any:
-        from irforge.engine.engine import Engine
-        from irforge.serve.app import create_app
-
-        return create_app(Engine(Path(folder), options), model_name=model_name)
-
-    return build
 
 
 def serve_replicas(
     folder: Path,
     options: EngineOptions,
     *,
-    replicas: int,
+    replicas: int = 1,
+    min_replicas: int | None = None,
+    max_replicas: int | None = None,
+    routing: Routing = "prefix",
     ray_address: str | None = None,
     host: str = "127.0.0.1",
     port: int = 8000,
     model_name: str | None = None,
     drain_timeout: float = 120.0,
 ) -> None:
-    """Run `replicas` engines of `folder` until SIGTERM or SIGINT, then shut Serve down
-    and, if this call started Ray, Ray too.
-
-    Each replica asks Ray for the devices its program spans: `tp` GPUs on a GPU driver,
-    else one CPU.
-    """
+    """Run the engines of `folder` until SIGTERM or SIGINT, then shut Serve down and, if this
+    call started Ray, Ray too."""
     # Ray's C++ failure handler turns the SIGTERM that asks this process to drain into an
     # abort (exit -6); the handlers below do the stopping
     os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
@@ -68,13 +48,22 @@ def serve_replicas(
         raise InputError(
             'replicas run on Ray Serve, which is not installed: pip install "irforge[ray]"'
         ) from None
-    from irforge.artifacts.manifest import Manifest
+    folder = Path(folder).resolve()
+    manifest = Manifest.load(folder)  # a bad folder or bad options fail here, before Ray
+    name = model_name or folder.name
+    args = replica_args(
+        folder,
+        manifest,
+        options,
+        model_name=name,
+        replicas=replicas,
+        min_replicas=min_replicas,
+        max_replicas=max_replicas,
+        routing=routing,
+        drain_timeout=drain_timeout,
+    )
+    from irforge.serve.ray_app import build_app
 
-    manifest = Manifest.load(folder)  # a bad folder fails here, before Ray starts
-    tp = manifest.options.tensor_parallelism_size
-    name = model_name or Path(folder).resolve().name
-    on_cpu = normalize_driver(options.device) == CPU_DRIVER
-    actor = {"num_cpus": 1} if on_cpu else {"num_gpus": tp}
     started_ray = not ray.is_initialized()
     if started_ray:
         try:
@@ -85,17 +74,15 @@ def serve_replicas(
     restore = _stop_on_signals(stop)  # after ray.init, which installs a SIGTERM handler of its own
     try:
         serve.start(http_options={"host": host, "port": port})
-        deployment = serve.deployment(
-            serve.ingress(_builder(str(Path(folder).resolve()), options, name))(),
-            name=APP_NAME,
-            num_replicas=replicas,
-            ray_actor_options=actor,
-            max_ongoing_requests=MAX_ONGOING,
-            graceful_shutdown_timeout_s=drain_timeout,
+        serve.run(build_app(args), name=APP_NAME, route_prefix="/", blocking=False)
+        count = (
+            f"{min_replicas}-{max_replicas} replicas by load"
+            if min_replicas is not None
+            else f"{replicas} replicas"
         )
-        serve.run(deployment.bind(), name=APP_NAME, route_prefix="/", blocking=False)  # type: ignore[attr-defined]
         print(
-            f"irforge serve: http://{host}:{port} ({name}; {replicas} replicas on Ray Serve)",
+            f"irforge serve: http://{host}:{port} ({name}; {count} on Ray Serve, "
+            f"{routing} routing)",
             file=sys.stderr,
             flush=True,
         )

@@ -1,4 +1,5 @@
-"""Kubernetes manifests that serve a built folder: Deployment, Service and InferencePool.
+"""Kubernetes manifests that serve a built folder: Deployment, Service and InferencePool, or
+a KubeRay RayService.
 
 `irforge deploy OUT --kubernetes -o DIR` writes them from OUT's manifest (tensor parallelism,
 the targets it was compiled for). The pods run `irforge serve` on the folder, taken from a
@@ -7,6 +8,11 @@ ask for the devices the program spans (`amd.com/gpu`, `nvidia.com/gpu`), answer 
 /health and are scraped on /metrics. The InferencePool (the Gateway API Inference Extension's,
 inference.networking.k8s.io/v1) selects the same pods for an endpoint picker, which routes by
 the vLLM series /metrics exposes (engine/metrics.py).
+
+The RayService (KubeRay's ray.io/v1) is the other way to run the same folder: a Ray head that
+runs no engine, and one worker pod per replica running an engine replica of irforge's Ray
+Serve application (serve/ray_app.py, the app `irforge serve --replicas` runs), with the same
+devices, volume or build and probes; Serve routes by prompt prefix between the replicas.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from irforge.artifacts.manifest import Manifest
+from irforge.engine.options import EngineOptions
 from irforge.errors import ConfigError
 from irforge.facts.targets import TARGETS
 from irforge.runtime.devices import cache_bytes
@@ -28,6 +35,8 @@ PORT_NAME = "http"
 EPP_PORT = 9002  # the endpoint picker's ext-proc port in the extension's own charts
 GPU_RESOURCE = {"hip": "amd.com/gpu", "cuda": "nvidia.com/gpu"}  # device plugins' names
 DEPLOYMENT_FILE, SERVICE_FILE, POOL_FILE = "deployment.yaml", "service.yaml", "inferencepool.yaml"
+RAY_SERVICE_FILE = "rayservice.yaml"
+RAY_PORTS = {"gcs-server": 6379, "dashboard": 8265, "client": 10001}  # KubeRay's defaults
 # DNS-1123 label: what Deployment, Service and label values accept
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
@@ -95,6 +104,7 @@ def manifests(folder: Path, options: DeployOptions) -> Manifests:
         )
     files = {
         DEPLOYMENT_FILE: _deployment(folder, manifest, options, target, tp, labels, selector),
+        RAY_SERVICE_FILE: _ray_service(folder, manifest, options, target, tp, labels),
         SERVICE_FILE: {
             "apiVersion": "v1",
             "kind": "Service",
@@ -144,39 +154,10 @@ def _deployment(
     selector: dict[str, str],
 ) -> dict[str, Any]:
     driver = TARGETS[target].driver
-    path = f"{MODELS_DIR}/{folder.resolve().name}"
-    serve = ["irforge", "serve", path, "--host", "0.0.0.0", "--port", str(o.port)]
+    serve = ["irforge", "serve", _folder_path(folder), "--host", "0.0.0.0", "--port", str(o.port)]
     serve += ["--device", driver, "--model-name", o.name]
-    health = {"httpGet": {"path": "/health", "port": PORT_NAME}}
-    container: dict[str, Any] = {
-        "name": "server",
-        "image": o.image,
-        "command": serve,
-        "ports": [{"name": PORT_NAME, "containerPort": o.port}],
-        # loading the weights and the program takes a while on a large model
-        "startupProbe": {**health, "periodSeconds": 10, "failureThreshold": 180},
-        "readinessProbe": {**health, "periodSeconds": 5},
-        "livenessProbe": {**health, "periodSeconds": 20, "failureThreshold": 3},
-        "resources": _resources(folder, manifest, driver, tp),
-        "volumeMounts": [{"name": "models", "mountPath": MODELS_DIR}],
-    }
-    pod: dict[str, Any] = {"containers": [container]}
-    if o.volume_claim is not None:
-        container["volumeMounts"][0]["readOnly"] = True
-        volume = {"persistentVolumeClaim": {"claimName": o.volume_claim, "readOnly": True}}
-    else:
-        volume = {"emptyDir": {}}
-        pod["initContainers"] = [
-            {
-                "name": "build",
-                "image": o.image,
-                "command": _build_command(o.build_source or "", path, target, manifest, tp),
-                "volumeMounts": [{"name": "models", "mountPath": MODELS_DIR}],
-            }
-        ]
-    pod["volumes"] = [{"name": "models", **volume}]
-    # drain: the server finishes its requests on SIGTERM (serve --drain-timeout)
-    pod["terminationGracePeriodSeconds"] = 60
+    container: dict[str, Any] = {"name": "server", "image": o.image, "command": serve}
+    pod = _engine_pod(folder, manifest, o, target, tp, container)
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -185,18 +166,153 @@ def _deployment(
             "replicas": o.replicas,
             "selector": {"matchLabels": selector},
             "template": {
-                "metadata": {
-                    "labels": labels,
-                    "annotations": {
-                        "prometheus.io/scrape": "true",
-                        "prometheus.io/port": str(o.port),
-                        "prometheus.io/path": "/metrics",
-                    },
-                },
+                "metadata": {"labels": labels, "annotations": _scrape(o.port)},
                 "spec": pod,
             },
         },
     }
+
+
+def _folder_path(folder: Path) -> str:
+    return f"{MODELS_DIR}/{folder.resolve().name}"
+
+
+def _scrape(port: int) -> dict[str, str]:
+    return {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": str(port),
+        "prometheus.io/path": "/metrics",
+    }
+
+
+def _engine_pod(
+    folder: Path,
+    manifest: Manifest,
+    o: DeployOptions,
+    target: str,
+    tp: int,
+    container: dict[str, Any],
+) -> dict[str, Any]:
+    """The spec of a pod whose `container` serves on `o.port`: the devices, the folder (from
+    the volume claim, or built by an init container), probes on /health, time to drain."""
+    driver = TARGETS[target].driver
+    health = {"httpGet": {"path": "/health", "port": PORT_NAME}}
+    container.update(
+        {
+            "ports": [*container.get("ports", []), {"name": PORT_NAME, "containerPort": o.port}],
+            # loading the weights and the program takes a while on a large model
+            "startupProbe": {**health, "periodSeconds": 10, "failureThreshold": 180},
+            "readinessProbe": {**health, "periodSeconds": 5},
+            "livenessProbe": {**health, "periodSeconds": 20, "failureThreshold": 3},
+            "resources": _resources(folder, manifest, driver, tp),
+            "volumeMounts": [{"name": "models", "mountPath": MODELS_DIR}],
+        }
+    )
+    pod: dict[str, Any] = {"containers": [container]}
+    if o.volume_claim is not None:
+        container["volumeMounts"][0]["readOnly"] = True
+        volume = {"persistentVolumeClaim": {"claimName": o.volume_claim, "readOnly": True}}
+    else:
+        volume = {"emptyDir": {}}
+        build = _build_command(o.build_source or "", _folder_path(folder), target, manifest, tp)
+        pod["initContainers"] = [
+            {
+                "name": "build",
+                "image": o.image,
+                "command": build,
+                "volumeMounts": [{"name": "models", "mountPath": MODELS_DIR}],
+            }
+        ]
+    pod["volumes"] = [{"name": "models", **volume}]
+    # drain: the server finishes its requests on SIGTERM (serve --drain-timeout)
+    pod["terminationGracePeriodSeconds"] = 60
+    return pod
+
+
+def _ray_service(
+    folder: Path,
+    manifest: Manifest,
+    o: DeployOptions,
+    target: str,
+    tp: int,
+    labels: dict[str, str],
+) -> dict[str, Any]:
+    """A RayService: a head that runs no engine, and `o.replicas` worker pods with one engine
+    replica each, serving irforge's Ray Serve application on `o.port`."""
+    import yaml
+
+    from irforge.engine.replica_args import APP_NAME, BUILDER, replica_args
+
+    driver = TARGETS[target].driver
+    args = replica_args(
+        Path(_folder_path(folder)),
+        manifest,
+        EngineOptions(device=driver),
+        model_name=o.name,
+        replicas=o.replicas,
+    )
+    serve_config = {
+        "proxy_location": "EveryNode",
+        "http_options": {"host": "0.0.0.0", "port": o.port},
+        "applications": [
+            {
+                "name": APP_NAME,
+                "import_path": BUILDER,
+                "route_prefix": "/",
+                "args": args.model_dump(mode="json", exclude_defaults=True),
+            }
+        ],
+    }
+    head_ports = [{"name": name, "containerPort": port} for name, port in RAY_PORTS.items()]
+    head = {
+        "name": "ray-head",
+        "image": o.image,
+        "ports": [*head_ports, {"name": PORT_NAME, "containerPort": o.port}],
+        "resources": {"requests": {"cpu": "1", "memory": "4Gi"}},
+    }
+    worker = {"name": "ray-worker", "image": o.image}
+    on_gpu = driver in GPU_RESOURCE
+    return {
+        "apiVersion": "ray.io/v1",
+        "kind": "RayService",
+        "metadata": {"name": o.name, "labels": labels},
+        "spec": {
+            "serveConfigV2": yaml.safe_dump(serve_config, sort_keys=False),
+            "rayClusterConfig": {
+                "rayVersion": _ray_version(),
+                "headGroupSpec": {
+                    # the head schedules Serve's controller and proxy, no engine
+                    "rayStartParams": {"num-cpus": "0", "dashboard-host": "0.0.0.0"},
+                    "template": {"metadata": {"labels": labels}, "spec": {"containers": [head]}},
+                },
+                "workerGroupSpecs": [
+                    {
+                        "groupName": "engines",
+                        "replicas": o.replicas,
+                        "minReplicas": o.replicas,
+                        "maxReplicas": o.replicas,
+                        # one engine replica per pod: on the CPU it asks for one Ray CPU
+                        "rayStartParams": {} if on_gpu else {"num-cpus": "1"},
+                        "template": {
+                            "metadata": {"labels": labels, "annotations": _scrape(o.port)},
+                            "spec": _engine_pod(folder, manifest, o, target, tp, worker),
+                        },
+                    }
+                ],
+            },
+        },
+    }
+
+
+def _ray_version() -> str:
+    """The Ray the image should hold: this machine's, else the least the `ray` extra accepts."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("ray")
+    except metadata.PackageNotFoundError:
+        (wanted,) = [r for r in metadata.requires("irforge") or [] if r.startswith("ray[")]
+        return re.split(r">=|,|;", wanted)[1].strip()
 
 
 def _build_command(source: str, path: str, target: str, manifest: Manifest, tp: int) -> list[str]:
