@@ -105,11 +105,11 @@ async def _collect(parts: AsyncIterator[object]) -> list[object]:
 
 def test_a_stream_stops_when_its_reader_goes() -> None:
     async def run() -> list[object]:
-        got = []
+        got: list[object] = []
         parts = answer(app, forwarded("/stream", {}))
         async for part in parts:
             got.append(part)
-            if len(got) == 4:
+            if b"data: 2\n\n" in b"".join(p for p in got[1:] if isinstance(p, bytes)):
                 break
         await parts.aclose()  # as Ray closes the replica's generator when the client goes
         return got
@@ -118,5 +118,5 @@ def test_a_stream_stops_when_its_reader_goes() -> None:
     start = time.monotonic()
     got = asyncio.run(run())
     assert time.monotonic() - start < 10
-    assert got[1:] == [b"data: 0\n\n", b"data: 1\n\n", b"data: 2\n\n"]
+    assert b"".join(got[1:]).startswith(b"data: 0\n\ndata: 1\n\ndata: 2\n\n")  # type: ignore[arg-type]
     assert stopped.is_set()  # the app saw the client leave and stopped its stream

@@ -17,6 +17,14 @@ from irforge.errors import InputError
 from irforge.runtime.devices import CPU_DRIVER, normalize_driver
 
 APP_NAME = "irforge"
+# Ray's environment for irforge's app, wherever it runs: Serve's own throughput settings (logs
+# buffered, gRPC between replicas; bench/RESULTS.md) but not their direct ingress, which holds a
+# SIGTERM's shutdown for 30 s; and no usage report to Ray's servers unless the user asks for it
+RAY_ENV = {
+    "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+    "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0",
+    "RAY_USAGE_STATS_ENABLED": "0",
+}
 BUILDER = "irforge.serve.ray_app:build_app"  # the application builder's import path
 Routing = Literal["prefix", "load"]
 

@@ -117,9 +117,19 @@ async def answer(app: Any, request: Forwarded) -> AsyncIterator[Head | bytes]:
                 ]
                 yield message["status"], headers
             elif message["type"] == "http.response.body":
-                if message.get("body"):
-                    yield message["body"]
-                if not message.get("more_body"):
+                body, more = message.get("body", b""), message.get("more_body", False)
+                # what else the app has sent by now goes as one chunk: when the hop to the
+                # client is slower than the stream, chunks pile up and it carries them in bulk
+                while more and not messages.empty():
+                    following = messages.get_nowait()
+                    if following is None or following["type"] != "http.response.body":
+                        messages.put_nowait(following)  # (None is the last message)
+                        break
+                    body += following.get("body", b"")
+                    more = following.get("more_body", False)
+                if body:
+                    yield body
+                if not more:
                     break
         if not started:  # the app ended without answering: its own handlers failed
             body = error_body(request.path, 500, "internal server error", "INTERNAL_ERROR")

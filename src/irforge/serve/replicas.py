@@ -16,7 +16,7 @@ from pathlib import Path
 
 from irforge.artifacts.manifest import Manifest
 from irforge.engine.options import EngineOptions
-from irforge.engine.replica_args import APP_NAME, Routing, replica_args
+from irforge.engine.replica_args import APP_NAME, RAY_ENV, Routing, replica_args
 from irforge.errors import InputError
 
 
@@ -39,8 +39,8 @@ def serve_replicas(
     # Ray's C++ failure handler turns the SIGTERM that asks this process to drain into an
     # abort (exit -6); the handlers below do the stopping
     os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
-    # no usage report to Ray's servers unless the user asks for it
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    for name, value in RAY_ENV.items():  # before Ray starts: its workers inherit them
+        os.environ.setdefault(name, value)
     try:
         import ray
         from ray import serve

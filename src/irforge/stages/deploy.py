@@ -241,7 +241,7 @@ def _ray_service(
     replica each, serving irforge's Ray Serve application on `o.port`."""
     import yaml
 
-    from irforge.engine.replica_args import APP_NAME, BUILDER, replica_args
+    from irforge.engine.replica_args import APP_NAME, BUILDER, RAY_ENV, replica_args
 
     driver = TARGETS[target].driver
     args = replica_args(
@@ -264,13 +264,15 @@ def _ray_service(
         ],
     }
     head_ports = [{"name": name, "containerPort": port} for name, port in RAY_PORTS.items()]
+    env = [{"name": name, "value": value} for name, value in RAY_ENV.items()]
     head = {
         "name": "ray-head",
         "image": o.image,
+        "env": env,
         "ports": [*head_ports, {"name": PORT_NAME, "containerPort": o.port}],
         "resources": {"requests": {"cpu": "1", "memory": "4Gi"}},
     }
-    worker = {"name": "ray-worker", "image": o.image}
+    worker = {"name": "ray-worker", "image": o.image, "env": env}
     on_gpu = driver in GPU_RESOURCE
     return {
         "apiVersion": "ray.io/v1",
