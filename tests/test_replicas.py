@@ -167,3 +167,28 @@ def test_replicas_scale_with_the_queue(llama_artifacts: Path) -> None:
             for f in running:
                 f.result(timeout=120)
         assert len(engine_replicas()) == 2
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--replicas", "2", "--routing", "random"], "--routing must be one of prefix, load"),
+        (["--min-replicas", "2"], "both --min-replicas and --max-replicas"),
+        (["--replicas", "2", "--min-replicas", "1", "--max-replicas", "2"], "without --replicas"),
+        (
+            ["--min-replicas", "3", "--max-replicas", "2"],
+            "--min-replicas 3 is more than --max-replicas 2",
+        ),
+    ],
+)
+def test_bad_replica_options_are_one_line_errors_before_ray_starts(
+    llama_artifacts: Path, options: list[str], message: str
+) -> None:
+    from typer.testing import CliRunner
+
+    from irforge.cli.main import app
+
+    result = CliRunner().invoke(app, ["serve", str(llama_artifacts), *options])
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert not ray_processes()

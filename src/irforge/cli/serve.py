@@ -119,6 +119,10 @@ def serve_cmd(
             raise InputError(
                 "autoscale with both --min-replicas and --max-replicas, without --replicas"
             )
+        if min_replicas and max_replicas and min_replicas > max_replicas:
+            raise InputError(
+                f"--min-replicas {min_replicas} is more than --max-replicas {max_replicas}"
+            )
         serve_replicas(
             folder,
             options,

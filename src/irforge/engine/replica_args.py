@@ -94,4 +94,5 @@ def replica_args(
     except ValidationError as e:
         first = e.errors()[0]
         where = ".".join(map(str, first["loc"]))
-        raise InputError(f"{where + ': ' if where else ''}{first['msg']}") from None
+        message = first["msg"].removeprefix("Value error, ")  # a validator's own words
+        raise InputError(f"{where + ': ' if where else ''}{message}") from None
