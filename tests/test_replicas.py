@@ -172,13 +172,10 @@ def test_replicas_scale_with_the_queue(llama_artifacts: Path) -> None:
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        (["--replicas", "2", "--routing", "random"], "--routing must be one of prefix, load"),
-        (["--min-replicas", "2"], "both --min-replicas and --max-replicas"),
-        (["--replicas", "2", "--min-replicas", "1", "--max-replicas", "2"], "without --replicas"),
-        (
-            ["--min-replicas", "3", "--max-replicas", "2"],
-            "--min-replicas 3 is more than --max-replicas 2",
-        ),
+        (["--replicas", "2", "--routing", "random"], "routing: Input should be 'prefix' or 'load'"),
+        (["--min-replicas", "2"], "give both min_replicas and max_replicas"),
+        (["--replicas", "2", "--min-replicas", "1", "--max-replicas", "2"], "not both"),
+        (["--min-replicas", "3", "--max-replicas", "2"], "min_replicas 3 > max_replicas 2"),
     ],
 )
 def test_bad_replica_options_are_one_line_errors_before_ray_starts(

@@ -8,7 +8,8 @@ from typing import Annotated
 import typer
 
 from irforge.cli._options import DeviceIdsOpt, DeviceOpt, parse_device_ids
-from irforge.engine.options import EngineOptions
+from irforge.engine.options import DRAIN_TIMEOUT_S, EngineOptions
+from irforge.engine.replica_args import DEFAULT_ROUTING
 from irforge.runtime.device_memory import CACHE_SHARE
 
 DEFAULTS = EngineOptions()
@@ -56,7 +57,7 @@ def serve_cmd(
     ] = None,
     drain_timeout: Annotated[
         float, typer.Option(help="Seconds to finish in-flight requests on SIGTERM.", min=0)
-    ] = 120.0,
+    ] = DRAIN_TIMEOUT_S,
     replicas: Annotated[
         int,
         typer.Option(
@@ -83,7 +84,7 @@ def serve_cmd(
             "its beginning (least-loaded when that one is far behind); 'load': Ray's "
             "power-of-two choices.",
         ),
-    ] = "prefix",
+    ] = DEFAULT_ROUTING,
     ray_address: Annotated[
         str | None,
         typer.Option(help="Join this Ray cluster for the replicas instead of starting one."),
@@ -107,34 +108,21 @@ def serve_cmd(
         prefill_chunk=prefill_chunk,
     )
     if replicas > 1 or ray_address or min_replicas or max_replicas:
-        from typing import get_args
-
-        from irforge.engine.replica_args import Routing
-        from irforge.errors import InputError
+        from irforge.artifacts.manifest import Manifest
+        from irforge.engine.replica_args import replica_args
         from irforge.serve.replicas import serve_replicas
 
-        if routing not in get_args(Routing):
-            raise InputError(f"--routing must be one of {', '.join(get_args(Routing))}")
-        if (min_replicas is None) != (max_replicas is None) or replicas > 1 and min_replicas:
-            raise InputError(
-                "autoscale with both --min-replicas and --max-replicas, without --replicas"
-            )
-        if min_replicas and max_replicas and min_replicas > max_replicas:
-            raise InputError(
-                f"--min-replicas {min_replicas} is more than --max-replicas {max_replicas}"
-            )
-        serve_replicas(
-            folder,
+        args = replica_args(  # bad options fail here, before Ray starts
+            folder.resolve(),
+            Manifest.load(folder),
             options,
+            model_name=model_name or folder.resolve().name,
             replicas=replicas,
             min_replicas=min_replicas,
             max_replicas=max_replicas,
-            routing=routing,  # type: ignore[arg-type]
-            ray_address=ray_address,
-            host=host,
-            port=port,
-            model_name=model_name,
+            routing=routing,
             drain_timeout=drain_timeout,
         )
+        serve_replicas(args, ray_address=ray_address, host=host, port=port)
         return
     serve(folder, options, host=host, port=port, model_name=model_name, drain_timeout=drain_timeout)

@@ -51,6 +51,9 @@ class GenerationOptions:
             )
 
 
+DRAIN_TIMEOUT_S = 120.0  # seconds a server gives in-flight requests on SIGTERM
+
+
 @dataclass(frozen=True)
 class EngineOptions:
     """How an engine serves a folder: `irforge serve`'s options, and their one set of defaults.

@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from irforge.artifacts.manifest import Manifest
-from irforge.engine.options import EngineOptions
+from irforge.engine.options import DRAIN_TIMEOUT_S, EngineOptions
 from irforge.errors import InputError
 from irforge.runtime.devices import CPU_DRIVER, normalize_driver
 
@@ -27,6 +27,7 @@ RAY_ENV = {
 }
 BUILDER = "irforge.serve.ray_app:build_app"  # the application builder's import path
 Routing = Literal["prefix", "load"]
+DEFAULT_ROUTING: Routing = "prefix"
 
 
 class ReplicaArgs(BaseModel):
@@ -42,13 +43,15 @@ class ReplicaArgs(BaseModel):
     max_replicas: int | None = Field(None, ge=1)
     num_gpus: int = Field(0, ge=0)  # per replica: the program's TP on a GPU; 0: one CPU
     batch: int = Field(1, ge=1)  # sequences a replica decodes at once: its target load
-    routing: Routing = "prefix"
-    drain_timeout: float = Field(120.0, ge=0)
+    routing: Routing = DEFAULT_ROUTING
+    drain_timeout: float = Field(DRAIN_TIMEOUT_S, ge=0)
 
     @model_validator(mode="after")
     def _check(self) -> ReplicaArgs:
         if (self.min_replicas is None) != (self.max_replicas is None):
             raise ValueError("give both min_replicas and max_replicas to autoscale")
+        if self.min_replicas is not None and self.replicas != 1:
+            raise ValueError("give replicas, or min_replicas and max_replicas: not both")
         if self.min_replicas is not None and self.min_replicas > (self.max_replicas or 0):
             raise ValueError(f"min_replicas {self.min_replicas} > max_replicas {self.max_replicas}")
         EngineOptions(**self.engine_options())  # its own checks, before any replica starts
@@ -68,12 +71,13 @@ def replica_args(
     replicas: int = 1,
     min_replicas: int | None = None,
     max_replicas: int | None = None,
-    routing: Routing = "prefix",
-    drain_timeout: float = 120.0,
+    routing: str = DEFAULT_ROUTING,
+    drain_timeout: float = DRAIN_TIMEOUT_S,
 ) -> ReplicaArgs:
     """The application's args for serving `folder` (whose manifest is `manifest`): each
     replica asks for the program's TP GPUs on a GPU driver, else one CPU, and its target load
-    is the program's largest decode batch."""
+    is the program's largest decode batch. Bad values (from a command line or a manifest's
+    args) are one InputError naming the field."""
     engine = dataclasses.asdict(options)
     if engine["device_ids"] is not None:
         engine["device_ids"] = list(engine["device_ids"])
@@ -88,7 +92,7 @@ def replica_args(
             max_replicas=max_replicas,
             num_gpus=0 if on_cpu else manifest.options.tensor_parallelism_size,
             batch=max(manifest.options.decode_batch_sizes),
-            routing=routing,
+            routing=routing,  # type: ignore[arg-type]  # pydantic checks it, as the rest
             drain_timeout=drain_timeout,
         )
     except ValidationError as e:

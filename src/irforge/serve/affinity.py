@@ -10,7 +10,7 @@ routed keys are dropped first.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Collection, Hashable
+from collections.abc import Collection, Hashable, Sequence
 from typing import Generic, TypeVar
 
 # about one 16-token cache page of English text: a shorter match shares no page
@@ -34,7 +34,7 @@ class PrefixTable(Generic[Owner]):
         self.capacity = capacity
         self._owners: OrderedDict[int, Owner] = OrderedDict()
 
-    def owner(self, keys: list[int], alive: Collection[Owner]) -> tuple[Owner | None, int]:
+    def owner(self, keys: Sequence[int], alive: Collection[Owner]) -> tuple[Owner | None, int]:
         """The live replica that took the longest of these prefixes, and how many blocks
         long it is ((None, 0): none)."""
         for n in range(len(keys), 0, -1):
@@ -43,7 +43,7 @@ class PrefixTable(Generic[Owner]):
                 return found, n
         return None, 0
 
-    def record(self, keys: list[int], owner: Owner) -> None:
+    def record(self, keys: Sequence[int], owner: Owner) -> None:
         """`owner` took a prompt with these keys: it owns those nobody owned (a prefix keeps
         its first owner, so affinity does not flip when the load sends one request elsewhere)."""
         for key in keys:

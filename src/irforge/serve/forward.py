@@ -3,8 +3,8 @@
 Ray Serve's front replica reads a request, wraps it in `Forwarded` and hands it to an engine
 replica, which runs it through the same FastAPI app as the one-process server
 (`answer`). The answer comes back as a stream: first `(status, headers)`, then body chunks,
-so streamed completions stay streamed. `prompt` is the text a prefix-aware router keys on
-(the attribute Ray's routers read).
+so streamed completions stay streamed. `prefix` holds the keys of the prompt's leading blocks
+(serve/affinity.py), made once by the front for the router, which runs in the front's process.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ class Forwarded:
     headers: list[tuple[bytes, bytes]]
     body: bytes
     client: tuple[str, int] | None = None
-    prompt: str = field(default="")  # the routing key: see prompt_text
+    prefix: tuple[int, ...] = field(default=())  # affinity.chain(prompt_text(body))
 
 
 def prompt_text(body: bytes) -> str:

@@ -28,7 +28,7 @@ from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 from ray.serve.request_router import PendingRequest, ReplicaID, RequestRouter, RunningReplica
 
 from irforge.engine.options import EngineOptions
-from irforge.engine.replica_args import ReplicaArgs
+from irforge.engine.replica_args import DEFAULT_ROUTING, ReplicaArgs
 from irforge.serve.affinity import PrefixTable, chain
 from irforge.serve.errors import error_body
 from irforge.serve.forward import Forwarded, answer, prompt_text
@@ -104,7 +104,7 @@ class Front:
             headers=list(scope["headers"]),
             body=body,
             client=tuple(scope["client"]) if scope.get("client") else None,
-            prompt=prompt_text(body),
+            prefix=tuple(chain(prompt_text(body))),
         )
         stream = cast(DeploymentResponseGenerator, self.engines.remote(forwarded))
         try:
@@ -139,7 +139,7 @@ async def _rest(stream: Any) -> AsyncIterator[bytes]:
 
 
 class PrefixAffinityRouter(RequestRouter):
-    """Sends a request to the replica that last took the longest prefix of its prompt
+    """Sends a request to the replica that first took the longest prefix of its prompt
     (serve/affinity.py), unless that replica's queue is more than `imbalance` requests
     longer than the shortest; otherwise to the least-loaded replica."""
 
@@ -174,10 +174,9 @@ class PrefixAffinityRouter(RequestRouter):
         self._table.forget(replica_id)
 
 
-def _keys(pending_request: PendingRequest | None) -> list[int]:
+def _keys(pending_request: PendingRequest | None) -> tuple[int, ...]:
     args = pending_request.args if pending_request is not None else ()
-    prompt = getattr(args[0], "prompt", "") if args else ""
-    return chain(prompt) if isinstance(prompt, str) else []
+    return args[0].prefix if args and isinstance(args[0], Forwarded) else ()
 
 
 def build_app(args: ReplicaArgs) -> Any:
@@ -190,7 +189,7 @@ def build_app(args: ReplicaArgs) -> Any:
         "max_ongoing_requests": MAX_ONGOING,
         "graceful_shutdown_timeout_s": args.drain_timeout,
     }
-    if args.routing == "prefix":
+    if args.routing == DEFAULT_ROUTING:  # "prefix"
         engine_options["request_router_config"] = {
             "request_router_class": PrefixAffinityRouter,
             "request_router_kwargs": {"imbalance": args.batch},

@@ -12,30 +12,20 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
-from pathlib import Path
 
-from irforge.artifacts.manifest import Manifest
-from irforge.engine.options import EngineOptions
-from irforge.engine.replica_args import APP_NAME, RAY_ENV, Routing, replica_args
+from irforge.engine.replica_args import APP_NAME, RAY_ENV, ReplicaArgs
 from irforge.errors import InputError
 
 
 def serve_replicas(
-    folder: Path,
-    options: EngineOptions,
+    args: ReplicaArgs,
     *,
-    replicas: int = 1,
-    min_replicas: int | None = None,
-    max_replicas: int | None = None,
-    routing: Routing = "prefix",
     ray_address: str | None = None,
     host: str = "127.0.0.1",
     port: int = 8000,
-    model_name: str | None = None,
-    drain_timeout: float = 120.0,
 ) -> None:
-    """Run the engines of `folder` until SIGTERM or SIGINT, then shut Serve down and, if this
-    call started Ray, Ray too."""
+    """Run the application `args` describes (engine/replica_args.py) until SIGTERM or SIGINT,
+    then shut Serve down and, if this call started Ray, Ray too."""
     # Ray's C++ failure handler turns the SIGTERM that asks this process to drain into an
     # abort (exit -6); the handlers below do the stopping
     os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
@@ -48,20 +38,6 @@ def serve_replicas(
         raise InputError(
             'replicas run on Ray Serve, which is not installed: pip install "irforge[ray]"'
         ) from None
-    folder = Path(folder).resolve()
-    manifest = Manifest.load(folder)  # a bad folder or bad options fail here, before Ray
-    name = model_name or folder.name
-    args = replica_args(
-        folder,
-        manifest,
-        options,
-        model_name=name,
-        replicas=replicas,
-        min_replicas=min_replicas,
-        max_replicas=max_replicas,
-        routing=routing,
-        drain_timeout=drain_timeout,
-    )
     from irforge.serve.ray_app import build_app
 
     started_ray = not ray.is_initialized()
@@ -76,13 +52,13 @@ def serve_replicas(
         serve.start(http_options={"host": host, "port": port})
         serve.run(build_app(args), name=APP_NAME, route_prefix="/", blocking=False)
         count = (
-            f"{min_replicas}-{max_replicas} replicas by load"
-            if min_replicas is not None
-            else f"{replicas} replicas"
+            f"{args.min_replicas}-{args.max_replicas} replicas by load"
+            if args.min_replicas is not None
+            else f"{args.replicas} replicas"
         )
         print(
-            f"irforge serve: http://{host}:{port} ({name}; {count} on Ray Serve, "
-            f"{routing} routing)",
+            f"irforge serve: http://{host}:{port} ({args.model_name}; {count} on Ray Serve, "
+            f"{args.routing} routing)",
             file=sys.stderr,
             flush=True,
         )

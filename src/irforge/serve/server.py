@@ -13,7 +13,7 @@ from typing import Any
 import uvicorn
 
 from irforge.engine.engine import Engine
-from irforge.engine.options import EngineOptions
+from irforge.engine.options import DRAIN_TIMEOUT_S, EngineOptions
 from irforge.errors import InputError
 from irforge.serve.app import create_app
 from irforge.serve.limits import GuardedH11
@@ -42,7 +42,7 @@ def serve(
     host: str = "127.0.0.1",
     port: int = 8000,
     model_name: str | None = None,
-    drain_timeout: float = 120.0,
+    drain_timeout: float = DRAIN_TIMEOUT_S,
 ) -> None:
     """Serve an artifact folder over HTTP; returns after SIGTERM/SIGINT once drained.
 

@@ -102,9 +102,10 @@ def manifests(folder: Path, options: DeployOptions) -> Manifests:
             "the CPU program was compiled for the build machine's CPU; on nodes with another "
             "CPU use --build, which compiles it in the pod"
         )
+    served = _Served(folder, manifest, options, target, tp, labels)
     files = {
-        DEPLOYMENT_FILE: _deployment(folder, manifest, options, target, tp, labels, selector),
-        RAY_SERVICE_FILE: _ray_service(folder, manifest, options, target, tp, labels),
+        DEPLOYMENT_FILE: _deployment(served, selector),
+        RAY_SERVICE_FILE: _ray_service(served),
         SERVICE_FILE: {
             "apiVersion": "v1",
             "kind": "Service",
@@ -132,6 +133,27 @@ def manifests(folder: Path, options: DeployOptions) -> Manifests:
     return Manifests(files, notes)
 
 
+@dataclass(frozen=True)
+class _Served:
+    """What every manifest is made from: the folder, its manifest, the options, the target
+    served, its TP, the labels of what is made."""
+
+    folder: Path
+    manifest: Manifest
+    o: DeployOptions
+    target: str
+    tp: int
+    labels: dict[str, str]
+
+    @property
+    def driver(self) -> str:
+        return TARGETS[self.target].driver
+
+    @property
+    def path(self) -> str:  # the folder in the pod
+        return f"{MODELS_DIR}/{self.folder.resolve().name}"
+
+
 def _pick_target(manifest: Manifest, wanted: str | None, folder: Path) -> str:
     compiled = [c.target for c in manifest.compiled]
     if not compiled:
@@ -144,37 +166,24 @@ def _pick_target(manifest: Manifest, wanted: str | None, folder: Path) -> str:
     return (gpus or compiled)[0]
 
 
-def _deployment(
-    folder: Path,
-    manifest: Manifest,
-    o: DeployOptions,
-    target: str,
-    tp: int,
-    labels: dict[str, str],
-    selector: dict[str, str],
-) -> dict[str, Any]:
-    driver = TARGETS[target].driver
-    serve = ["irforge", "serve", _folder_path(folder), "--host", "0.0.0.0", "--port", str(o.port)]
-    serve += ["--device", driver, "--model-name", o.name]
+def _deployment(s: _Served, selector: dict[str, str]) -> dict[str, Any]:
+    o = s.o
+    serve = ["irforge", "serve", s.path, "--host", "0.0.0.0", "--port", str(o.port)]
+    serve += ["--device", s.driver, "--model-name", o.name]
     container: dict[str, Any] = {"name": "server", "image": o.image, "command": serve}
-    pod = _engine_pod(folder, manifest, o, target, tp, container)
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": {"name": o.name, "labels": labels},
+        "metadata": {"name": o.name, "labels": s.labels},
         "spec": {
             "replicas": o.replicas,
             "selector": {"matchLabels": selector},
             "template": {
-                "metadata": {"labels": labels, "annotations": _scrape(o.port)},
-                "spec": pod,
+                "metadata": {"labels": s.labels, "annotations": _scrape(o.port)},
+                "spec": _engine_pod(s, container),
             },
         },
     }
-
-
-def _folder_path(folder: Path) -> str:
-    return f"{MODELS_DIR}/{folder.resolve().name}"
 
 
 def _scrape(port: int) -> dict[str, str]:
@@ -185,17 +194,10 @@ def _scrape(port: int) -> dict[str, str]:
     }
 
 
-def _engine_pod(
-    folder: Path,
-    manifest: Manifest,
-    o: DeployOptions,
-    target: str,
-    tp: int,
-    container: dict[str, Any],
-) -> dict[str, Any]:
+def _engine_pod(s: _Served, container: dict[str, Any]) -> dict[str, Any]:
     """The spec of a pod whose `container` serves on `o.port`: the devices, the folder (from
     the volume claim, or built by an init container), probes on /health, time to drain."""
-    driver = TARGETS[target].driver
+    o = s.o
     health = {"httpGet": {"path": "/health", "port": PORT_NAME}}
     container.update(
         {
@@ -204,7 +206,7 @@ def _engine_pod(
             "startupProbe": {**health, "periodSeconds": 10, "failureThreshold": 180},
             "readinessProbe": {**health, "periodSeconds": 5},
             "livenessProbe": {**health, "periodSeconds": 20, "failureThreshold": 3},
-            "resources": _resources(folder, manifest, driver, tp),
+            "resources": _resources(s),
             "volumeMounts": [{"name": "models", "mountPath": MODELS_DIR}],
         }
     )
@@ -214,7 +216,7 @@ def _engine_pod(
         volume = {"persistentVolumeClaim": {"claimName": o.volume_claim, "readOnly": True}}
     else:
         volume = {"emptyDir": {}}
-        build = _build_command(o.build_source or "", _folder_path(folder), target, manifest, tp)
+        build = _build_command(s)
         pod["initContainers"] = [
             {
                 "name": "build",
@@ -229,25 +231,18 @@ def _engine_pod(
     return pod
 
 
-def _ray_service(
-    folder: Path,
-    manifest: Manifest,
-    o: DeployOptions,
-    target: str,
-    tp: int,
-    labels: dict[str, str],
-) -> dict[str, Any]:
+def _ray_service(s: _Served) -> dict[str, Any]:
     """A RayService: a head that runs no engine, and `o.replicas` worker pods with one engine
     replica each, serving irforge's Ray Serve application on `o.port`."""
     import yaml
 
     from irforge.engine.replica_args import APP_NAME, BUILDER, RAY_ENV, replica_args
 
-    driver = TARGETS[target].driver
+    o = s.o
     args = replica_args(
-        Path(_folder_path(folder)),
-        manifest,
-        EngineOptions(device=driver),
+        Path(s.path),
+        s.manifest,
+        EngineOptions(device=s.driver),
         model_name=o.name,
         replicas=o.replicas,
     )
@@ -273,11 +268,11 @@ def _ray_service(
         "resources": {"requests": {"cpu": "1", "memory": "4Gi"}},
     }
     worker = {"name": "ray-worker", "image": o.image, "env": env}
-    on_gpu = driver in GPU_RESOURCE
+    on_gpu = s.driver in GPU_RESOURCE
     return {
         "apiVersion": "ray.io/v1",
         "kind": "RayService",
-        "metadata": {"name": o.name, "labels": labels},
+        "metadata": {"name": o.name, "labels": s.labels},
         "spec": {
             "serveConfigV2": yaml.safe_dump(serve_config, sort_keys=False),
             "rayClusterConfig": {
@@ -285,7 +280,7 @@ def _ray_service(
                 "headGroupSpec": {
                     # the head schedules Serve's controller and proxy, no engine
                     "rayStartParams": {"num-cpus": "0", "dashboard-host": "0.0.0.0"},
-                    "template": {"metadata": {"labels": labels}, "spec": {"containers": [head]}},
+                    "template": {"metadata": {"labels": s.labels}, "spec": {"containers": [head]}},
                 },
                 "workerGroupSpecs": [
                     {
@@ -296,8 +291,8 @@ def _ray_service(
                         # one engine replica per pod: on the CPU it asks for one Ray CPU
                         "rayStartParams": {} if on_gpu else {"num-cpus": "1"},
                         "template": {
-                            "metadata": {"labels": labels, "annotations": _scrape(o.port)},
-                            "spec": _engine_pod(folder, manifest, o, target, tp, worker),
+                            "metadata": {"labels": s.labels, "annotations": _scrape(o.port)},
+                            "spec": _engine_pod(s, worker),
                         },
                     }
                 ],
@@ -317,10 +312,11 @@ def _ray_version() -> str:
         return re.split(r">=|,|;", wanted)[1].strip()
 
 
-def _build_command(source: str, path: str, target: str, manifest: Manifest, tp: int) -> list[str]:
+def _build_command(s: _Served) -> list[str]:
     """The `irforge build` that remakes the folder in the pod, with the folder's options."""
-    o = manifest.options
-    command = ["irforge", "build", source, "-o", path, "--target", target, "--tp", str(tp)]
+    o = s.manifest.options
+    command = ["irforge", "build", s.o.build_source or "", "-o", s.path]
+    command += ["--target", s.target, "--tp", str(s.tp)]
     command += ["--bs-prefill", ",".join(map(str, o.prefill_batch_sizes))]
     command += ["--bs-decode", ",".join(map(str, o.decode_batch_sizes))]
     command += ["--block-seq-stride", str(o.block_seq_stride)]
@@ -328,15 +324,16 @@ def _build_command(source: str, path: str, target: str, manifest: Manifest, tp: 
     return command
 
 
-def _resources(folder: Path, manifest: Manifest, driver: str, tp: int) -> dict[str, Any]:
+def _resources(s: _Served) -> dict[str, Any]:
     """The devices the program spans. On the CPU a memory request: the weights twice (the
     archive mapped and its packed copy), the KV cache, and 2 GiB for a long prefill's
     transients and the runtime (SmolLM2 f16: 2.65 GB peak after a 4-row 512-token prefill,
     bench/RESULTS.md)."""
-    if driver in GPU_RESOURCE:
-        return {"limits": {GPU_RESOURCE[driver]: str(tp)}}
+    manifest = s.manifest
+    if s.driver in GPU_RESOURCE:
+        return {"limits": {GPU_RESOURCE[s.driver]: str(s.tp)}}
     o = manifest.options
-    weights = sum((folder / name).stat().st_size for name in manifest.parameters)
+    weights = sum((s.folder / name).stat().st_size for name in manifest.parameters)
     page = manifest.config.page_elements(o.block_seq_stride) * cache_bytes(
         o.kv_cache_dtype or manifest.config.dtype
     )
