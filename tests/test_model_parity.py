@@ -195,3 +195,27 @@ def test_prefill_in_chunks_at_start_positions_matches_transformers(
     assert rel_err(torch.cat(got), expected) < F32_TOL
     used = PAGES[: pages_needed(len(PROMPT))]
     torch.testing.assert_close(chunked[used], whole[used])
+
+
+@pytest.mark.parametrize("name", ["llama", "mistral"])
+def test_verify_at_any_position_matches_transformers(name: str) -> None:
+    """Speculative decoding's verify: 4 positions from an unaligned start, every position's
+    logits as transformers gives them; a second verify after 2 of them are kept sees the kept
+    positions' cache entries and overwrites the rejected ones. A padding row (scratch page)
+    rides along."""
+    hf, model = _hf(name), _paged(name)
+    slab = model.allocate_cache(CACHE_PAGES)
+    paged_prefill(model, slab, [PROMPT], [PAGES])
+    start, first, second = len(PROMPT), [5, 9, 200, 31], [77, 3, 250, 42]
+    with torch.no_grad():
+        logits = []
+        for at, tokens in ((start, first), (start + 2, second)):
+            blocks = pages_needed(at + len(tokens))
+            ids = torch.tensor([PAGES[:blocks], [0] * blocks])
+            out = model.verify(torch.tensor([tokens, [0] * 4]), torch.tensor([at, 0]), ids, slab)
+            assert torch.isfinite(out).all()
+            logits.append(out[0].float())
+    want = hf_logits(hf, PROMPT + first)[start:]
+    assert rel_err(logits[0], want) < F32_TOL
+    want = hf_logits(hf, PROMPT + first[:2] + second)[start + 2 :]
+    assert rel_err(logits[1], want) < F32_TOL

@@ -7,6 +7,7 @@ scheduler hands out wrongly (shared, preempted, chunked, padded) changes a token
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -36,22 +37,38 @@ def alone(prompt: list[int], n: int) -> list[int]:
     return out
 
 
+def one_hot(model):  # noqa: ANN001, ANN201
+    """The logits that make `model(context)` the certain next token."""
+
+    def logits(context: list[int]) -> np.ndarray:
+        out = np.zeros(VOCAB, dtype=np.float32)
+        out[model(context)] = 10.0
+        return out
+
+    return logits
+
+
 class FakeRunner:
     """The Runner interface over a numpy page table [pages, STRIDE] of token ids."""
 
     prefill_position = True
     can_score = False
 
-    def __init__(self, page_count: int, prefill=(1, 2), decode=(1, 4), max_seq_len=64) -> None:
+    def __init__(
+        self, page_count: int, prefill=(1, 2), decode=(1, 4), max_seq_len=64, speculative_tokens=0
+    ) -> None:
         self.config = SimpleNamespace(vocab_size=VOCAB, eos_token_ids=())
         self.options = ExportOptions(
             block_seq_stride=STRIDE,
             prefill_batch_sizes=prefill,
             decode_batch_sizes=decode,
             max_seq_len=max_seq_len,
+            speculative_tokens=speculative_tokens,
         )
         self.pages = PageAllocator(page_count)
         self.cache = np.full((page_count, STRIDE), -1, dtype=np.int64)
+        self.model = one_hot(next_token)  # a context's logits
+        self.delay = 0.0  # seconds a decode step takes
         self.calls: list[tuple[str, int, int]] = []  # (entry, batch size, tokens computed)
 
     def _write(self, block_ids: np.ndarray, position: int, token: int) -> None:
@@ -60,9 +77,7 @@ class FakeRunner:
     def _logits(self, block_ids: np.ndarray, length: int) -> np.ndarray:
         context = [int(self.cache[block_ids[p // STRIDE], p % STRIDE]) for p in range(length)]
         assert -1 not in context, "a position read before anything wrote it"
-        logits = np.zeros(VOCAB, dtype=np.float32)
-        logits[next_token(context)] = 10.0
-        return logits
+        return self.model(context)
 
     def prefill(self, tokens, start_pos, seq_lens, block_ids):
         out = np.zeros((len(tokens), 1, VOCAB), dtype=np.float32)
@@ -77,11 +92,26 @@ class FakeRunner:
         return out
 
     def decode(self, tokens, seq_lens, starts, block_ids):
+        time.sleep(self.delay)
         out = np.zeros((len(tokens), 1, VOCAB), dtype=np.float32)
         for row in range(len(tokens)):
             self._write(block_ids[row], int(starts[row]), int(tokens[row, 0]))
             out[row, 0] = self._logits(block_ids[row], int(seq_lens[row]))
         self.calls.append(("decode", len(tokens), len(tokens)))
+        return out
+
+    def verify(self, tokens, starts, block_ids):
+        """Every position's logits, each after writing the tokens up to it (as the program:
+        position j attends to the cache before `start` and the row's tokens 0..j)."""
+        n, width = tokens.shape
+        assert block_ids.shape[1] * STRIDE >= int(starts.max()) + width, "pages do not cover"
+        out = np.zeros((n, width, VOCAB), dtype=np.float32)
+        for row in range(n):
+            start = int(starts[row])
+            for j in range(width):
+                self._write(block_ids[row], start + j, int(tokens[row, j]))
+                out[row, j] = self._logits(block_ids[row], start + j + 1)
+        self.calls.append(("verify", n, n * width))
         return out
 
     def score(self, *arrays):
@@ -153,8 +183,10 @@ def test_a_long_prompt_is_chunked_between_decode_steps(tmp_path: Path) -> None:
 
 def test_cancel_frees_pages_and_others_go_on(tmp_path: Path) -> None:
     with fake_engine(tmp_path) as engine:
+        engine.runner.delay = 0.002  # 40 tokens outlast the cancel (instant, they did not)
         doomed = engine.submit(PROMPTS[2], max_tokens=40)
         kept = engine.submit(PROMPTS[3], max_tokens=12)
+        next(iter(doomed.stream(timeout=30)))
         doomed.cancel()
         assert kept.wait(30).tokens == alone(PROMPTS[3], 12)
         assert doomed.wait(30).finish_reason == "cancelled"

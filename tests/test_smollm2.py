@@ -113,3 +113,42 @@ def test_a_gguf_alone_serves_transformers_answers(smollm2_folder: Path, referenc
             {"messages": CHATS[0], "max_tokens": STEPS, "temperature": 0},
         )[2]
         assert "Paris" in paris["choices"][0]["message"]["content"]
+
+
+def test_speculation_gives_the_same_answers(smollm2_folder: Path) -> None:
+    """n-gram speculative decoding on the trained model (verify_bs1 of the default build): an
+    input-grounded request and a chat give the tokens decoding alone gives; the grounded one
+    keeps most of its proposals."""
+    from irforge.engine import Engine
+    from irforge.engine.speculative import SpeculativeConfig
+
+    passage = (
+        "The library opens at nine in the morning and closes at six in the evening, except "
+        "on Sundays, when it stays closed all day."
+    )
+    chats = [
+        [{"role": "user", "content": f"Repeat the following text exactly:\n\n{passage}"}],
+        CHATS[1],
+    ]
+    answers = []
+    for spec in (None, SpeculativeConfig()):
+        with Engine(smollm2_folder, speculative=spec, start=False) as engine:
+            if engine.speculator is not None:  # verify every proposal, whatever the timing
+                engine.speculator.timed = lambda kind, bs, seconds: None  # type: ignore[method-assign]
+                engine.speculator.step_time.update({("decode", 1): 1.0, ("verify", 1): 1.0})
+            engine.start()
+            assert engine.text is not None
+            reqs = [
+                engine.submit(engine.text.chat_ids(chat), max_tokens=40, ignore_eos=True)
+                for chat in chats
+            ]
+            answers.append([r.wait(120).tokens for r in reqs])
+            metrics = engine.metrics
+    assert answers[1] == answers[0]
+    kept = metrics.counter("spec_decode_accepted_tokens_total")
+    assert kept / metrics.counter("spec_decode_draft_tokens_total") > 0.5
+    # each kept token is a step saved: 39 steps a request after prefill's first token
+    steps = metrics.counter("decode_calls_total", bs="1") + metrics.counter(
+        "verify_calls_total", bs="1"
+    )
+    assert steps == 2 * 39 - kept

@@ -137,7 +137,10 @@ def test_tp_program_on_cpu_devices_matches_transformers(
         sharded,
         out_dir=art,
         options=ExportOptions(
-            block_seq_stride=16, prefill_batch_sizes=(1,), decode_batch_sizes=(1,)
+            block_seq_stride=16,
+            prefill_batch_sizes=(1,),
+            decode_batch_sizes=(1,),
+            speculative_tokens=3,
         ),
     )
     compile_folder(art, target="cpu")
@@ -145,6 +148,19 @@ def test_tp_program_on_cpu_devices_matches_transformers(
     want_tokens, want_logits = reference(llama_tp4_dir, PROMPT, 9)  # prefill + 8 decode steps
     assert_close_rel(np.load(tmp_path / "logits.npy"), want_logits)
     assert doc["tokens"] == want_tokens
+    # speculative decoding's verify_bs1 on the 4 devices: the greedy continuation's logits
+    from irforge.runtime.batching import prefill_arrays, verify_arrays
+    from irforge.runtime.session import Session
+
+    session = Session(art, page_count=8)
+    try:
+        session.prefill(*prefill_arrays([PROMPT], [[1, 2]], 1, 16))
+        # generated tokens 0-3 at their positions; position j predicts generated token j + 1
+        step = want_tokens[:4]
+        got = session.verify(*verify_arrays([step], [len(PROMPT)], [[1, 2]], 1, 4, 16))
+    finally:
+        session.close()
+    assert_close_rel(got[0], want_logits[1:5])
     if tp == 2:  # the same program also builds for two MI300 devices
         out = compile_folder(art, target="gfx942", out=tmp_path / "tp2.gfx942.vmfb").vmfb
         assert "rocm-hsaco-fb" in dump_module(out)
@@ -216,3 +232,22 @@ def test_an_interrupted_reshard_leaves_one_whole_sharding(
     else:
         assert now.metadata.shard_id == old.metadata.shard_id
     assert set(now.tensors) == set(old.tensors)
+
+
+def test_eager_sharded_verify_matches_unsharded(tp4_archive: Path) -> None:
+    config, tensors = load_archive(tp4_archive)
+    options = ModelOptions(block_seq_stride=16)
+    reference = PagedLlama.from_state_dict(config, tensors, options=options)
+    with torch.device("meta"):
+        model = ShardedPagedLlama(config, options, tp=2)
+    load_sharded(model, tensors)
+    tokens = torch.tensor([PROMPT[:16], PROMPT[:16]])
+    ids, start = torch.tensor([[1, 2], [3, 4]]), torch.zeros(2, dtype=torch.int64)
+    cache = reference.allocate_cache(8)
+    caches = [r.kv_cache.allocate(8) for r in model.ranks]
+    lens = torch.tensor([14, 16])
+    reference.prefill(tokens, start, lens, ids, cache)
+    model.prefill(tokens, start, lens, ids, caches)
+    step, at = torch.tensor([[5, 6, 7], [8, 9, 10]]), torch.tensor([14, 16])
+    want = reference.verify(step, at, ids, cache)
+    torch.testing.assert_close(model.verify(step, at, ids, caches), want)

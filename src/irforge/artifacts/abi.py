@@ -28,6 +28,10 @@ PREFILL = Entry("prefill", ("tokens", "start_pos", "seq_lens", "seq_block_ids"))
 PREFILL_WHOLE = Entry("prefill", ("tokens", "seq_lens", "seq_block_ids"))
 HAS_PREFILL_POSITION = True  # what this irforge exports: PREFILL, not PREFILL_WHOLE
 DECODE = Entry("decode", ("tokens", "seq_lens", "start_positions", "seq_block_ids"))
+# Speculative decoding's step (PagedLlama.verify): each row's last token and the tokens
+# proposed after it, [N, k + 1] from any position; logits [N, k + 1, vocab]. Exported at the
+# decode batch sizes up to VERIFY_MAX_BATCH when ExportOptions.speculative_tokens k > 0.
+VERIFY = Entry("verify", ("tokens", "start_positions", "seq_block_ids"))
 # Single-device programs: a one-row prefill that also returns each position's next-token
 # log-probability and the SCORE_TOP likeliest alternatives (OpenAI's and vLLM's logprobs cap).
 SCORE = Entry("score", PREFILL.args)

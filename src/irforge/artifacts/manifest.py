@@ -35,6 +35,12 @@ def _check_int(name: str, value: Any, low: int, high: int) -> None:
         raise ConfigError(f"{name} must be an integer from {low} to {high}, got {value!r}")
 
 
+MAX_SPECULATIVE_TOKENS = 16
+# Speculative decoding pays k + 1 positions a row for a step: worth it while a step is
+# bound by reading the weights, which stops being so somewhere past 8 rows of 4 positions
+# on a CPU (bench/speculative.py); the engine steps aside above it, so larger decode batch
+# sizes get no verify entry (each is a whole model's code to compile).
+VERIFY_MAX_BATCH = 8
 DEFAULT_ATTENTION = "decomposed"  # compiles for gfx942, where fused paged attention does not
 DEFAULT_ATTENTION_DTYPE = "f32"  # see ExportOptions.attention_dtype
 
@@ -66,6 +72,9 @@ class ExportOptions:
     top_k: int | None = None
     max_seq_len: int = 0  # 0: the model's context length
     tensor_parallelism_size: int = 1
+    # k of speculative decoding's verify_bs{N} (abi.VERIFY: a row's last token and up to k
+    # proposed ones); 0: no verify entry points
+    speculative_tokens: int = 0
 
     def __post_init__(self) -> None:
         for name in ("prefill_batch_sizes", "decode_batch_sizes"):  # lists from JSON or a CLI
@@ -97,6 +106,15 @@ class ExportOptions:
             )
         if self.top_k is not None:
             _check_int("top_k", self.top_k, 1, 2**31)
+        _check_int("speculative_tokens", self.speculative_tokens, 0, MAX_SPECULATIVE_TOKENS)
+
+    @property
+    def verify_batch_sizes(self) -> tuple[int, ...]:
+        """The batch sizes verify_bs{N} is exported at: the decode sizes up to
+        VERIFY_MAX_BATCH, when speculative_tokens is set."""
+        if not self.speculative_tokens:
+            return ()
+        return tuple(b for b in self.decode_batch_sizes if b <= VERIFY_MAX_BATCH)
 
     def replace(self, **changes: Any) -> ExportOptions:
         return dataclasses.replace(self, **changes)
@@ -145,6 +163,8 @@ class ExportOptions:
             args += ["--top-k", str(self.top_k)]
         if self.max_seq_len:
             args += ["--max-seq-len", str(self.max_seq_len)]
+        if self.speculative_tokens:
+            args += ["--speculative-tokens", str(self.speculative_tokens)]
         return args
 
 
@@ -154,6 +174,9 @@ DEFAULTS = ExportOptions()
 # so one step for up to 32 sequences is how a server keeps up with 32 clients (issue 37).
 BUILD_PREFILL_BS = (1, 4)
 BUILD_DECODE_BS = (1, 4, 8, 32)
+# `irforge build` exports verify_bs{N} for speculative decoding, so turning it on at serve
+# time never needs a rebuild; k = 3 gave the best bound on SmolLM2 (bench/speculative.py).
+BUILD_SPECULATIVE_TOKENS = 3
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,13 @@ from typing import Annotated
 
 import typer
 
-from irforge.artifacts.manifest import BUILD_DECODE_BS, BUILD_PREFILL_BS, DEFAULTS
+from irforge.artifacts.manifest import (
+    BUILD_DECODE_BS,
+    BUILD_PREFILL_BS,
+    BUILD_SPECULATIVE_TOKENS,
+    DEFAULTS,
+    MAX_SPECULATIVE_TOKENS,
+)
 from irforge.cli._options import QuantizeOpt, QuietOpt, batch_sizes
 
 
@@ -59,6 +65,15 @@ def build_cmd(
     device_block_count: Annotated[
         int, typer.Option(help="KV-cache pages per device.")
     ] = DEFAULTS.device_block_count,
+    speculative_tokens: Annotated[
+        int,
+        typer.Option(
+            help="k of the verify entry points that `irforge serve --speculative-config` uses "
+            "(0: none; each is a decode batch size's program again to compile).",
+            min=0,
+            max=MAX_SPECULATIVE_TOKENS,
+        ),
+    ] = BUILD_SPECULATIVE_TOKENS,
     revision: Annotated[str | None, typer.Option(help="Hub revision to download.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Re-run every step.")] = False,
     dry_run: Annotated[
@@ -99,6 +114,7 @@ def build_cmd(
             quantize=quantize,
             block_seq_stride=block_seq_stride,
             device_block_count=device_block_count,
+            speculative_tokens=speculative_tokens,
             revision=revision,
             force=force,
             dry_run=dry_run,

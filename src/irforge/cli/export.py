@@ -8,7 +8,12 @@ from typing import Annotated
 
 import typer
 
-from irforge.artifacts.manifest import ATTENTION_KINDS, DEFAULTS
+from irforge.artifacts.manifest import (
+    ATTENTION_KINDS,
+    DEFAULTS,
+    MAX_SPECULATIVE_TOKENS,
+    VERIFY_MAX_BATCH,
+)
 from irforge.cli._options import DTypeOpt, QuietOpt, batch_sizes
 
 # Built from the one declaration of the attention kinds, so mypy cannot list its members.
@@ -75,6 +80,15 @@ def export_cmd(
         int | None,
         typer.Option("--tp", help="Devices, for --preset/--config (an archive knows its own)."),
     ] = None,
+    speculative_tokens: Annotated[
+        int,
+        typer.Option(
+            help="k of speculative decoding: also export verify_bs{N} (a row's last token and k "
+            f"proposed ones) at the decode batch sizes up to {VERIFY_MAX_BATCH}; 0: none.",
+            min=0,
+            max=MAX_SPECULATIVE_TOKENS,
+        ),
+    ] = DEFAULTS.speculative_tokens,
     quiet: QuietOpt = False,
 ) -> None:
     """Export prefill_bs{N}/decode_bs{N} to OUT/model.mlir, with config.json for shortfin.
@@ -98,6 +112,7 @@ def export_cmd(
         attention=attention.value,
         top_k=top_k,
         max_seq_len=max_seq_len or 0,
+        speculative_tokens=speculative_tokens,
     )
     with steps("export", quiet=quiet) as on_step:
         manifest = export(

@@ -10,6 +10,7 @@ import typer
 from irforge.cli._options import DeviceIdsOpt, DeviceOpt, parse_device_ids
 from irforge.engine.options import DRAIN_TIMEOUT_S, EngineOptions
 from irforge.engine.replica_args import DEFAULT_ROUTING
+from irforge.engine.speculative import SpeculativeConfig
 from irforge.runtime.device_memory import CACHE_SHARE
 
 DEFAULTS = EngineOptions()
@@ -52,6 +53,17 @@ def serve_cmd(
             min=0,
         ),
     ] = DEFAULTS.prefill_chunk,
+    speculative_config: Annotated[
+        str | None,
+        typer.Option(
+            help="Speculative decoding, as vLLM's JSON: "
+            '\'{"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_max": 4, '
+            '"prompt_lookup_min": 2}\' (n-gram prompt lookup; every field but method optional: '
+            "k defaults to the program's, lookup to 4 and 2). A batch is verified only when "
+            "measured step times and acceptance say it gains. Default: off.",
+            show_default=False,
+        ),
+    ] = None,
     model_name: Annotated[
         str | None, typer.Option(help="Model id for /v1/models (default: the folder name).")
     ] = None,
@@ -106,6 +118,7 @@ def serve_cmd(
         cache_gib=kv_cache_gib,
         prefix_caching=prefix_caching,
         prefill_chunk=prefill_chunk,
+        speculative=SpeculativeConfig.parse(speculative_config) if speculative_config else None,
     )
     if replicas > 1 or ray_address or min_replicas or max_replicas:
         from irforge.artifacts.manifest import Manifest

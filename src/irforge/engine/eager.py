@@ -58,6 +58,9 @@ class EagerRunner:
     ) -> Any:
         return self._run("decode", tokens, seq_lens, starts, block_ids)
 
+    def verify(self, tokens: np.ndarray, starts: np.ndarray, block_ids: np.ndarray) -> Any:
+        return self._run("verify", tokens, starts, block_ids)
+
     def score(
         self, tokens: np.ndarray, start_pos: np.ndarray, seq_lens: np.ndarray, block_ids: np.ndarray
     ) -> tuple[np.ndarray, ...]:

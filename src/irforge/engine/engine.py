@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from irforge.artifacts.files import TOKENIZER_JSON
+from irforge.artifacts.manifest import VERIFY_MAX_BATCH, ExportOptions
 from irforge.engine.errors import BadRequest, Overloaded, ShuttingDown
 from irforge.engine.guided import Grammars
 from irforge.engine.limits import Limits
@@ -24,13 +25,16 @@ from irforge.engine.options import EngineOptions, GenerationOptions
 from irforge.engine.outputs import pick_token
 from irforge.engine.request import Request, Status
 from irforge.engine.runner import Runner
-from irforge.engine.scheduler import Scheduler
+from irforge.engine.scheduler import DecodeBatch, Scheduler
+from irforge.engine.speculative import Speculator
 from irforge.engine.text import TextCodec
 from irforge.errors import ConfigError
 from irforge.runtime.batching import (
+    blocks,
     decode_arrays,
     prefill_arrays,
     row_logits,
+    verify_arrays,
 )
 from irforge.runtime.prefix_cache import PrefixCache
 from irforge.runtime.sampling import Sampling
@@ -132,12 +136,30 @@ class Engine:
             prefill_chunk=options.prefill_chunk if positioned else 0,
             metrics=self.metrics,
         )
+        self.speculator = self._speculator(options, exported)
         self._cond = self.scheduler.lock
         self._admitting = True
         self._abort = False
         self._thread = threading.Thread(target=self._loop, name="irforge-engine", daemon=True)
         if start:
             self.start()
+
+    def _speculator(self, options: EngineOptions, exported: ExportOptions) -> Speculator | None:
+        if options.speculative is None:
+            return None
+        if not exported.verify_batch_sizes:
+            raise ConfigError(
+                f"{self.folder}: the program has no verify entry points, so it cannot "
+                "speculate; `irforge build` makes them (or export with --speculative-tokens "
+                f"and a decode batch size of at most {VERIFY_MAX_BATCH})"
+            )
+        stride = exported.block_seq_stride
+        return Speculator(
+            options.speculative,
+            exported.speculative_tokens,
+            exported.verify_batch_sizes,
+            blocks(self.max_seq_len, stride) * stride,
+        )
 
     # -- callers ------------------------------------------------------------------------------
 
@@ -225,8 +247,8 @@ class Engine:
         self.shutdown(drain=False)
 
     def gauges(self) -> dict[str, float]:
-        s = self.scheduler
-        return {
+        s, m = self.scheduler, self.metrics
+        gauges: dict[str, float] = {
             "queue_depth": len(s.queue),
             "running_requests": len(s.running) + len(s.prefilling),
             "kv_pages_free": self.pages.free_count,
@@ -234,6 +256,11 @@ class Engine:
             "kv_pages_total": self.pages.page_count - 1,
             "page_tokens": s.stride,
         }
+        if self.speculator is not None:
+            proposed = m.counter("spec_decode_draft_tokens_total")
+            accepted = m.counter("spec_decode_accepted_tokens_total")
+            gauges["spec_decode_acceptance_rate"] = accepted / proposed if proposed else 0.0
+        return gauges
 
     def _wake(self, _: Request | None = None) -> None:
         with self._cond:
@@ -267,20 +294,24 @@ class Engine:
             self._finish(r, Status.INTERRUPTED, reason)
 
     def _finish(self, req: Request, status: Status, reason: str, error: str | None = None) -> None:
+        if self.speculator is not None:
+            self.speculator.forget(req)
         if not self.scheduler.release(req) and req.done:
             return  # already finished and counted
         if not req.done:
             req.set_status(status, reason, error)
         self.metrics.requests_finished.labels(reason=req.finish_reason or reason).inc()
 
-    def _emit(self, req: Request, scores: Any, ids: Any) -> None:
+    def _emit(self, req: Request, scores: Any, ids: Any) -> int | None:
+        """Pick, add and count `req`'s next token from one position's logits; the token, or
+        None if sampling failed (the request is then finished with an error)."""
         try:
             token = pick_token(req, scores, ids)
         except (ValueError, FloatingPointError, IndexError) as e:
             # one request's sampling (NaN logits, say) fails that request, not the batch
             log.warning("request %s: sampling failed: %s", req.id, e)
             self._finish(req, Status.INTERRUPTED, "error", f"sampling failed: {e}")
-            return
+            return None
         first = req.first_token_at is None
         last = req.last_token_at
         req.add_token(token)
@@ -292,6 +323,7 @@ class Engine:
             self.metrics.time_per_output_token.observe(now - last)
         if req.done:
             self._finish(req, req.status, req.finish_reason or "stop")
+        return token
 
     def _prefill(self) -> None:
         s, stride = self.scheduler, self.scheduler.stride
@@ -343,8 +375,15 @@ class Engine:
         s = self.scheduler
         for r in [r for r in s.running if r.cancelled]:
             self._finish(r, Status.INTERRUPTED, "cancelled")
-        for batch in s.decode_plan():
+        batches = s.decode_plan()
+        running = len(s.running)
+        for batch in batches:
             group = batch.rows
+            for r in group:
+                if r.status is Status.PREFILLED:
+                    r.set_status(Status.GENERATING)
+            if self.speculator is not None and self._speculate(batch, running):
+                continue
             positions = [len(r.prompt) + len(r.tokens) - 1 for r in group]
             arrays = decode_arrays(
                 [r.tokens[-1] for r in group],
@@ -355,12 +394,59 @@ class Engine:
             )
             started = time.perf_counter()
             out = self.runner.decode(*arrays)
-            log.debug("decode_bs%d %.2f ms", batch.bs, (time.perf_counter() - started) * 1e3)
+            self._timed("decode", batch.bs, started)
             self.metrics.decode_calls.labels(bs=str(batch.bs)).inc()
             for row, r in enumerate(group):
-                if r.status is Status.PREFILLED:
-                    r.set_status(Status.GENERATING)
                 self._emit(r, *row_logits(out, row, 0))
+
+    def _timed(self, kind: str, bs: int, started: float) -> None:
+        seconds = time.perf_counter() - started
+        log.debug("%s_bs%d %.2f ms", kind, bs, seconds * 1e3)
+        if self.speculator is not None:
+            self.speculator.timed(kind, bs, seconds)
+
+    def _speculate(self, batch: DecodeBatch, running: int) -> bool:
+        """Verify the batch's proposals in one verify_bs{N} call and emit each row's tokens,
+        if the speculator says it gains (speculative.py); False: decode it instead."""
+        spec, s = self.speculator, self.scheduler
+        assert spec is not None
+        proposals = []
+        for r in batch.rows:
+            seq = r.prompt + r.tokens  # the last token's K/V is not in the cache yet
+            proposal = spec.propose(seq, r.max_tokens - len(r.tokens))
+            # pages for the proposal's positions, as far as free pages go (never preempting)
+            room = s.reserve(r, len(seq) + len(proposal)) - len(seq) if proposal else 0
+            proposals.append(proposal[: max(room, 0)])
+        if not spec.plan(batch.rows, proposals, batch.bs, running):
+            return False
+        arrays = verify_arrays(
+            [[r.tokens[-1], *p] for r, p in zip(batch.rows, proposals, strict=True)],
+            [len(r.prompt) + len(r.tokens) - 1 for r in batch.rows],
+            [r.pages for r in batch.rows],
+            batch.bs,
+            spec.width,
+            s.stride,
+        )
+        started = time.perf_counter()
+        out = self.runner.verify(*arrays)
+        self._timed("verify", batch.bs, started)
+        m = self.metrics
+        m.verify_calls.labels(bs=str(batch.bs)).inc()
+        for row, (r, proposal) in enumerate(zip(batch.rows, proposals, strict=True)):
+            # position j's logits follow the proposal's first j tokens: emit while they agree
+            kept = 0
+            for j in range(len(proposal) + 1):
+                token = self._emit(r, *row_logits(out, row, j))
+                agreed = j < len(proposal) and token == proposal[j]
+                kept += agreed
+                if not agreed or r.done:
+                    break
+            if proposal:
+                m.spec_decode_drafts.inc()
+                m.spec_decode_draft_tokens.inc(len(proposal))
+                m.spec_decode_accepted_tokens.inc(kept)
+                spec.observe(r, len(proposal), kept)
+        return True
 
 
 def check_sampling(

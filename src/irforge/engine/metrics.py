@@ -33,6 +33,7 @@ GAUGES = {
     "kv_pages_free": "Free KV-cache pages (idle cached pages included).",
     "kv_pages_cached": "KV-cache pages held by the prefix cache.",
     "kv_pages_total": "KV-cache pages requests can use (scratch excluded).",
+    "spec_decode_acceptance_rate": "Proposed tokens kept by speculative decoding, 0 to 1.",
 }
 
 
@@ -127,6 +128,19 @@ class Metrics:
             "prefill_calls", "prefill_bs{N} calls, by batch size.", ("bs",)
         )
         self.decode_calls = counter("decode_calls", "decode_bs{N} calls, by batch size.", ("bs",))
+        self.verify_calls = counter(
+            "verify_calls", "verify_bs{N} calls (speculative decoding), by batch size.", ("bs",)
+        )
+        # as vLLM's vllm:spec_decode_num_drafts / _num_draft_tokens / _num_accepted_tokens
+        self.spec_decode_drafts = counter(
+            "spec_decode_drafts", "Proposals verified (one per request per verify step)."
+        )
+        self.spec_decode_draft_tokens = counter(
+            "spec_decode_draft_tokens", "Tokens proposed by speculative decoding and verified."
+        )
+        self.spec_decode_accepted_tokens = counter(
+            "spec_decode_accepted_tokens", "Proposed tokens kept (equal to the model's own)."
+        )
         self.time_to_first_token = Histogram(
             PREFIX + "time_to_first_token_seconds",
             "From submission to the first token.",

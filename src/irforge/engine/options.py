@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from irforge.engine.errors import BadRequest
 from irforge.engine.guided import GuidedSpec
+from irforge.engine.speculative import SpeculativeConfig
 from irforge.errors import ConfigError
 from irforge.runtime.batching import DEFAULT_PREFILL_CHUNK
 from irforge.runtime.devices import CPU_DRIVER
@@ -64,7 +65,8 @@ class EngineOptions:
     the memory the weights leave free, else the export's device_block_count). cache_gib:
     instead, the pages that fit in this many GiB per device. prefix_caching: share full prompt
     pages between requests that begin alike. prefill_chunk: prompt tokens prefilled per step,
-    all requests together (whole pages; 0: whole prompts at once).
+    all requests together (whole pages; 0: whole prompts at once). speculative: speculative
+    decoding's options (None: off); a dict of them is taken too.
     """
 
     device: str = CPU_DRIVER
@@ -74,8 +76,11 @@ class EngineOptions:
     cache_gib: float | None = None
     prefix_caching: bool = True
     prefill_chunk: int = DEFAULT_PREFILL_CHUNK
+    speculative: SpeculativeConfig | None = None
 
     def __post_init__(self) -> None:
+        if self.speculative is not None:  # a dict from JSON (Ray Serve's replica args)
+            object.__setattr__(self, "speculative", SpeculativeConfig.of(self.speculative))
         if self.max_queue < 1:
             raise ConfigError(f"max_queue must be at least 1, got {self.max_queue}")
         if self.cache_gib is not None and self.cache_gib <= 0:

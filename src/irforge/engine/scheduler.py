@@ -209,6 +209,14 @@ class Scheduler:
                     continue
                 r.pages += self.pages.allocate(1)
 
+    def reserve(self, req: Request, positions: int) -> int:
+        """Pages for up to `positions` positions of running `req` from the free ones, never by
+        preempting (speculative decoding's proposals are optional); the positions its pages
+        now hold."""
+        while len(req.pages) < blocks(positions, self.stride) and self.pages.free_count:
+            req.pages += self.pages.allocate(1)
+        return len(req.pages) * self.stride
+
     def preempt(self, victim: Request) -> None:
         """Give the victim's pages back and requeue it first: it resumes by recomputing."""
         self.pages.free(victim.pages)

@@ -1,7 +1,13 @@
-"""Speculative decoding's host side: n-gram proposals and the acceptance rules (issue 39).
+"""Speculative decoding's host side: options, n-gram proposals, acceptance, when to speculate.
 
-Pure functions over token ids and probabilities; the verify step that scores a row's last
-token and its proposal in one call is the program's (not exported yet: see bench/RESULTS.md).
+The verify step that scores a row's last token and its proposal in one call is the program's
+(`verify_bs{N}`, PagedLlama.verify); the engine calls it when `Speculator.plan` says a decode
+batch gains by it, and emits each row's tokens through the usual output stage position by
+position while they equal the proposal (engine.py). For a proposer that puts all its
+probability on one token, sampling the target's token at a position and keeping the proposal
+while they agree *is* the rejection rule below (a proposed t is kept with probability p(t),
+and a disagreeing draw is distributed as p without t, renormalized), so greedy and sampled
+requests, grammars, penalties, seeds and logprobs go through one path.
 
 - `ngram_proposal`: prompt lookup as vLLM's `ngram` method does it: the longest suffix of the
   sequence, `prompt_lookup_min` to `prompt_lookup_max` tokens long, that occurred earlier;
@@ -18,9 +24,19 @@ token and its proposal in one call is the program's (not exported yet: see bench
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
+
+from irforge.errors import ConfigError
+
+METHODS = ("ngram",)  # vLLM's names; a draft model ("draft_model") is not supported yet
+# prompt_lookup_max / _min when neither is given: the pair bench/speculative.py measured best
+# on SmolLM2 (vLLM's own default is 5 and 5). Given one, the other follows it, as in vLLM.
+DEFAULT_LOOKUP = (4, 2)
 
 
 def ngram_proposal(tokens: Sequence[int], k: int, min_n: int, max_n: int) -> list[int]:
@@ -74,3 +90,182 @@ def accept_sampled(
     last = probs[len(proposal)]
     out.append(int(rng.choice(len(last), p=last / last.sum())))
     return out
+
+
+@dataclass(frozen=True)
+class SpeculativeConfig:
+    """`--speculative-config`: vLLM's JSON object and field names.
+
+    method: "ngram" (prompt lookup). num_speculative_tokens: tokens proposed a step (default:
+    the k the program was exported with, its most). prompt_lookup_max / _min: the longest and
+    shortest suffix looked up. disable_by_batch_size: no speculation while more requests than
+    this are running (default: the engine decides from measured step times and acceptance).
+    """
+
+    method: str = "ngram"
+    num_speculative_tokens: int | None = None
+    prompt_lookup_max: int | None = None
+    prompt_lookup_min: int | None = None
+    disable_by_batch_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ConfigError(
+                f"speculative method {self.method!r} is not supported; use one of "
+                f"{', '.join(METHODS)}"
+            )
+        for name in (
+            "num_speculative_tokens",
+            "prompt_lookup_max",
+            "prompt_lookup_min",
+            "disable_by_batch_size",
+        ):
+            value = getattr(self, name)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1
+            ):
+                raise ConfigError(
+                    f"speculative {name} must be an integer of 1 or more, got {value!r}"
+                )
+        most, least = self.lookup
+        if least > most:
+            raise ConfigError(
+                f"speculative prompt_lookup_min {least} is over prompt_lookup_max {most}"
+            )
+
+    @classmethod
+    def parse(cls, text: str) -> SpeculativeConfig:
+        """From `--speculative-config`'s JSON object."""
+        try:
+            fields = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"--speculative-config is not JSON: {e.msg}") from None
+        return cls.of(fields)
+
+    @classmethod
+    def of(cls, fields: Any) -> SpeculativeConfig:
+        """From a dict of its fields (JSON, or EngineOptions made from a dict)."""
+        if isinstance(fields, SpeculativeConfig):
+            return fields
+        if not isinstance(fields, dict):
+            raise ConfigError("--speculative-config must be a JSON object")
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(fields) - known)
+        if unknown:
+            raise ConfigError(
+                f"--speculative-config has unknown fields {', '.join(unknown)} "
+                f"(known: {', '.join(sorted(known))})"
+            )
+        return cls(**fields)
+
+    @property
+    def lookup(self) -> tuple[int, int]:
+        """(prompt_lookup_max, prompt_lookup_min) with the defaults filled in."""
+        most, least = self.prompt_lookup_max, self.prompt_lookup_min
+        if most is None and least is None:
+            return DEFAULT_LOOKUP
+        return (most or least or 0, least or most or 0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# A request's share of proposed tokens kept, assumed until its own verify steps say.
+PRIOR_ACCEPTANCE = 0.5
+ACCEPTANCE_WEIGHT = 0.3  # of the latest verify step, in a request's running acceptance
+# Per step a request is not verified, its acceptance moves this share of the way back to the
+# prior: a request that stopped repeating its context is tried again now and then (about
+# every 20 steps from 0.2), in case it starts again.
+RECOVERY = 0.03
+TIME_WEIGHT = 0.2  # of the latest call, in the running time of a kind of step
+
+
+class Speculator:
+    """When a decode batch is verified instead, and with which proposals.
+
+    A verify step costs more than a decode step of the same rows (k + 1 positions a row) and
+    yields, per row, its accepted tokens plus one. `plan` verifies a batch only when the
+    expected tokens per second beat decoding's: each row's expected yield is 1 + its running
+    acceptance x its proposal's length, and each kind of step's time is its running average,
+    measured by the engine (`timed`). So speculation steps aside by itself where it would cost
+    throughput: large batches (verify's rows grow k + 1 times), requests whose proposals are
+    mostly rejected, a device where extra rows are not nearly free.
+
+    Args:
+        config: the options.
+        exported_k: the program's k (its verify calls take k + 1 tokens a row).
+        verify_sizes: the batch sizes verify_bs{N} exists at.
+        max_positions: the most positions a call's pages may list (the export's context,
+            in whole pages).
+    """
+
+    def __init__(
+        self,
+        config: SpeculativeConfig,
+        exported_k: int,
+        verify_sizes: Sequence[int],
+        max_positions: int,
+    ) -> None:
+        k = config.num_speculative_tokens or exported_k
+        if k > exported_k:
+            raise ConfigError(
+                f"speculative num_speculative_tokens {k} is over the {exported_k} the program "
+                "was exported with (its verify calls take that many)"
+            )
+        self.config, self.k, self.width = config, k, exported_k + 1
+        self.most, self.least = config.lookup
+        self.verify_sizes = frozenset(verify_sizes)
+        self.max_positions = max_positions
+        self.step_time: dict[tuple[str, int], float] = {}
+        self._acceptance: dict[int, float] = {}  # by id() of a live request
+
+    def propose(self, context: Sequence[int], left: int) -> list[int]:
+        """The proposal after `context` for a request that may generate `left` more tokens:
+        none where the verify call's positions would pass the program's context."""
+        if len(context) - 1 + self.width > self.max_positions:
+            return []
+        return ngram_proposal(context, min(self.k, left - 1), self.least, self.most)
+
+    def plan(
+        self, rows: Sequence[Any], proposals: Sequence[Sequence[int]], bs: int, running: int
+    ) -> bool:
+        """Whether the decode batch `rows` (requests, at batch size bs, of `running` in all)
+        is verified with `proposals` (one per row, maybe empty) rather than decoded."""
+        limit = self.config.disable_by_batch_size
+        if bs not in self.verify_sizes or (limit is not None and running > limit):
+            return False
+        if not any(proposals):
+            return False
+        decode, verify = self.step_time.get(("decode", bs)), self.step_time.get(("verify", bs))
+        if decode is None:
+            return False  # a decode step first: its time is what verify must beat
+        if verify is None:
+            return True  # measure it
+        expected = sum(
+            1.0 + self.acceptance(r) * len(p) for r, p in zip(rows, proposals, strict=True)
+        )
+        if expected / verify > len(rows) / decode:
+            return True
+        for r, p in zip(rows, proposals, strict=True):
+            if p:
+                a = self.acceptance(r)
+                self._acceptance[id(r)] = a + (PRIOR_ACCEPTANCE - a) * RECOVERY
+        return False
+
+    def acceptance(self, req: Any) -> float:
+        return self._acceptance.get(id(req), PRIOR_ACCEPTANCE)
+
+    def observe(self, req: Any, proposed: int, accepted: int) -> None:
+        """A verify step kept `accepted` of the `proposed` tokens of `req`."""
+        if proposed:
+            a = self.acceptance(req)
+            self._acceptance[id(req)] = a + (accepted / proposed - a) * ACCEPTANCE_WEIGHT
+
+    def forget(self, req: Any) -> None:
+        """`req` is done."""
+        self._acceptance.pop(id(req), None)
+
+    def timed(self, kind: str, bs: int, seconds: float) -> None:
+        """A `kind` ("decode" or "verify") call at batch size bs took `seconds`."""
+        old = self.step_time.get((kind, bs))
+        self.step_time[(kind, bs)] = seconds if old is None else old + (seconds - old) * TIME_WEIGHT

@@ -108,7 +108,8 @@ class PagedKVCache:
         seq_block_ids: torch.Tensor,
         positions: torch.Tensor,
     ) -> None:
-        """Store one position per sequence for every layer: k, v [L, N, kv_heads, D] at [N]."""
+        """Store one position per sequence for every layer: k, v [L, N, kv_heads, D] at [N].
+        Rows may repeat a sequence (its seq_block_ids row repeated) at other positions."""
         n, dev = positions.shape[0], positions.device
         block = torch.div(positions, self.block_seq_stride, rounding_mode="floor")  # [N]
         page = seq_block_ids.gather(1, block.unsqueeze(1)).view(n, 1, 1, 1)
@@ -281,6 +282,45 @@ class DecodeKV(_NewKV):
     def flush(self) -> None:
         """Write the new token's K/V of every layer (call once, after the last layer)."""
         self.cache.write_token(self.slab, *self._all_kept(), self.seq_block_ids, self.positions)
+
+
+class VerifyKV(PrefillKV):
+    """Speculative decoding's verify step: S consecutive positions of each row from any
+    position `start` (a row's last token and the tokens proposed after it). Reads as a
+    prefill chunk does (the pages with the S new K/V put in at their positions), but start
+    need not be a page boundary, and flush writes the S positions one by one, so a page the
+    chunk shares with earlier positions keeps them.
+
+    seq_block_ids [N, B] must list pages up to position start + S - 1; pages past what a row
+    owns may be the scratch page (positions written there are padding)."""
+
+    def __init__(
+        self,
+        cache: PagedKVCache,
+        slab: torch.Tensor,
+        seq_block_ids: torch.Tensor,
+        start: torch.Tensor,
+        chunk: int,
+    ):
+        self.cache, self.slab, self.seq_block_ids = cache, slab, seq_block_ids
+        n, sk = seq_block_ids.shape[0], seq_block_ids.shape[1] * cache.block_seq_stride
+        offset = torch.arange(sk, device=start.device).view(1, -1) - start.view(n, 1)
+        self.in_chunk = torch.logical_and(offset >= 0, offset < chunk).view(n, 1, sk, 1)
+        self.before_end = (offset < chunk).view(n, 1, sk, 1)
+        self.chunk_index = offset.clamp(0, chunk - 1).view(n, 1, sk, 1)
+        self.positions = start.view(n, 1) + torch.arange(chunk, device=start.device).view(1, -1)
+        self.k: list[torch.Tensor] = []
+        self.v: list[torch.Tensor] = []
+        self.stacked: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def flush(self) -> None:
+        """Write every layer's K/V of the S positions (call once, after the last layer)."""
+        k, v = self._all_kept()  # [L, N, S, KV, D]
+        n, s = self.positions.shape
+        rows = self.seq_block_ids.unsqueeze(1).expand(n, s, -1).reshape(n * s, -1)
+        self.cache.write_token(
+            self.slab, k.flatten(1, 2), v.flatten(1, 2), rows, self.positions.reshape(n * s)
+        )
 
 
 def state_of(kv: PrefillKV | DecodeKV) -> tuple[torch.Tensor, ...]:

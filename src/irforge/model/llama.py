@@ -22,13 +22,13 @@ from irforge.facts.config import ModelConfig
 from irforge.facts.quantization import LIMB, SCALE_DTYPE, Scheme, scheme
 from irforge.formats.dtypes import BY_NAME
 from irforge.model.attention import attend, decode_mask
-from irforge.model.kv_cache import DecodeKV, PagedKVCache, PrefillKV, widen
+from irforge.model.kv_cache import DecodeKV, PagedKVCache, PrefillKV, VerifyKV, widen
 from irforge.model.options import ModelOptions
 from irforge.model.rope import apply_rope, inv_freq_tensor, inv_frequencies, rope_tables
 from irforge.model.weights import load_archive, load_canonical
 
 # What a Block calls to store this step's K/V and get the keys/values to attend over.
-KVAccess = PrefillKV | DecodeKV
+KVAccess = PrefillKV | DecodeKV  # VerifyKV is a PrefillKV
 
 
 def as_dtype(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -428,6 +428,24 @@ class PagedLlama(nn.Module):
         kv = DecodeKV(self.kv_cache, slab, seq_block_ids, start_positions, allowed[:, 0])
         return self._forward(tokens, positions, allowed, kv)
 
+    def verify(
+        self,
+        tokens: torch.Tensor,
+        start_positions: torch.Tensor,
+        seq_block_ids: torch.Tensor,
+        cache: torch.Tensor | Sequence[torch.Tensor],
+    ) -> torch.Tensor:
+        """Speculative decoding's step: tokens [N, S] (each row's last token, then the tokens
+        proposed after it) at positions start_positions + 0..S-1; logits [N, S, vocab], row
+        i's position j predicting the token after tokens[i, :j + 1].
+
+        Any start position; seq_block_ids [N, B] covers start_positions + S - 1 (VerifyKV).
+        """
+        positions, allowed = chunk_inputs(tokens, start_positions, seq_block_ids, self.options)
+        slab = _single_slab(cache)
+        kv = VerifyKV(self.kv_cache, slab, seq_block_ids, start_positions, tokens.shape[1])
+        return self._forward(tokens, positions, allowed, kv)
+
     @property
     def layer_count(self) -> int:
         return len(self.blk)
@@ -491,10 +509,22 @@ def prefill_inputs(
             f"prefill tokens have {s} positions, expected a multiple of block_seq_stride "
             f"{stride} no larger than the {pages} pages given"
         )
+    return chunk_inputs(tokens, start_pos, seq_block_ids, options)
+
+
+def chunk_inputs(
+    tokens: torch.Tensor,
+    start_pos: torch.Tensor,
+    seq_block_ids: torch.Tensor,
+    options: ModelOptions,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(positions [N, S], allowed keys [N, S, B·stride]) of S consecutive positions of each
+    row from start_pos: a query sees the keys at or before its position."""
+    n, s = tokens.shape
     dev = seq_block_ids.device
     positions = start_pos.view(n, 1) + torch.arange(s, device=dev).view(1, s)  # [N, S]
-    keys = torch.arange(seq_block_ids.shape[1] * stride, device=dev).view(1, 1, -1)
-    return positions, keys <= positions.unsqueeze(2)
+    keys = torch.arange(seq_block_ids.shape[1] * options.block_seq_stride, device=dev)
+    return positions, keys.view(1, 1, -1) <= positions.unsqueeze(2)
 
 
 def decode_inputs(

@@ -18,7 +18,7 @@ from torch import nn
 from irforge.errors import ConfigError
 from irforge.facts.config import ModelConfig
 from irforge.facts.sharding import check_tp, shard_name, split_dim
-from irforge.model.kv_cache import DecodeKV, PagedKVCache, PrefillKV
+from irforge.model.kv_cache import DecodeKV, PagedKVCache, PrefillKV, VerifyKV
 from irforge.model.llama import (
     RESIDUAL_DTYPE,
     Block,
@@ -26,6 +26,7 @@ from irforge.model.llama import (
     LayerRunner,
     RMSNorm,
     as_dtype,
+    chunk_inputs,
     decode_inputs,
     last_positions,
     linear,
@@ -165,6 +166,28 @@ class ShardedPagedLlama(nn.Module):
             for r, c, i, p, a in zip(self.rank_list(), caches, ids, starts, allowed, strict=True)
         ]
         return self._forward(self._each(tokens), positions, allowed, kvs)
+
+    def verify(
+        self,
+        tokens: torch.Tensor,
+        start_positions: torch.Tensor,
+        seq_block_ids: torch.Tensor,
+        caches: Sequence[torch.Tensor],
+    ) -> torch.Tensor:
+        """As PagedLlama.verify, with one cache slab per device; logits on device 0."""
+        caches = self._caches(caches)
+        ids, tokens_at = self._each(seq_block_ids), self._each(tokens)
+        starts = self._each(start_positions)
+        inputs = [
+            chunk_inputs(t, p, i, self.options)
+            for t, p, i in zip(tokens_at, starts, ids, strict=True)
+        ]
+        positions, allowed = [p for p, _ in inputs], [a for _, a in inputs]
+        kvs = [
+            VerifyKV(r.kv_cache, c, i, p, tokens.shape[1])
+            for r, c, i, p in zip(self.rank_list(), caches, ids, starts, strict=True)
+        ]
+        return self._forward(tokens_at, positions, allowed, kvs)
 
     @property
     def layer_count(self) -> int:

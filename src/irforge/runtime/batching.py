@@ -110,3 +110,32 @@ def row_logits(out: object, row: int, position: int) -> tuple[np.ndarray, np.nda
     if isinstance(out, tuple):
         return np.asarray(out[0][row, position], np.float32), np.asarray(out[1][row, position])
     return np.asarray(out[row, position], np.float32), None  # type: ignore[index]
+
+
+def verify_arrays(
+    rows: Sequence[Sequence[int]],
+    positions: Sequence[int],
+    pages: Sequence[Sequence[int]],
+    bs: int,
+    width: int,
+    stride: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(tokens [bs, width], start_positions [bs], block_ids [bs, B]) of one verify call.
+
+    Row i holds its last token and its proposal (`rows[i]`, at most `width` tokens, padded
+    with 0) from `positions[i]`; B lists pages up to the last of the `width` positions, the
+    scratch page past what a row owns (its padding positions are written there, or into its
+    own pages past its length, which later steps overwrite). Padding rows start at 0 of the
+    scratch page.
+    """
+    tokens = np.zeros((bs, width), dtype=np.int64)
+    starts = np.zeros(bs, dtype=np.int64)
+    for row, (r, p) in enumerate(zip(rows, positions, strict=True)):
+        tokens[row, : len(r)] = r
+        starts[row] = p
+    need = max(blocks(int(s) + width, stride) for s in starts)
+    ids = np.full((bs, need), SCRATCH_PAGE, dtype=np.int64)
+    for row, (row_pages, p) in enumerate(zip(pages, positions, strict=True)):
+        owned = min(len(row_pages), blocks(p + width, stride))
+        ids[row, :owned] = row_pages[:owned]
+    return tokens, starts, ids

@@ -9,7 +9,15 @@ from typing import Any
 
 import numpy as np
 
-from irforge.artifacts.abi import DECODE, PREFILL, PREFILL_WHOLE, SCORE, SCORE_FUNCTION, Entry
+from irforge.artifacts.abi import (
+    DECODE,
+    PREFILL,
+    PREFILL_WHOLE,
+    SCORE,
+    SCORE_FUNCTION,
+    VERIFY,
+    Entry,
+)
 from irforge.artifacts.files import PARAMETER_SCOPE, folder_file
 from irforge.artifacts.manifest import Compiled, Manifest
 from irforge.errors import InputError, ManifestError
@@ -194,6 +202,12 @@ class Session:
         """decode_bs{N}: logits [N, 1, vocab] (or (values, indices) if exported with top_k)."""
         args = dict(zip(DECODE.args, (tokens, seq_lens, starts, block_ids), strict=True))
         return self._call(DECODE, args)
+
+    def verify(self, tokens: np.ndarray, starts: np.ndarray, block_ids: np.ndarray) -> Any:
+        """verify_bs{N} (speculative decoding): logits [N, k + 1, vocab] (or (values,
+        indices)) of each row's last token and the k proposed after it, from `starts`."""
+        args = dict(zip(VERIFY.args, (tokens, starts, block_ids), strict=True))
+        return self._call(VERIFY, args)
 
     def _call(self, entry: Entry, args: dict[str, np.ndarray]) -> Any:
         """Call `entry` at the batch size of its tokens: its integer arguments in the ABI's

@@ -14,7 +14,13 @@ from irforge.artifacts.files import (
     TOKENIZER_JSON,
     vmfb_name,
 )
-from irforge.artifacts.manifest import BUILD_DECODE_BS, BUILD_PREFILL_BS, DEFAULTS, ExportOptions
+from irforge.artifacts.manifest import (
+    BUILD_DECODE_BS,
+    BUILD_PREFILL_BS,
+    BUILD_SPECULATIVE_TOKENS,
+    DEFAULTS,
+    ExportOptions,
+)
 from irforge.errors import ConfigError
 from irforge.facts.quantization import scheme
 from irforge.facts.targets import check_fp8
@@ -86,6 +92,7 @@ def build(
     quantize: str | None = None,
     block_seq_stride: int = DEFAULTS.block_seq_stride,
     device_block_count: int = DEFAULTS.device_block_count,
+    speculative_tokens: int = BUILD_SPECULATIVE_TOKENS,
     revision: str | None = None,
     force: bool = False,
     dry_run: bool = False,
@@ -102,6 +109,7 @@ def build(
         tp: tensor-parallel devices; >1 shards while converting.
         bs: batch sizes for both prefill and decode; bs_prefill / bs_decode set one of
             them (default BUILD_PREFILL_BS and BUILD_DECODE_BS).
+        speculative_tokens: k of the verify entry points for speculative decoding (0: none).
         force: re-run every step. dry_run: only plan (see BuildResult.steps / .commands).
         verify: with a cpu target (one device), run a short prompt through the compiled
             program and the eager model in f32 (verify.py) and fail on a wrong program.
@@ -122,6 +130,7 @@ def build(
         decode_batch_sizes=tuple(sorted(set(bs_decode or bs or BUILD_DECODE_BS))),
         block_seq_stride=block_seq_stride,
         device_block_count=device_block_count,
+        speculative_tokens=speculative_tokens,
     )
     presets = [get_target(t) for t in targets]
     if quantize is not None:
@@ -166,6 +175,7 @@ def build(
         "bs_decode": list(chosen.decode_batch_sizes),
         "block_seq_stride": chosen.block_seq_stride,
         "device_block_count": chosen.device_block_count,
+        "speculative_tokens": chosen.speculative_tokens,
     }
 
     def run_export() -> None:

@@ -1,4 +1,5 @@
-"""Tracing PagedLlama into MLIR with iree-turbine: prefill_bs{N} and decode_bs{N} per batch size.
+"""Tracing PagedLlama into MLIR with iree-turbine: prefill_bs{N}, decode_bs{N} (and verify_bs{N})
+per batch size.
 
 The only module that imports iree.turbine. The model is built on the meta device and every
 weight becomes an external parameter (scope "model", canonical name), so exporting needs the
@@ -15,7 +16,7 @@ from typing import Any
 
 import torch
 
-from irforge.artifacts.abi import DECODE, PREFILL, SCORE, Entry
+from irforge.artifacts.abi import DECODE, PREFILL, SCORE, VERIFY, Entry
 from irforge.artifacts.files import PARAMETER_SCOPE
 from irforge.artifacts.manifest import ExportOptions
 from irforge.errors import InputError
@@ -58,6 +59,9 @@ class _Sampled(torch.nn.Module):
 
     def decode(self, *args: Any) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         return self._select(self.model.decode(*args))
+
+    def verify(self, *args: Any) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        return self._select(self.model.verify(*args))
 
     def score(self, *args: Any) -> tuple[torch.Tensor, ...]:
         assert isinstance(self.model, PagedLlama)  # single-device programs only
@@ -201,8 +205,19 @@ def trace(
         "cache": cache_dims,
     }
 
+    verify_dims = {
+        "tokens": {},
+        "start_positions": {},
+        "seq_block_ids": {1: block},
+        "cache": cache_dims,
+    }
+    dims_of = {PREFILL: prefill_dims, SCORE: prefill_dims, DECODE: decode_dims}
+    dims_of[VERIFY] = verify_dims
+
     def example(entry: Entry, bs: int, chunk_blocks: int, blocks: int, slabs: Any) -> tuple:
         """Arguments of `entry` at batch size bs (abi.py's order)."""
+        if entry is VERIFY:
+            return (ints(bs, options.speculative_tokens + 1), ints(bs), ints(bs, blocks), slabs)
         tokens = 1 if entry is DECODE else chunk_blocks * stride
         return (ints(bs, tokens), ints(bs), ints(bs), ints(bs, blocks), slabs)
 
@@ -211,6 +226,8 @@ def trace(
     programs = [(PREFILL, bs) for bs in options.prefill_batch_sizes]
     programs += [(SCORE, 1)] if tp == 1 else []
     programs += [(DECODE, bs) for bs in options.decode_batch_sizes]
+    verifies = [(VERIFY, bs) for bs in options.verify_batch_sizes]
+    programs += verifies
     functions = LayerFunctions(stride, lambda name: name if tp == 1 else sharded_name(name)[1])
     model.run_layers = functions
     probe_slabs = _cache_slabs(model, PROBE.pages)
@@ -220,12 +237,13 @@ def trace(
         on_step("tracing each kind of layer once")
         # A meta run of each entry point finds each distinct layer call. Prefill's layer is
         # recorded at PROBE.batch, so its batch is dynamic and one trace serves every size
-        # (score's rows are prefill's). Decode's is traced per size: a dynamic batch there is
-        # a dimension that inlining makes constant (rows = batch × 1 token), and IREE 3.13 then
+        # (score's rows are prefill's). Decode's (and verify's) is traced per size: a dynamic
+        # batch there is a dimension that inlining makes constant (rows = batch × 1 token), and
+        # IREE 3.13 then
         # fails to legalize the tensor.cast its canonicalization adds (the int8 limbs' concat,
         # tests/test_quantize.py).
         recorded = [(PREFILL, PROBE.batch)]
-        recorded += [(DECODE, bs) for bs in options.decode_batch_sizes]
+        recorded += [(DECODE, bs) for bs in options.decode_batch_sizes] + verifies
         for entry, bs in recorded:
             getattr(model, entry.method)(
                 *example(entry, bs, PROBE.chunk_blocks, PROBE.blocks, probe_caches)
@@ -238,9 +256,8 @@ def trace(
             # a prefill chunk has its own page count, at most the pages given (shortfin's
             # `seq_len_blocks_dim_chunked`)
             args = example(entry, bs, EXAMPLE_CHUNK_BLOCKS, EXAMPLE_BLOCKS, caches)
-            dims = decode_dims if entry is DECODE else prefill_dims
             arg_device = None if entry is SCORE else devices(len(entry.args))
-            _program(fxb, entry, bs, args, dims, arg_device)
+            _program(fxb, entry, bs, args, dims_of[entry], arg_device)
         on_step("importing to MLIR")
         # No symbolic shape expressions (torch.bind_symbolic_shape): with them, IREE 3.13's CPU
         # data tiling miscompiled prefill_bs4 at a start position (rows 2-3 off by 0.3) and

@@ -1,0 +1,267 @@
+"""Speculative decoding in the engine, on the fake runner (no compiler): the same tokens as
+decoding alone, greedy and seeded sampling, through preemption, limits and stops; the policy
+that steps aside; the options.
+
+The fake model here mostly repeats its context (so n-gram proposals are often right) and
+sometimes does not (so some are rejected); its next token still depends on every position it
+reads back from the cache pages, so a verify step that wrote or read a wrong page, or emitted
+a token it should have rejected, changes the output.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_scheduler import PROMPTS, STRIDE, VOCAB, FakeRunner, one_hot
+from typer.testing import CliRunner
+
+from irforge.engine import Engine
+from irforge.engine.speculative import SpeculativeConfig, Speculator
+from irforge.errors import ConfigError
+from irforge.runtime.sampling import Sampling
+
+K = 3
+PERIOD = 5
+
+
+def repeating(context: list[int]) -> int:
+    """The token PERIOD back, except where the context's weighted sum says otherwise."""
+    mix = sum((i + 1) * t for i, t in enumerate(context))
+    if len(context) >= PERIOD and mix % 7:
+        return context[-PERIOD]
+    return mix * 31 % VOCAB
+
+
+def repeating_soft(context: list[int]) -> np.ndarray:
+    """A distribution: 60% on `repeating`'s token, the rest spread over 4 others."""
+    probs = np.zeros(VOCAB)
+    top = repeating(context)
+    probs[top] = 0.6
+    for i in range(1, 5):
+        probs[(top + 11 * i) % VOCAB] += 0.1
+    return np.log(np.maximum(probs, 1e-30)).astype(np.float32)
+
+
+def engine(tmp_path: Path, speculate: bool, *, page_count=64, model=None, **options) -> Engine:  # noqa: ANN001
+    runner = FakeRunner(page_count, decode=(1, 4, 8, 16), max_seq_len=96, speculative_tokens=K)
+    runner.model = model or one_hot(repeating)
+    spec = SpeculativeConfig(prompt_lookup_min=1, prompt_lookup_max=3) if speculate else None
+    e = Engine(tmp_path, runner=runner, speculative=spec, start=False, **options)  # type: ignore[arg-type]
+    if e.speculator is not None:  # verify whenever there is a proposal: time says nothing here
+        e.speculator.timed = lambda kind, bs, seconds: None  # type: ignore[method-assign]
+        for bs in (1, 4, 8, 16):
+            e.speculator.step_time.update({("decode", bs): 1.0, ("verify", bs): 1.0})
+    e.start()
+    return e
+
+
+def _all_free(e: Engine) -> bool:
+    return e.pages.free_count == e.pages.page_count - 1
+
+
+def _run(e: Engine, prompts: list[list[int]], **options: object) -> list[list[int]]:
+    with e:
+        reqs = [e.submit(p, **options) for p in prompts]  # type: ignore[arg-type]
+        out = [r.wait(60).tokens for r in reqs]
+        assert _all_free(e)
+    return out
+
+
+def test_greedy_tokens_equal_decoding_alone(tmp_path: Path) -> None:
+    """8 concurrent requests of different lengths: the same tokens, fewer steps; proposals
+    both kept and rejected; rows of several requests verified together; pages all free."""
+    want = _run(engine(tmp_path, False), PROMPTS, max_tokens=30)
+    spec = engine(tmp_path, True)
+    assert _run(spec, PROMPTS, max_tokens=30) == want
+    m = spec.metrics
+    drafted, kept = (
+        m.counter("spec_decode_draft_tokens_total"),
+        m.counter("spec_decode_accepted_tokens_total"),
+    )
+    assert 0 < kept < drafted
+    verifies = [bs for kind, bs, _ in spec.runner.calls if kind == "verify"]
+    assert max(verifies) > 1
+    steps = sum(1 for kind, *_ in spec.runner.calls if kind in ("decode", "verify"))
+    plain = 30 * len(PROMPTS) / 8  # at least this many decode steps without speculation
+    assert steps < plain
+    rate = spec.gauges()["spec_decode_acceptance_rate"]
+    assert rate == pytest.approx(kept / drafted)
+
+
+def test_limits_stops_and_preemption(tmp_path: Path) -> None:
+    """max_tokens cuts an accepted run short; an eos among accepted tokens ends the request
+    there; a cache too small for every request preempts and recomputes; all exactly as
+    decoding alone, every page back."""
+    prompts = PROMPTS[:6]
+    for options in (
+        {"max_tokens": 7},
+        {"max_tokens": 25, "stop_token_ids": [repeating(PROMPTS[2] + [0]) or 1]},
+    ):
+        want = _run(engine(tmp_path, False), prompts, **options)
+        assert _run(engine(tmp_path, True), prompts, **options) == want
+    want = _run(
+        engine(tmp_path, False, page_count=14, prefix_caching=False), prompts, max_tokens=24
+    )
+    tight = engine(tmp_path, True, page_count=14, prefix_caching=False)
+    assert _run(tight, prompts, max_tokens=24) == want
+    assert tight.metrics.counter("preemptions_total") > 0
+
+
+def test_seeded_sampling_is_unchanged_and_follows_the_model(tmp_path: Path) -> None:
+    """Sampling at a position and keeping the proposal while they agree is the rejection rule
+    for a proposer sure of its token (speculative.py): with the same seed, a request samples
+    the same tokens as decoding alone. Over 300 seeds the first two tokens are distributed as
+    the model says (within 5 standard errors)."""
+    prompt = PROMPTS[3]
+    seeds = range(300)
+
+    def sample(speculate: bool) -> list[list[int]]:
+        e = engine(tmp_path, speculate, model=repeating_soft, page_count=200, max_queue=1000)
+        with e:
+            reqs = [
+                e.submit(prompt, Sampling(temperature=1.0, seed=s), max_tokens=6) for s in seeds
+            ]
+            out = [r.wait(60).tokens for r in reqs]
+            assert _all_free(e)
+            if speculate:
+                assert e.metrics.counter("spec_decode_accepted_tokens_total") > 0
+        return out
+
+    plain, spec = sample(False), sample(True)
+    assert spec == plain
+    first = np.exp(repeating_soft(prompt))
+    counts = np.bincount([t[0] for t in spec], minlength=VOCAB) / len(seeds)
+    top = int(first.argmax())
+    se = np.sqrt(first * (1 - first) / len(seeds))
+    assert np.all(np.abs(counts - first) <= 5 * se + 1e-9)
+    after_top = [t[1] for t in spec if t[0] == top]
+    second = np.exp(repeating_soft(prompt + [top]))
+    freq = np.bincount(after_top, minlength=VOCAB) / len(after_top)
+    se = np.sqrt(second * (1 - second) / len(after_top))
+    assert np.all(np.abs(freq - second) <= 5 * se + 1e-9)
+
+
+def test_the_speculator_steps_aside_where_it_would_cost() -> None:
+    spec = Speculator(SpeculativeConfig(), 3, [1, 4], max_positions=64)
+    rows = [object(), object()]
+    proposals = [[1, 2, 3], []]
+    assert not spec.plan(rows, proposals, 4, 2)  # no decode time measured yet
+    spec.timed("decode", 4, 0.010)
+    assert spec.plan(rows, proposals, 4, 2)  # verify's time unknown: measure it
+    spec.timed("verify", 4, 0.030)
+    # expected tokens 1 + 0.5 * 3 + 1 = 3.5 in 30 ms against 2 in 10 ms: decode
+    assert not spec.plan(rows, proposals, 4, 2)
+    spec.observe(rows[0], 3, 3)  # all kept: acceptance 0.65 -> 3.95 tokens, still slower
+    spec.timed("verify", 4, 0.012)
+    spec.step_time[("verify", 4)] = 0.012
+    assert spec.plan(rows, proposals, 4, 2)
+    assert not spec.plan(rows, proposals, 8, 2)  # no verify_bs8
+    assert not spec.plan(rows, [[], []], 4, 2)  # nothing proposed
+    limited = Speculator(SpeculativeConfig(disable_by_batch_size=2), 3, [1, 4], 64)
+    limited.step_time.update({("decode", 4): 1.0, ("verify", 4): 1.0})
+    assert limited.plan(rows, proposals, 4, 2) and not limited.plan(rows, proposals, 4, 3)
+    # rejected proposals lower a request's estimate until verifying stops paying
+    for _ in range(6):
+        spec.observe(rows[0], 3, 0)
+    assert not spec.plan(rows, proposals, 4, 2)
+    # near the end of the context there is no proposal: verify's positions would not fit
+    assert spec.propose([1, 2, 3, 1, 2], 10) == [3, 1, 2]
+    assert spec.propose(list(range(61)) + [0], 10) == []
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("{", "not JSON"),
+        ("[]", "must be a JSON object"),
+        ('{"method": "eagle"}', "'eagle' is not supported"),
+        ('{"num_speculative_tokens": 0}', "num_speculative_tokens must be an integer of 1"),
+        ('{"prompt_lookup_min": 5, "prompt_lookup_max": 2}', "prompt_lookup_min 5 is over"),
+        ('{"lookahead": 2}', "unknown fields lookahead"),
+    ],
+)
+def test_bad_speculative_configs_are_refused_in_one_line(text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        SpeculativeConfig.parse(text)
+
+
+def test_speculation_needs_a_program_that_can_verify(tmp_path: Path) -> None:
+    runner = FakeRunner(16)  # exported without speculative_tokens
+    with pytest.raises(ConfigError, match="no verify entry points"):
+        Engine(tmp_path, runner=runner, speculative=SpeculativeConfig(), start=False)  # type: ignore[arg-type]
+    runner = FakeRunner(16, speculative_tokens=2)
+    with pytest.raises(ConfigError, match="num_speculative_tokens 3 is over the 2"):
+        Engine(
+            tmp_path,
+            runner=runner,  # type: ignore[arg-type]
+            speculative=SpeculativeConfig(num_speculative_tokens=3),
+            start=False,
+        )
+
+
+def test_the_lookup_defaults_follow_vllm_when_one_is_given() -> None:
+    assert SpeculativeConfig().lookup == (4, 2)
+    assert SpeculativeConfig(prompt_lookup_max=3).lookup == (3, 3)
+    assert SpeculativeConfig(prompt_lookup_min=2).lookup == (2, 2)
+
+
+def test_serve_refuses_a_bad_speculative_config_in_one_line(tmp_path: Path) -> None:
+    from irforge.cli.main import app
+
+    result = CliRunner().invoke(app, ["serve", str(tmp_path), "--speculative-config", "{"])
+    assert result.exit_code == 2
+    assert result.stderr.strip().count("\n") == 0 and "not JSON" in result.stderr
+
+
+assert STRIDE == 4  # the fake's pages; the proposals above cross them
+
+
+# -- the compiled tiny model: verify_bs{N} against decode_bs{N} ---------------------------------
+
+
+def _compiled(folder: Path, speculate: bool) -> Engine:
+    spec = SpeculativeConfig(prompt_lookup_min=1, prompt_lookup_max=2) if speculate else None
+    e = Engine(folder, speculative=spec, start=False)
+    if e.speculator is not None:  # verify every proposal, whatever the step times
+        e.speculator.timed = lambda kind, bs, seconds: None  # type: ignore[method-assign]
+        e.speculator.step_time.update({(k, bs): 1.0 for k in ("decode", "verify") for bs in (1, 4)})
+    e.start()
+    return e
+
+
+REPEATS = ["a b c d a b c d a b", "the cat sat on the mat the cat", "1 2 3 1 2 3 1 2 3 1"]
+
+
+@pytest.mark.iree
+def test_the_compiled_program_speculates_to_the_same_outputs(llama_artifacts: Path) -> None:
+    """Greedy text with logprobs, stop strings and a regex grammar, and seeded top-k/top-p
+    sampling, 6 requests at once (verify_bs4 and _bs1): equal with speculation on and off,
+    streams equal to the final text, every page back."""
+    from irforge.engine.guided import GuidedSpec
+
+    def run(speculate: bool) -> tuple[list[object], Engine]:
+        with _compiled(llama_artifacts, speculate) as e:
+            reqs = [e.submit(p, max_tokens=24, ignore_eos=True, logprobs=2) for p in REPEATS]
+            reqs.append(e.submit(REPEATS[0], max_tokens=24, ignore_eos=True, stop=["d a"]))
+            reqs.append(
+                e.submit(REPEATS[1], max_tokens=12, guided=GuidedSpec.of("regex", "(ab|cd)+"))
+            )
+            sampling = Sampling(temperature=0.8, top_k=20, top_p=0.9, seed=7)
+            reqs.append(e.submit(REPEATS[2], sampling, max_tokens=24, ignore_eos=True))
+            streamed = "".join(d.text for d in reqs[0].stream(timeout=60))
+            out = [(r.wait(60).tokens, r.text, r.finish_reason) for r in reqs]
+            assert streamed == reqs[0].text
+            logprobs = [r.token_logprobs for r in reqs[:3]]
+            assert _all_free(e)
+        return [out, logprobs], e
+
+    (plain, plain_lp), _ = run(False)
+    (spec, spec_lp), e = run(True)
+    assert spec == plain
+    for a, b in zip(plain_lp, spec_lp, strict=True):
+        assert [[t for t, _ in top] for _, top in a] == [[t for t, _ in top] for _, top in b]
+        assert np.allclose([lp for lp, _ in a], [lp for lp, _ in b], atol=1e-4)
+    assert e.metrics.counter("verify_calls_total", bs="4") > 0
+    assert e.metrics.counter("spec_decode_accepted_tokens_total") > 0
