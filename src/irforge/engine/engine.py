@@ -410,14 +410,16 @@ class Engine:
         if the speculator says it gains (speculative.py); False: decode it instead."""
         spec, s = self.speculator, self.scheduler
         assert spec is not None
-        proposals = []
-        for r in batch.rows:
+
+        def propose(r: Request) -> list[int]:
             seq = r.prompt + r.tokens  # the last token's K/V is not in the cache yet
             proposal = spec.propose(seq, r.max_tokens - len(r.tokens))
             # pages for the proposal's positions, as far as free pages go (never preempting)
             room = s.reserve(r, len(seq) + len(proposal)) - len(seq) if proposal else 0
-            proposals.append(proposal[: max(room, 0)])
-        if not spec.plan(batch.rows, proposals, batch.bs, running):
+            return proposal[: max(room, 0)]
+
+        proposals = spec.plan(batch.rows, batch.bs, running, propose)
+        if proposals is None:
             return False
         arrays = verify_arrays(
             [[r.tokens[-1], *p] for r, p in zip(batch.rows, proposals, strict=True)],

@@ -25,7 +25,7 @@ requests, grammars, penalties, seeds and logprobs go through one path.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -227,30 +227,46 @@ class Speculator:
         return ngram_proposal(context, min(self.k, left - 1), self.least, self.most)
 
     def plan(
-        self, rows: Sequence[Any], proposals: Sequence[Sequence[int]], bs: int, running: int
-    ) -> bool:
-        """Whether the decode batch `rows` (requests, at batch size bs, of `running` in all)
-        is verified with `proposals` (one per row, maybe empty) rather than decoded."""
+        self,
+        rows: Sequence[Any],
+        bs: int,
+        running: int,
+        propose: Callable[[Any], list[int]],
+    ) -> list[list[int]] | None:
+        """Each row's proposal if the decode batch `rows` (requests, at batch size bs, of
+        `running` in all) is to be verified, else None: decode it. `propose(row)` makes a
+        row's proposal (maybe empty); it is not called where even proposals of k tokens each
+        could not pay, so a batch that will not speculate costs no lookups."""
         limit = self.config.disable_by_batch_size
         if bs not in self.verify_sizes or (limit is not None and running > limit):
-            return False
-        if not any(proposals):
-            return False
+            return None
         decode, verify = self.step_time.get(("decode", bs)), self.step_time.get(("verify", bs))
         if decode is None:
-            return False  # a decode step first: its time is what verify must beat
-        if verify is None:
-            return True  # measure it
-        expected = sum(
-            1.0 + self.acceptance(r) * len(p) for r, p in zip(rows, proposals, strict=True)
-        )
-        if expected / verify > len(rows) / decode:
-            return True
-        for r, p in zip(rows, proposals, strict=True):
-            if p:
-                a = self.acceptance(r)
-                self._acceptance[id(r)] = a + (PRIOR_ACCEPTANCE - a) * RECOVERY
-        return False
+            return None  # a decode step first: its time is what verify must beat
+        if verify is not None and not self._pays(rows, [self.k] * len(rows), decode, verify):
+            self._recover(rows)
+            return None
+        proposals = [propose(r) for r in rows]
+        if not any(proposals):
+            return None
+        if verify is None or self._pays(rows, [len(p) for p in proposals], decode, verify):
+            return proposals  # (with verify's time unknown: to measure it)
+        self._recover([r for r, p in zip(rows, proposals, strict=True) if p])
+        return None
+
+    def _pays(
+        self, rows: Sequence[Any], lengths: Sequence[int], decode: float, verify: float
+    ) -> bool:
+        """Whether proposals of these lengths are expected to yield more tokens per second
+        verified than the rows' one token each decoded."""
+        expected = sum(1.0 + self.acceptance(r) * n for r, n in zip(rows, lengths, strict=True))
+        return expected / verify > len(rows) / decode
+
+    def _recover(self, rows: Sequence[Any]) -> None:
+        """Move the acceptance of rows not verified this step toward the prior."""
+        for r in rows:
+            a = self.acceptance(r)
+            self._acceptance[id(r)] = a + (PRIOR_ACCEPTANCE - a) * RECOVERY
 
     def acceptance(self, req: Any) -> float:
         return self._acceptance.get(id(req), PRIOR_ACCEPTANCE)
