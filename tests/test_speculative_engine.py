@@ -44,11 +44,37 @@ def repeating_soft(context: list[int]) -> np.ndarray:
     return np.log(np.maximum(probs, 1e-30)).astype(np.float32)
 
 
-def engine(tmp_path: Path, speculate: bool, *, page_count=64, model=None, **options) -> Engine:  # noqa: ANN001
+def fake(page_count: int, model) -> FakeRunner:  # noqa: ANN001
     runner = FakeRunner(page_count, decode=(1, 4, 8, 16), max_seq_len=96, speculative_tokens=K)
-    runner.model = model or one_hot(repeating)
+    runner.model = model
+    return runner
+
+
+def engine(  # noqa: ANN201
+    tmp_path: Path,
+    speculate: bool,
+    *,
+    page_count=64,
+    model=None,
+    draft=None,
+    **options,  # noqa: ANN001
+) -> Engine:
+    """The fake model served; speculating with n-gram lookup, or with `draft` (a model of
+    the fake's kind) as the draft model."""
+    runner = fake(page_count, model or one_hot(repeating))
     spec = SpeculativeConfig(prompt_lookup_min=1, prompt_lookup_max=3) if speculate else None
-    e = Engine(tmp_path, runner=runner, speculative=spec, start=False, **options)  # type: ignore[arg-type]
+    draft_runner = None
+    if speculate and draft is not None:
+        spec = SpeculativeConfig(model="fake-draft")
+        draft_runner = fake(page_count, draft)
+    e = Engine(
+        tmp_path,
+        runner=runner,  # type: ignore[arg-type]
+        draft_runner=draft_runner,  # type: ignore[arg-type]
+        speculative=spec,
+        start=False,
+        **options,
+    )
     if e.speculator is not None:  # verify whenever there is a proposal: time says nothing here
         e.speculator.timed = lambda kind, bs, seconds: None  # type: ignore[method-assign]
         for bs in (1, 4, 8, 16):
@@ -168,9 +194,9 @@ def test_the_speculator_steps_aside_where_it_would_cost() -> None:
     rows = [object(), object()]
     asked: list[object] = []
 
-    def propose(r: object) -> list[int]:
-        asked.append(r)
-        return [1, 2, 3] if r is rows[0] else []
+    def propose() -> list[list[int]]:
+        asked.extend(rows)
+        return [[1, 2, 3], []]
 
     def plan(bs: int = 4, running: int = 2, s: Speculator = spec) -> list[list[int]] | None:
         asked.clear()
@@ -301,6 +327,30 @@ def test_the_compiled_program_speculates_to_the_same_outputs(llama_artifacts: Pa
 
 
 @pytest.mark.iree
+def test_the_compiled_program_as_its_own_draft(llama_artifacts: Path) -> None:
+    """A draft model on IREE (the tiny program drafting for itself, each with its own cache):
+    greedy outputs equal decoding alone's, and nearly every proposal is kept, as the draft
+    is the target (the draft's cache stays in step with the target's)."""
+    spec = SpeculativeConfig(model=str(llama_artifacts))
+    out = []
+    for config in (None, spec):
+        with Engine(llama_artifacts, speculative=config, start=False) as e:
+            if e.speculator is not None:
+                e.speculator.timed = lambda kind, bs, seconds: None  # type: ignore[method-assign]
+                e.speculator.step_time.update(
+                    {(k, bs): 1.0 for k in ("decode", "verify") for bs in (1, 4)}
+                )
+            e.start()
+            reqs = [e.submit(p, max_tokens=20, ignore_eos=True) for p in REPEATS * 2]
+            out.append([r.wait(60).tokens for r in reqs])
+            assert _all_free(e)
+            m = e.metrics
+    assert out[1] == out[0]
+    drafted = m.counter("spec_decode_draft_tokens_total")
+    assert drafted > 0 and m.counter("spec_decode_accepted_tokens_total") >= 0.9 * drafted
+
+
+@pytest.mark.iree
 def test_served_with_speculation_answers_as_without(llama_artifacts: Path) -> None:
     """`irforge serve --speculative-config`: n = 2 seeded choices, a greedy stream and a
     guided choice over HTTP equal the plain server's; /metrics has the speculation series."""
@@ -334,3 +384,78 @@ def test_served_with_speculation_answers_as_without(llama_artifacts: Path) -> No
     assert spec == plain
     assert "irforge_spec_decode_acceptance_rate" in m
     assert "irforge_spec_decode_draft_tokens_total" in m
+
+
+# -- a draft model ------------------------------------------------------------------------------
+
+
+def periodic(context: list[int]) -> int:
+    """`repeating` without its exceptions: a draft right most of the time."""
+    return context[-PERIOD] if len(context) >= PERIOD else 3
+
+
+@pytest.mark.parametrize("draft", ["periodic", "the target itself"])
+def test_a_draft_model_gives_the_same_tokens(tmp_path: Path, draft: str) -> None:
+    """A draft model's proposals, verified: decoding alone's tokens for 8 concurrent requests
+    of different lengths, with a cache small enough to preempt, prefix sharing and chunked
+    prefill; the target as its own draft has every proposal kept, which holds only if the
+    draft's cache stays in step with each sequence (the fake reads every position back)."""
+    model = one_hot(periodic if draft == "periodic" else repeating)
+    system = [(5 * i + 3) % VOCAB for i in range(12)]
+    prompts = PROMPTS + [system + [k] for k in (1, 30, 60)]
+    options = {"page_count": 20, "prefill_chunk": 8}
+    want = _run(engine(tmp_path, False, **options), prompts, max_tokens=24)
+    spec = engine(tmp_path, True, draft=model, **options)
+    assert _run(spec, prompts, max_tokens=24) == want
+    m = spec.metrics
+    drafted = m.counter("spec_decode_draft_tokens_total")
+    kept = m.counter("spec_decode_accepted_tokens_total")
+    assert m.counter("preemptions_total") > 0 and drafted > 0
+    if draft == "periodic":
+        assert 0 < kept < drafted
+    else:
+        assert kept == drafted
+
+
+def test_a_draft_model_keeps_seeded_sampling(tmp_path: Path) -> None:
+    prompt = PROMPTS[3]
+
+    def sample(speculate: bool) -> list[list[int]]:
+        e = engine(
+            tmp_path,
+            speculate,
+            model=repeating_soft,
+            draft=one_hot(periodic),
+            page_count=200,
+            max_queue=1000,
+        )
+        with e:
+            reqs = [
+                e.submit(prompt, Sampling(temperature=1.0, seed=s), max_tokens=6)
+                for s in range(100)
+            ]
+            return [r.wait(60).tokens for r in reqs]
+
+    assert sample(True) == sample(False)
+
+
+def test_a_draft_must_match_the_target(tmp_path: Path) -> None:
+    def make(draft: FakeRunner) -> None:
+        Engine(
+            tmp_path,
+            runner=fake(16, one_hot(repeating)),  # type: ignore[arg-type]
+            draft_runner=draft,  # type: ignore[arg-type]
+            speculative=SpeculativeConfig(model="x"),
+            start=False,
+        )
+
+    other = fake(16, one_hot(repeating))
+    other.config = type(other.config)(vocab_size=VOCAB + 1, eos_token_ids=())
+    with pytest.raises(ConfigError, match="vocabulary has 98 tokens, the target's 97"):
+        make(other)
+    with pytest.raises(ConfigError, match="needs verify entry points"):
+        make(FakeRunner(16, decode=(1, 4, 8, 16), max_seq_len=96))
+    with pytest.raises(ConfigError, match="draft model serves 64 positions, the target 96"):
+        make(FakeRunner(16, decode=(1, 4, 8, 16), speculative_tokens=K))
+    with pytest.raises(ConfigError, match="needs a model"):
+        SpeculativeConfig(method="draft_model")

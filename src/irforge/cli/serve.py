@@ -58,9 +58,19 @@ def serve_cmd(
         typer.Option(
             help="Speculative decoding, as vLLM's JSON: "
             '\'{"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_max": 4, '
-            '"prompt_lookup_min": 2}\' (n-gram prompt lookup; every field but method optional: '
-            "k defaults to the program's, lookup to 4 and 2). A batch is verified only when "
-            "measured step times and acceptance say it gains. Default: off.",
+            '"prompt_lookup_min": 2}\' (n-gram prompt lookup; every field optional: k defaults '
+            "to the program's, lookup to 4 and 2), or with \"model\": a draft model's folder. "
+            "A batch is verified only when measured step times and acceptance say it gains. "
+            "Default: off.",
+            show_default=False,
+        ),
+    ] = None,
+    speculative_model: Annotated[
+        Path | None,
+        typer.Option(
+            help="Speculative decoding with a draft model: its built folder (a smaller model "
+            "with the same tokenizer, built with the same --bs-decode); the same as "
+            "--speculative-config '{\"model\": DIR}'.",
             show_default=False,
         ),
     ] = None,
@@ -118,7 +128,9 @@ def serve_cmd(
         cache_gib=kv_cache_gib,
         prefix_caching=prefix_caching,
         prefill_chunk=prefill_chunk,
-        speculative=SpeculativeConfig.parse(speculative_config) if speculative_config else None,
+        speculative=SpeculativeConfig.parse(
+            speculative_config, str(speculative_model.resolve()) if speculative_model else None
+        ),
     )
     if replicas > 1 or ray_address or min_replicas or max_replicas:
         from irforge.artifacts.manifest import Manifest

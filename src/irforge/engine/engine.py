@@ -17,6 +17,7 @@ from typing import Any
 
 from irforge.artifacts.files import TOKENIZER_JSON
 from irforge.artifacts.manifest import VERIFY_MAX_BATCH, ExportOptions
+from irforge.engine.draft import DraftProposer
 from irforge.engine.errors import BadRequest, Overloaded, ShuttingDown
 from irforge.engine.guided import Grammars
 from irforge.engine.limits import Limits
@@ -26,7 +27,7 @@ from irforge.engine.outputs import pick_token
 from irforge.engine.request import Request, Status
 from irforge.engine.runner import Runner
 from irforge.engine.scheduler import DecodeBatch, Scheduler
-from irforge.engine.speculative import Speculator
+from irforge.engine.speculative import DRAFT_MODEL, Speculator
 from irforge.engine.text import TextCodec
 from irforge.errors import ConfigError
 from irforge.runtime.batching import (
@@ -59,6 +60,8 @@ class Engine:
         parameters: an iree.runtime.ParameterIndex instead of the folder's archives (`Session`).
         runner: run on this instead of opening the folder's compiled program (the eager
             model: eager.py, or a test's fake); the device and cache-size options then unused.
+        draft_runner: with speculative method draft_model, the draft on this instead of its
+            folder's program (its cache as many pages as the target's).
         start: start the scheduler thread now (tests hold it to fill the queue).
     """
 
@@ -69,6 +72,7 @@ class Engine:
         *,
         parameters: Any = None,
         runner: Runner | None = None,
+        draft_runner: Runner | None = None,
         start: bool = True,
         **fields: Any,
     ) -> None:
@@ -137,6 +141,7 @@ class Engine:
             metrics=self.metrics,
         )
         self.speculator = self._speculator(options, exported)
+        self.draft = self._draft(options, draft_runner)
         self._cond = self.scheduler.lock
         self._admitting = True
         self._abort = False
@@ -159,6 +164,32 @@ class Engine:
             exported.speculative_tokens,
             exported.verify_batch_sizes,
             blocks(self.max_seq_len, stride) * stride,
+        )
+
+    def _draft(self, options: EngineOptions, runner: Runner | None) -> DraftProposer | None:
+        """The draft model's proposer, on `runner` or on the draft folder's program with as
+        many cache pages as the target (its pages are addressed by the target's page ids)."""
+        spec = options.speculative
+        if spec is None or spec.method != DRAFT_MODEL:
+            return None
+        if runner is None:
+            from irforge.runtime.session import Session
+
+            assert spec.model is not None
+            runner = Session(
+                Path(spec.model),
+                device=options.device,
+                device_ids=list(options.device_ids) if options.device_ids else None,
+                page_count=self.pages.page_count,
+            )
+        exported = self.runner.options
+        if runner.options.max_seq_len < self.max_seq_len:
+            raise ConfigError(
+                f"the draft model serves {runner.options.max_seq_len} positions, the target "
+                f"{self.max_seq_len}; export it with --max-seq-len {self.max_seq_len}"
+            )
+        return DraftProposer(
+            runner, self.vocab_size, exported.block_seq_stride, exported.verify_batch_sizes
         )
 
     # -- callers ------------------------------------------------------------------------------
@@ -236,6 +267,8 @@ class Engine:
         call still running on it)."""
         if not self._thread.is_alive():
             self.runner.close()
+            if self.draft is not None:
+                self.draft.runner.close()
 
     def stop_admitting(self) -> None:
         self._admitting = False  # a plain store: safe from a signal handler
@@ -296,6 +329,8 @@ class Engine:
     def _finish(self, req: Request, status: Status, reason: str, error: str | None = None) -> None:
         if self.speculator is not None:
             self.speculator.forget(req)
+        if self.draft is not None:
+            self.draft.forget(req)
         if not self.scheduler.release(req) and req.done:
             return  # already finished and counted
         if not req.done:
@@ -334,27 +369,33 @@ class Engine:
             self._score(r)
         for batch in plan.batches:
             chunks = [chunk for _, chunk in batch.rows]
-            out = self.runner.prefill(
-                *prefill_arrays(
-                    chunks,
-                    [r.pages for r, _ in batch.rows],
-                    batch.bs,
-                    stride,
-                    [r.prefilled for r, _ in batch.rows],
-                )
+            arrays = prefill_arrays(
+                chunks,
+                [r.pages for r, _ in batch.rows],
+                batch.bs,
+                stride,
+                [r.prefilled for r, _ in batch.rows],
             )
+            out = self.runner.prefill(*arrays)
+            if self.draft is not None:
+                self.draft.prefill(arrays)
             self.metrics.prefill_calls.labels(bs=str(batch.bs)).inc()
             for row, (r, chunk) in enumerate(batch.rows):
                 self.metrics.prompt_tokens.inc(len(chunk))
-                if s.prefilled(r, len(chunk)):
+                first_due = s.prefilled(r, len(chunk))
+                if self.draft is not None and r.prefilled == len(r.context()):
+                    self.draft.prefilled(r, r.prefilled)
+                if first_due:
                     self._emit(r, *row_logits(out, row, len(r.prompt) - 1))
 
     def _score(self, r: Request) -> None:
         """Prefill an echo request's prompt in one score_bs1 call, keeping its logprobs."""
         context = r.context()
-        last, chosen, values, ids = self.runner.score(
-            *prefill_arrays([context], [r.pages], 1, self.scheduler.stride)
-        )
+        arrays = prefill_arrays([context], [r.pages], 1, self.scheduler.stride)
+        last, chosen, values, ids = self.runner.score(*arrays)
+        if self.draft is not None:
+            self.draft.prefill(arrays)
+            self.draft.prefilled(r, len(context))
         top = r.logprobs or 0
         r.prompt_logprobs = [
             (
@@ -411,14 +452,33 @@ class Engine:
         spec, s = self.speculator, self.scheduler
         assert spec is not None
 
-        def propose(r: Request) -> list[int]:
-            seq = r.prompt + r.tokens  # the last token's K/V is not in the cache yet
-            proposal = spec.propose(seq, r.max_tokens - len(r.tokens))
-            # pages for the proposal's positions, as far as free pages go (never preempting)
-            room = s.reserve(r, len(seq) + len(proposal)) - len(seq) if proposal else 0
-            return proposal[: max(room, 0)]
+        rows, draft = batch.rows, self.draft
+        lengths = [len(r.prompt) + len(r.tokens) for r in rows]  # the last token's K/V is due
 
-        proposals = spec.plan(batch.rows, batch.bs, running, propose)
+        def propose() -> list[list[int]]:
+            # at most what each request may still generate, less the token verify adds
+            caps = [min(spec.k, r.max_tokens - len(r.tokens) - 1) for r in rows]
+            if draft is None:
+                wanted = [
+                    spec.propose(r.prompt + r.tokens, c + 1)
+                    for r, c in zip(rows, caps, strict=True)
+                ]
+            elif all(spec.fits(n) and spec.fits(n - spec.width + draft.width) for n in lengths):
+                # pages first: the draft writes its proposal's keys and values into them
+                for r, n, c in zip(rows, lengths, caps, strict=True):
+                    s.reserve(r, n + c)
+                wanted = draft.propose(rows, batch.bs, spec.k)
+            else:
+                return [[] for _ in rows]
+            proposals = []
+            for r, n, c, proposal in zip(rows, lengths, caps, wanted, strict=True):
+                proposal = proposal[: max(c, 0)]
+                # pages for the proposal's positions, as far as free pages go (no preempting)
+                room = s.reserve(r, n + len(proposal)) - n if proposal else 0
+                proposals.append(proposal[: max(room, 0)])
+            return proposals
+
+        proposals = spec.plan(rows, batch.bs, running, propose)
         if proposals is None:
             return False
         arrays = verify_arrays(
@@ -448,6 +508,8 @@ class Engine:
                 m.spec_decode_draft_tokens.inc(len(proposal))
                 m.spec_decode_accepted_tokens.inc(kept)
                 spec.observe(r, len(proposal), kept)
+            if self.draft is not None:
+                self.draft.kept(r, lengths[row], kept, len(proposal))
         return True
 
 

@@ -33,7 +33,8 @@ import numpy as np
 
 from irforge.errors import ConfigError
 
-METHODS = ("ngram",)  # vLLM's names; a draft model ("draft_model") is not supported yet
+NGRAM, DRAFT_MODEL = "ngram", "draft_model"
+METHODS = (NGRAM, DRAFT_MODEL)  # vLLM's names
 # prompt_lookup_max / _min when neither is given: the pair bench/speculative.py measured best
 # on SmolLM2 (vLLM's own default is 5 and 5). Given one, the other follows it, as in vLLM.
 DEFAULT_LOOKUP = (4, 2)
@@ -96,23 +97,33 @@ def accept_sampled(
 class SpeculativeConfig:
     """`--speculative-config`: vLLM's JSON object and field names.
 
-    method: "ngram" (prompt lookup). num_speculative_tokens: tokens proposed a step (default:
-    the k the program was exported with, its most). prompt_lookup_max / _min: the longest and
-    shortest suffix looked up. disable_by_batch_size: no speculation while more requests than
-    this are running (default: the engine decides from measured step times and acceptance).
+    method: "ngram" (prompt lookup) or "draft_model" (default: "draft_model" when `model` is
+    given, as in vLLM, else "ngram"). model: the draft model's built folder. num_speculative_
+    tokens: tokens proposed a step (default: the k the program was exported with, its most).
+    prompt_lookup_max / _min: the longest and shortest suffix looked up. disable_by_batch_size:
+    no speculation while more requests than this are running (default: the engine decides from
+    measured step times and acceptance).
     """
 
-    method: str = "ngram"
+    method: str | None = None
+    model: str | None = None
     num_speculative_tokens: int | None = None
     prompt_lookup_max: int | None = None
     prompt_lookup_min: int | None = None
     disable_by_batch_size: int | None = None
 
     def __post_init__(self) -> None:
+        if self.method is None:
+            object.__setattr__(self, "method", DRAFT_MODEL if self.model else NGRAM)
         if self.method not in METHODS:
             raise ConfigError(
                 f"speculative method {self.method!r} is not supported; use one of "
                 f"{', '.join(METHODS)}"
+            )
+        if (self.method == DRAFT_MODEL) != bool(self.model):
+            raise ConfigError(
+                "speculative method draft_model needs a model (the draft's built folder), "
+                "and only it takes one"
             )
         for name in (
             "num_speculative_tokens",
@@ -134,12 +145,17 @@ class SpeculativeConfig:
             )
 
     @classmethod
-    def parse(cls, text: str) -> SpeculativeConfig:
-        """From `--speculative-config`'s JSON object."""
+    def parse(cls, text: str | None, model: str | None = None) -> SpeculativeConfig | None:
+        """From `--speculative-config`'s JSON object and `--speculative-model` (vLLM's older
+        flag: the draft's folder, the same as the object's "model"); None if neither."""
+        if text is None and model is None:
+            return None
         try:
-            fields = json.loads(text)
+            fields = json.loads(text) if text is not None else {}
         except json.JSONDecodeError as e:
             raise ConfigError(f"--speculative-config is not JSON: {e.msg}") from None
+        if model is not None and isinstance(fields, dict):
+            fields = {**fields, "model": model}
         return cls.of(fields)
 
     @classmethod
@@ -219,10 +235,15 @@ class Speculator:
         self.step_time: dict[tuple[str, int], float] = {}
         self._acceptance: dict[int, float] = {}  # by id() of a live request
 
+    def fits(self, length: int) -> bool:
+        """Whether a verify call after a sequence of `length` tokens stays in the program's
+        context (its k + 1 positions, and a draft's k, from the last token)."""
+        return length - 1 + self.width <= self.max_positions
+
     def propose(self, context: Sequence[int], left: int) -> list[int]:
-        """The proposal after `context` for a request that may generate `left` more tokens:
-        none where the verify call's positions would pass the program's context."""
-        if len(context) - 1 + self.width > self.max_positions:
+        """The n-gram proposal after `context` for a request that may generate `left` more
+        tokens: none where the verify call's positions would pass the program's context."""
+        if not self.fits(len(context)):
             return []
         return ngram_proposal(context, min(self.k, left - 1), self.least, self.most)
 
@@ -231,12 +252,12 @@ class Speculator:
         rows: Sequence[Any],
         bs: int,
         running: int,
-        propose: Callable[[Any], list[int]],
+        propose: Callable[[], list[list[int]]],
     ) -> list[list[int]] | None:
         """Each row's proposal if the decode batch `rows` (requests, at batch size bs, of
-        `running` in all) is to be verified, else None: decode it. `propose(row)` makes a
-        row's proposal (maybe empty); it is not called where even proposals of k tokens each
-        could not pay, so a batch that will not speculate costs no lookups."""
+        `running` in all) is to be verified, else None: decode it. `propose()` makes the rows'
+        proposals (each maybe empty); it is not called where even proposals of k tokens each
+        could not pay, so a batch that will not speculate costs no lookups or draft steps."""
         limit = self.config.disable_by_batch_size
         if bs not in self.verify_sizes or (limit is not None and running > limit):
             return None
@@ -246,7 +267,7 @@ class Speculator:
         if verify is not None and not self._pays(rows, [self.k] * len(rows), decode, verify):
             self._recover(rows)
             return None
-        proposals = [propose(r) for r in rows]
+        proposals = propose()
         if not any(proposals):
             return None
         if verify is None or self._pays(rows, [len(p) for p in proposals], decode, verify):
