@@ -12,7 +12,12 @@ over proposed tokens) and the share of decode-batch steps that were verify steps
 what speculation could give at best (the first part of the issue's work, RESULTS.md).
 
     .venv/bin/python bench/speculative.py [--folder DEFAULT_BUILD] [--clients 1,8,32]
+    .venv/bin/python bench/speculative.py --draft-layers 8   # a draft model instead
     .venv/bin/python bench/speculative.py --bounds [--ks 2,3,4,7]
+
+`--draft-layers N` speculates with a draft model made of SmolLM2's own first N layers (the
+project has no smaller model with SmolLM2's vocabulary): what the draft-model path costs on the
+real model, and whether the engine steps aside when a draft does not pay.
 """
 
 from __future__ import annotations
@@ -139,11 +144,40 @@ def clients_round(
     return sum(counts), time.perf_counter() - t0
 
 
+def first_layers(folder: Path, layers: int) -> Path:
+    """A draft made of the target's first `layers` decoder layers (then its own final norm
+    and output): the same archive, a program exported for the shallower config."""
+    from irforge.artifacts.files import ARCHIVE_NAME
+    from irforge.artifacts.manifest import Manifest
+    from irforge.stages.compile import compile_folder
+    from irforge.stages.export import export
+
+    out = folder.parent / f"{folder.name}-first{layers}"
+    if (out / "manifest.json").is_file() and Manifest.load(out).compiled:
+        return out
+    target = Manifest.load(folder)
+    export(
+        model_config=target.config.replace(block_count=layers),
+        out_dir=out,
+        options=target.options,
+    )
+    (out / ARCHIVE_NAME).unlink(missing_ok=True)
+    (out / ARCHIVE_NAME).hardlink_to(folder / ARCHIVE_NAME)  # the target's weights, by name
+    Manifest.load(out).replace(parameters=(ARCHIVE_NAME,)).save(out)
+    compile_folder(out, target="cpu")
+    return out
+
+
 def served(folder: Path, args: argparse.Namespace) -> None:
     codec = TextCodec(folder)
+    if args.draft_layers:
+        draft = first_layers(folder, args.draft_layers)
+        speculative = SpeculativeConfig(model=str(draft))
+    else:
+        speculative = SpeculativeConfig()
     engines = {
         "off": Engine(folder),
-        "on": Engine(folder, speculative=SpeculativeConfig()),
+        "on": Engine(folder, speculative=speculative),
     }
     prompts = {
         task: [codec.encode(codec.chat_prompt([{"role": "user", "content": t}])) for t in texts]
@@ -216,6 +250,12 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=32, help="per round, all clients together")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--bounds", action="store_true", help="replay answers instead (see above)")
+    p.add_argument(
+        "--draft-layers",
+        type=int,
+        default=0,
+        help="speculate with a draft model made of the target's first N layers, not n-grams",
+    )
     p.add_argument("--ks", default="2,3,4,7")
     p.add_argument("--min-n", type=int, default=2)
     p.add_argument("--max-n", type=int, default=4)

@@ -3,16 +3,16 @@ vocabulary guesses the next k tokens, greedily, and the target verifies them.
 
 The draft runs on its own runner (a compiled folder's Session) with its own cache slab of as
 many pages as the target's, addressed by the target's page ids, so a request's pages are the
-same numbers in both caches and the scheduler allocates once. The draft's cache is filled the
-way the target's is: every prefill call is run on the draft too (the same arrays), so pages
-the prefix cache shares hold the draft's keys and values as well as the target's.
+same numbers in both caches and the scheduler allocates once.
 
-Decode steps and verify steps are not mirrored. Each request's `synced` count says how many
-leading positions of its sequence the draft's cache holds; proposing first writes the rest
-(at least the last token) with the draft's verify calls, k + 1 positions at a time from any
-position, whose last position gives the first proposed token; then k - 1 draft decode steps
-give the others. After the target's verify, the draft's cache is right up to the tokens the
-target kept.
+The draft computes only when asked for a proposal, so a draft that does not pay (the engine
+then stops asking, speculative.py) costs nothing. Each request's `synced` count says how
+many leading positions of its sequence the draft's cache holds, since its context was last
+prefilled by the target (pages may be new then: a resumed request's); proposing first writes
+the rest: a row far behind by a prefill from the page it is in, and every row's last tokens
+by a draft verify call (k + 1 positions from any position), whose last position gives the
+first proposed token; then k - 1 draft decode steps give the others. After the target's
+verify, the draft's cache is right up to the tokens the target kept.
 """
 
 from __future__ import annotations
@@ -24,7 +24,14 @@ import numpy as np
 
 from irforge.engine.runner import Runner
 from irforge.errors import ConfigError
-from irforge.runtime.batching import blocks, decode_arrays, row_logits, split, verify_arrays
+from irforge.runtime.batching import (
+    blocks,
+    decode_arrays,
+    prefill_arrays,
+    row_logits,
+    split,
+    verify_arrays,
+)
 from irforge.runtime.pages import SCRATCH_PAGE
 
 
@@ -61,37 +68,33 @@ class DraftProposer:
         self.width = o.speculative_tokens + 1  # tokens a draft verify call writes per row
         self._synced: dict[int, int] = {}  # by id() of a request
 
-    def prefill(self, arrays: Sequence[np.ndarray]) -> None:
-        """Run a target's prefill call on the draft as well (its output is not needed)."""
-        self.runner.prefill(*arrays)
-
-    def prefilled(self, req: Any, length: int) -> None:
-        """`req`'s first `length` positions are now in the draft's cache (a whole context
-        prefilled)."""
-        self._synced[id(req)] = length
-
     def forget(self, req: Any) -> None:
+        """Nothing of `req` is in the draft's cache: it is done, or its context was just
+        prefilled into pages that may be new (a resumed request's)."""
         self._synced.pop(id(req), None)
 
     def propose(self, rows: Sequence[Any], bs: int, k: int) -> list[list[int]]:
         """k greedy draft tokens after each row's sequence (prompt + tokens); the draft's
         cache then holds each sequence and the first k - 1 of its proposal."""
         seqs = [r.prompt + r.tokens for r in rows]
-        pending = [seq[self._synced.get(id(r), 0) :] for r, seq in zip(rows, seqs, strict=True)]
+        synced = [self._synced.get(id(r), 0) for r in rows]
+        # rows further behind than one verify call catch up by prefilling, from the page
+        # their first unsynced position is in, up to their last token (a prefill starts on a
+        # page boundary; the positions it writes again get the same keys and values)
+        lag = [i for i, (n, seq) in enumerate(zip(synced, seqs)) if len(seq) - n > self.width]
+        for call in _calls(lag, self.runner.options.prefill_batch_sizes):
+            starts = [synced[i] // self.stride * self.stride for i in call]
+            chunks = [seqs[i][start:-1] for i, start in zip(call, starts, strict=True)]
+            size = split(self.runner.options.prefill_batch_sizes, len(call))[0]
+            pages = [rows[i].pages for i in call]
+            self.runner.prefill(*prefill_arrays(chunks, pages, size, self.stride, starts))
+            for i in call:
+                synced[i] = len(seqs[i]) - 1
+        pending = [seq[n:] for seq, n in zip(seqs, synced, strict=True)]
         starts = [len(s) - len(p) for s, p in zip(seqs, pending, strict=True)]
-        # catch up rows far behind, a whole verify call's width at a time
-        while any(len(p) > self.width for p in pending):
-            lag = [i for i, p in enumerate(pending) if len(p) > self.width]
-            for call in _calls(lag, self.runner.options.verify_batch_sizes):
-                self._verify(
-                    [pending[i][: self.width] for i in call],
-                    [starts[i] for i in call],
-                    [rows[i].pages for i in call],
-                )
-            for i in lag:
-                pending[i] = pending[i][self.width :]
-                starts[i] += self.width
-        out = self._verify(pending, starts, [r.pages for r in rows], bs)
+        out = self.runner.verify(
+            *verify_arrays(pending, starts, [r.pages for r in rows], bs, self.width, self.stride)
+        )
         tokens = [[_argmax(out, row, len(p) - 1)] for row, p in enumerate(pending)]
         # the proposal's positions past a row's pages are written to the scratch page: the
         # target keeps no more of a proposal than its pages hold
@@ -120,18 +123,6 @@ class DraftProposer:
         """The target kept `kept` of the `proposed` tokens after `req`'s first `length`: the
         draft's cache is right through the kept ones it wrote (it wrote all but the last)."""
         self._synced[id(req)] = length + min(kept, max(proposed - 1, 0))
-
-    def _verify(
-        self,
-        chunks: Sequence[Sequence[int]],
-        starts: Sequence[int],
-        pages: Sequence[Sequence[int]],
-        bs: int | None = None,
-    ) -> Any:
-        size = bs or split(self.runner.options.verify_batch_sizes, len(chunks))[0]
-        return self.runner.verify(
-            *verify_arrays(chunks, starts, pages, size, self.width, self.stride)
-        )
 
 
 def _calls(rows: list[int], sizes: Sequence[int]) -> list[list[int]]:

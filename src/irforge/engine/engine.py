@@ -377,15 +377,12 @@ class Engine:
                 [r.prefilled for r, _ in batch.rows],
             )
             out = self.runner.prefill(*arrays)
-            if self.draft is not None:
-                self.draft.prefill(arrays)
             self.metrics.prefill_calls.labels(bs=str(batch.bs)).inc()
             for row, (r, chunk) in enumerate(batch.rows):
                 self.metrics.prompt_tokens.inc(len(chunk))
-                first_due = s.prefilled(r, len(chunk))
-                if self.draft is not None and r.prefilled == len(r.context()):
-                    self.draft.prefilled(r, r.prefilled)
-                if first_due:
+                if self.draft is not None:  # (re)admitted: the draft starts from nothing
+                    self.draft.forget(r)
+                if s.prefilled(r, len(chunk)):
                     self._emit(r, *row_logits(out, row, len(r.prompt) - 1))
 
     def _score(self, r: Request) -> None:
@@ -394,8 +391,7 @@ class Engine:
         arrays = prefill_arrays([context], [r.pages], 1, self.scheduler.stride)
         last, chosen, values, ids = self.runner.score(*arrays)
         if self.draft is not None:
-            self.draft.prefill(arrays)
-            self.draft.prefilled(r, len(context))
+            self.draft.forget(r)
         top = r.logprobs or 0
         r.prompt_logprobs = [
             (
@@ -478,6 +474,8 @@ class Engine:
                 proposals.append(proposal[: max(room, 0)])
             return proposals
 
+        # a verify step's time includes making its proposals (a draft model's steps)
+        started = time.perf_counter()
         proposals = spec.plan(rows, batch.bs, running, propose)
         if proposals is None:
             return False
@@ -489,7 +487,6 @@ class Engine:
             spec.width,
             s.stride,
         )
-        started = time.perf_counter()
         out = self.runner.verify(*arrays)
         self._timed("verify", batch.bs, started)
         m = self.metrics
