@@ -81,7 +81,7 @@ class DraftProposer:
         # rows further behind than one verify call catch up by prefilling, from the page
         # their first unsynced position is in, up to their last token (a prefill starts on a
         # page boundary; the positions it writes again get the same keys and values)
-        lag = [i for i, (n, seq) in enumerate(zip(synced, seqs)) if len(seq) - n > self.width]
+        lag = [i for i, seq in enumerate(seqs) if len(seq) - synced[i] > self.width]
         for call in _calls(lag, self.runner.options.prefill_batch_sizes):
             starts = [synced[i] // self.stride * self.stride for i in call]
             chunks = [seqs[i][start:-1] for i, start in zip(call, starts, strict=True)]
