@@ -17,6 +17,7 @@ verify, the draft's cache is right up to the tokens the target kept.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -67,6 +68,7 @@ class DraftProposer:
         self.runner, self.stride = runner, stride
         self.width = o.speculative_tokens + 1  # tokens a draft verify call writes per row
         self._synced: dict[int, int] = {}  # by id() of a request
+        self.catch_up_seconds = 0.0  # of the last proposal's catching up
 
     def forget(self, req: Any) -> None:
         """Nothing of `req` is in the draft's cache: it is done, or its context was just
@@ -82,6 +84,7 @@ class DraftProposer:
         # their first unsynced position is in, up to their last token (a prefill starts on a
         # page boundary; the positions it writes again get the same keys and values)
         lag = [i for i, seq in enumerate(seqs) if len(seq) - synced[i] > self.width]
+        started = time.perf_counter()
         for call in _calls(lag, self.runner.options.prefill_batch_sizes):
             starts = [synced[i] // self.stride * self.stride for i in call]
             chunks = [seqs[i][start:-1] for i, start in zip(call, starts, strict=True)]
@@ -90,6 +93,8 @@ class DraftProposer:
             self.runner.prefill(*prefill_arrays(chunks, pages, size, self.stride, starts))
             for i in call:
                 synced[i] = len(seqs[i]) - 1
+        # a prompt's catch-up is paid once per request, as its prefill is: not a step's cost
+        self.catch_up_seconds = time.perf_counter() - started
         pending = [seq[n:] for seq, n in zip(seqs, synced, strict=True)]
         starts = [len(s) - len(p) for s, p in zip(seqs, pending, strict=True)]
         out = self.runner.verify(

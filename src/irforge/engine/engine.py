@@ -488,7 +488,8 @@ class Engine:
             s.stride,
         )
         out = self.runner.verify(*arrays)
-        self._timed("verify", batch.bs, started)
+        # (a draft's catching up on a new request's prompt is not part of a step's cost)
+        self._timed("verify", batch.bs, started + (draft.catch_up_seconds if draft else 0.0))
         m = self.metrics
         m.verify_calls.labels(bs=str(batch.bs)).inc()
         for row, (r, proposal) in enumerate(zip(batch.rows, proposals, strict=True)):
