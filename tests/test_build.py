@@ -17,7 +17,9 @@ from irforge.stages.build import build
 
 pytestmark = pytest.mark.iree
 runner = CliRunner()
-ARGS = {"targets": ["cpu"], "bs": (1,), "block_seq_stride": 16}
+# no verify entry points: these tests are about the build's steps, and each compile is CI time
+# (test_smollm2.py builds with the default, verify included, and speculates with it)
+ARGS = {"targets": ["cpu"], "bs": (1,), "block_seq_stride": 16, "speculative_tokens": 0}
 
 
 def statuses(result) -> dict[str, str]:  # noqa: ANN001
@@ -196,6 +198,7 @@ def test_a_wrong_program_fails_the_build(built: Path, monkeypatch: pytest.Monkey
     wrong = verify_module.Verification(positions=16, greedy_agree=2, mean_kl=3.2, max_kl=9.0)
     monkeypatch.setattr(verify_module, "verify_folder", lambda folder: wrong)
     args = ["build", "tiny", "-o", str(built), "--target", "cpu", "--bs", "1"]
+    args += ["--speculative-tokens", "0"]
     result = runner.invoke(app, [*args, "--block-seq-stride", "16", "--force"])
     assert result.exit_code != 0
     assert "the compiled cpu program is wrong: greedy 2/16" in result.stderr
