@@ -10,7 +10,7 @@ import typer
 from irforge.cli._options import DeviceIdsOpt, DeviceOpt, parse_device_ids
 from irforge.engine.options import DRAIN_TIMEOUT_S, EngineOptions
 from irforge.engine.replica_args import DEFAULT_ROUTING
-from irforge.engine.speculative import SpeculativeConfig
+from irforge.engine.speculative import DEFAULT_LOOKUP, SpeculativeConfig
 from irforge.runtime.device_memory import CACHE_SHARE
 
 DEFAULTS = EngineOptions()
@@ -59,7 +59,8 @@ def serve_cmd(
             help="Speculative decoding, as vLLM's JSON: "
             '\'{"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_max": 4, '
             '"prompt_lookup_min": 2}\' (n-gram prompt lookup; every field optional: k defaults '
-            "to the program's, lookup to 4 and 2), or with \"model\": a draft model's folder. "
+            f"to the program's, lookup to {DEFAULT_LOOKUP[0]} and {DEFAULT_LOOKUP[1]}), or with "
+            '"model": a draft model\'s folder. '
             "A batch is verified only when measured step times and acceptance say it gains. "
             "Default: off.",
             show_default=False,
