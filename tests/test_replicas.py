@@ -84,6 +84,7 @@ def test_two_replicas_answer_as_one_process_and_keep_prefixes_together(
     with serving(llama_artifacts) as (url, _):
         want = [complete(url, b)[0] for b in plain + shared]
     with replicas(llama_artifacts, "--replicas", "2") as url:
+        wait_until_both_replicas_answer(url)
         with ThreadPoolExecutor(32) as pool:
             got = list(pool.map(lambda b: complete(url, b), plain + shared))
         assert [text for text, _ in got] == want
@@ -94,6 +95,17 @@ def test_two_replicas_answer_as_one_process_and_keep_prefixes_together(
         with ThreadPoolExecutor(4) as pool:
             after = list(pool.map(lambda b: complete(url, b)[1], shared))
         assert set(after) == {owner}
+
+
+def wait_until_both_replicas_answer(url: str, timeout_s: float = 60) -> None:
+    """Serve is up once its controller runs both replicas; the front's router learns of the
+    second one by Ray's long poll, which a loaded 2-core machine delays by seconds (CI once
+    sent the whole batch to one replica). Idle single requests tie on load and spread."""
+    seen: set[str] = set()
+    deadline = time.monotonic() + timeout_s
+    while len(seen) < 2:
+        assert time.monotonic() < deadline, f"only {seen} answered in {timeout_s} s"
+        seen.add(complete(url, body([5, 6, 7, 9], 1, max_tokens=1))[1])
 
 
 def test_a_killed_replica_ends_its_requests_cleanly_and_is_restarted(

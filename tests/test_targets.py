@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import re
 import shutil
+import subprocess
+import sys
 from importlib.metadata import version
 from pathlib import Path
 
@@ -190,3 +192,24 @@ def test_default_cache_takes_a_share_of_free_gpu_memory() -> None:
     for driver in ("cuda", "hip"):
         got = free_bytes(driver, 0)
         assert got is None or got > 0  # None here; a number on a machine with the GPU
+
+
+def test_opening_a_device_keeps_futexes_in_the_global_hash() -> None:
+    """IREE's io_uring futex waits lose wake-ups when a process's private futex hash is
+    installed or resized under them (runtime/devices.py): a fresh process that opens the CPU
+    device (IREE's worker threads start) still has none, where plain threads give it one."""
+    probe = (
+        "import ctypes, sys, threading\n"
+        "libc = ctypes.CDLL(None)\n"
+        "slots = lambda: libc.prctl(78, 2, 0, 0, 0)  # PR_FUTEX_HASH, GET_SLOTS\n"
+        "threading.Thread(target=int).start()\n"
+        "before = slots()\n"
+        "from irforge.runtime.devices import open_devices\n"
+        "open_devices('cpu', None, 1)\n"
+        "print(before, slots())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    before, after = map(int, out.stdout.split())
+    if before <= 0:
+        pytest.skip(f"this kernel has no private futex hashes (PR_FUTEX_HASH: {before})")
+    assert after == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 from typing import Any
 
 from irforge.errors import ConfigError
@@ -43,6 +44,25 @@ def iree_reason(error: Exception) -> str:
     return first.rstrip(":; ")[:200]
 
 
+# prctl(2) PR_FUTEX_HASH (Linux 6.16+): SET_SLOTS 0 puts this process's private futexes back
+# in the kernel's global hash
+_PR_FUTEX_HASH, _PR_FUTEX_HASH_SET_SLOTS = 78, 1
+
+
+def use_global_futex_hash() -> bool:
+    """IREE 3.13's io_uring proactor waits on futexes inside the ring. Kernels with per-process
+    futex hashes (6.16+) can lose such a wait's wake-up when the process moves to, or between,
+    private hashes while it is armed (lalinsky/zio#402 reproduces it in C on 6.17); a CI run hung
+    that way, every thread in a futex wait and one in io_cqring_wait. The global hash never
+    moves. True where the kernel took it; older kernels have only the global hash anyway."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    return libc.prctl(_PR_FUTEX_HASH, _PR_FUTEX_HASH_SET_SLOTS, 0, 0, 0) == 0
+
+
 def open_devices(driver: str, device_ids: list[int] | None, count: int) -> list[Any]:
     """`count` devices of `driver` (the first ones, or `device_ids`), as iree.runtime HalDevices.
 
@@ -51,6 +71,7 @@ def open_devices(driver: str, device_ids: list[int] | None, count: int) -> list[
     """
     import iree.runtime as rt
 
+    use_global_futex_hash()  # before IREE starts its proactor threads
     driver = normalize_driver(driver)
     if device_ids is not None and len(device_ids) != count:
         raise ConfigError(f"the program spans {count} device(s); got {len(device_ids)} device ids")
