@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from test_serve import JSON, serving
 
 pytest.importorskip("ray.serve")
@@ -84,7 +85,7 @@ def test_two_replicas_answer_as_one_process_and_keep_prefixes_together(
     with serving(llama_artifacts) as (url, _):
         want = [complete(url, b)[0] for b in plain + shared]
     with replicas(llama_artifacts, "--replicas", "2") as url:
-        wait_until_both_replicas_answer(url)
+        sent = wait_until_both_replicas_answer(url)
         with ThreadPoolExecutor(32) as pool:
             got = list(pool.map(lambda b: complete(url, b), plain + shared))
         assert [text for text, _ in got] == want
@@ -95,17 +96,31 @@ def test_two_replicas_answer_as_one_process_and_keep_prefixes_together(
         with ThreadPoolExecutor(4) as pool:
             after = list(pool.map(lambda b: complete(url, b)[1], shared))
         assert set(after) == {owner}
+        sent += len(plain + shared) + 1 + len(shared)
+        # one scrape holds every replica's series, told apart by a `replica` label
+        families = {f.name: f for f in text_string_to_metric_families(get_text(f"{url}/metrics"))}
+        received = families["irforge_requests_received"].samples
+        assert {s.labels["replica"] for s in received} == {replica for _, replica in got}
+        assert sum(s.value for s in received) == sent
+        running = families["vllm:num_requests_running"].samples
+        assert len({s.labels["replica"] for s in running}) == 2
 
 
-def wait_until_both_replicas_answer(url: str, timeout_s: float = 60) -> None:
+def get_text(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=60) as r:
+        return r.read().decode()
+
+
+def wait_until_both_replicas_answer(url: str, timeout_s: float = 60) -> int:
     """Serve is up once its controller runs both replicas; the front's router learns of the
     second one by Ray's long poll, which a loaded 2-core machine delays by seconds (CI once
     sent the whole batch to one replica). Idle single requests tie on load and spread."""
-    seen: set[str] = set()
+    seen: list[str] = []
     deadline = time.monotonic() + timeout_s
-    while len(seen) < 2:
-        assert time.monotonic() < deadline, f"only {seen} answered in {timeout_s} s"
-        seen.add(complete(url, body([5, 6, 7, 9], 1, max_tokens=1))[1])
+    while len(set(seen)) < 2:
+        assert time.monotonic() < deadline, f"only {set(seen)} answered in {timeout_s} s"
+        seen.append(complete(url, body([5, 6, 7, 9], 1, max_tokens=1))[1])
+    return len(seen)  # requests sent
 
 
 def test_a_killed_replica_ends_its_requests_cleanly_and_is_restarted(

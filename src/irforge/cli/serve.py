@@ -104,8 +104,8 @@ def serve_cmd(
         str,
         typer.Option(
             help="How replicas are picked: 'prefix' sends a prompt to the replica that holds "
-            "its beginning (least-loaded when that one is far behind); 'load': Ray's "
-            "power-of-two choices.",
+            "its beginning (least-loaded when that one is far behind); 'load': always the "
+            "least-loaded replica.",
         ),
     ] = DEFAULT_ROUTING,
     ray_address: Annotated[

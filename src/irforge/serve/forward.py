@@ -30,6 +30,7 @@ class Forwarded:
     body: bytes
     client: tuple[str, int] | None = None
     prefix: tuple[int, ...] = field(default=())  # affinity.chain(prompt_text(body))
+    replica: str | None = None  # the engine replica it must go to (a metrics scrape's)
 
 
 def prompt_text(body: bytes) -> str:

@@ -6,7 +6,8 @@ each engine replica answers it with the same FastAPI app as the one-process serv
 own Engine, and streams the answer back. The handle's router sees the prompt, so requests
 that begin alike go to the replica whose prefix cache holds their beginning
 (`PrefixAffinityRouter`), unless that replica is loaded well beyond the least-loaded one.
-A replica that dies is restarted by Ray; the requests it held end in a JSON error.
+A replica that dies is restarted by Ray; the requests it held end in a JSON error. A /metrics
+scrape is the one request the front sends to every replica (serve/replica_metrics.py).
 
 `build_app` is the application builder: `serve_replicas` calls it, and a RayService's
 `serveConfigV2` names it (`import_path: irforge.serve.ray_app:build_app`) with the same args.
@@ -14,6 +15,7 @@ A replica that dies is restarted by Ray; the requests it held end in a JSON erro
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 from collections.abc import AsyncIterator
@@ -29,6 +31,7 @@ from ray.serve.request_router import PendingRequest, ReplicaID, RequestRouter, R
 
 from irforge.engine.options import EngineOptions
 from irforge.engine.replica_args import DEFAULT_ROUTING, ReplicaArgs
+from irforge.serve import replica_metrics
 from irforge.serve.affinity import PrefixTable, chain
 from irforge.serve.errors import error_body
 from irforge.serve.forward import Forwarded, answer, prompt_text
@@ -77,6 +80,13 @@ class EngineReplica:
 
 front_api = FastAPI(title="irforge serve (Ray Serve front)")
 front_api.add_middleware(BodyLimit)
+METRICS_PATH = "/metrics"
+
+
+@front_api.get(METRICS_PATH)
+async def _metrics(request: Request) -> Response:
+    front = cast("Front", serve.get_replica_context().servable_object)
+    return await front.scrape(request)
 
 
 @front_api.api_route("/{path:path}", methods=HTTP_METHODS)
@@ -93,6 +103,35 @@ class Front:
 
     def __init__(self, engines: DeploymentHandle) -> None:
         self.engines = engines.options(stream=True)
+
+    async def scrape(self, request: Request) -> Response:
+        """Every engine replica's metrics, each series labelled with its replica. The first
+        scrape goes to any replica (the handle's router starts with it); then each replica the
+        router knows of is asked by name. A replica that fails to answer is left out, as a
+        dead pod is from a scrape."""
+        first = await self._metrics_text(request, None)
+        texts = dict([first] if first else [])
+        others = [rid for rid in replica_metrics.known_replicas() if rid not in texts]
+        for found in await asyncio.gather(*(self._metrics_text(request, r) for r in others)):
+            if found:
+                texts.setdefault(*found)
+        return Response(replica_metrics.merge(texts), media_type=_PROMETHEUS_TEXT)
+
+    async def _metrics_text(self, request: Request, replica: str | None) -> tuple[str, str] | None:
+        scope = request.scope
+        forwarded = Forwarded(
+            method="GET", path=METRICS_PATH, query=b"", headers=list(scope["headers"]), body=b"",
+            replica=replica,
+        )  # fmt: skip
+        stream = cast(DeploymentResponseGenerator, self.engines.remote(forwarded))
+        try:
+            status, headers = await stream.__anext__()
+            content = b"".join([chunk async for chunk in stream])
+        except (RayError, StopAsyncIteration):
+            stream.cancel()
+            return None
+        tag = dict(headers).get(REPLICA_HEADER)
+        return (tag, content.decode()) if status == 200 and tag else None
 
     async def forward(self, request: Request) -> Response:
         body = await request.body()
@@ -125,6 +164,7 @@ class Front:
 
 
 _GONE = "the replica answering this request stopped (Ray restarts it); retry"
+_PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 
 
 async def _rest(stream: Any) -> AsyncIterator[bytes]:
@@ -141,11 +181,14 @@ async def _rest(stream: Any) -> AsyncIterator[bytes]:
 class PrefixAffinityRouter(RequestRouter):
     """Sends a request to the replica that first took the longest prefix of its prompt
     (serve/affinity.py), unless that replica's queue is more than `imbalance` requests
-    longer than the shortest; otherwise to the least-loaded replica."""
+    longer than the shortest; otherwise, or with `affinity` off (`--routing load`), to the
+    least-loaded replica. A request that names a replica (`Forwarded.replica`) goes there."""
 
     def initialize_state(self, **kwargs: Any) -> None:
         self._imbalance = int(kwargs.get("imbalance", 8))
+        self._affinity = bool(kwargs.get("affinity", True))
         self._table: PrefixTable[ReplicaID] = PrefixTable()
+        replica_metrics.ROUTERS.add(self)
 
     async def choose_replicas(
         self,
@@ -159,6 +202,11 @@ class PrefixAffinityRouter(RequestRouter):
         load = {rid: cache.get(rid) or 0 for rid in by_id}
         least = random.sample(candidate_replicas, len(candidate_replicas))  # ties spread
         least.sort(key=lambda r: load[r.replica_id])
+        named = _request(pending_request)
+        if named is not None and named.replica is not None:
+            # gone since it was named: any other answers, and says who it is
+            return [[r for r in candidate_replicas if r.replica_id.unique_id == named.replica]
+                    or least]  # fmt: skip
         owner, _ = self._table.owner(_keys(pending_request), by_id)
         if owner is not None and load[owner] - load[least[0].replica_id] <= self._imbalance:
             return [[by_id[owner]], least]  # the owner, or if it is full the least loaded
@@ -167,16 +215,22 @@ class PrefixAffinityRouter(RequestRouter):
     def on_request_routed(
         self, pending_request: PendingRequest, replica_id: ReplicaID, result: Any
     ) -> None:
-        self._table.record(_keys(pending_request), replica_id)
+        if self._affinity:
+            self._table.record(_keys(pending_request), replica_id)
 
     def on_replica_actor_died(self, replica_id: ReplicaID) -> None:
         super().on_replica_actor_died(replica_id)
         self._table.forget(replica_id)
 
 
-def _keys(pending_request: PendingRequest | None) -> tuple[int, ...]:
+def _request(pending_request: PendingRequest | None) -> Forwarded | None:
     args = pending_request.args if pending_request is not None else ()
-    return args[0].prefix if args and isinstance(args[0], Forwarded) else ()
+    return args[0] if args and isinstance(args[0], Forwarded) else None
+
+
+def _keys(pending_request: PendingRequest | None) -> tuple[int, ...]:
+    request = _request(pending_request)
+    return request.prefix if request is not None else ()
 
 
 def build_app(args: ReplicaArgs) -> Any:
@@ -189,11 +243,13 @@ def build_app(args: ReplicaArgs) -> Any:
         "max_ongoing_requests": MAX_ONGOING,
         "graceful_shutdown_timeout_s": args.drain_timeout,
     }
-    if args.routing == DEFAULT_ROUTING:  # "prefix"
-        engine_options["request_router_config"] = {
-            "request_router_class": PrefixAffinityRouter,
-            "request_router_kwargs": {"imbalance": args.batch},
-        }
+    engine_options["request_router_config"] = {
+        "request_router_class": PrefixAffinityRouter,
+        "request_router_kwargs": {
+            "imbalance": args.batch,
+            "affinity": args.routing == DEFAULT_ROUTING,  # "prefix"
+        },
+    }
     if args.min_replicas is not None:
         engine_options["autoscaling_config"] = {
             "min_replicas": args.min_replicas,
