@@ -7,13 +7,13 @@
    load), as the ratio and difference Ray over plain, median over rounds.
 2. Routing: a shared-prefix workload (G groups of prompts that share a long beginning, in
    shuffled order, 8 clients) on 2 replicas with `--routing prefix` against `--routing load`
-   (Ray's power-of-two choices): the prefix-cache hit rate (cached prompt tokens over prompt
+   (the least-loaded replica): the prefix-cache hit rate (cached prompt tokens over prompt
    tokens, from each answer's usage) and tokens/s.
 
 Models: the test suite's tiny Llama (serving overhead dominates) and SmolLM2-135M-Instruct
 (the project's trained model, f16 build from its GGUF).
 
-    .venv/bin/python bench/replicas.py [--models tiny,smollm2] [--rounds 2]
+    .venv/bin/python bench/replicas.py [--models tiny,smollm2] [--rounds 2] [--parts routing]
 """
 
 from __future__ import annotations
@@ -174,9 +174,21 @@ def routing(folder: Path, ids: list[int], args: argparse.Namespace, log: Path) -
 
 
 def report(name: str, rounds: dict[str, list[dict]], routed: dict) -> str:
-    lines = [
-        f"#### {name}",
+    lines = [f"#### {name}", ""]
+    if rounds:
+        lines += _overhead_rows(rounds)
+    lines += [
         "",
+        "| 2 replicas, shared prefixes | prefix-cache hit rate | tok/s |",
+        "| --- | --- | --- |",
+    ]
+    for policy, m in routed.items():
+        lines.append(f"| routing {policy} | {m['hit_rate']:.0%} | {m['tokens_per_s']:.1f} |")
+    return "\n".join(lines)
+
+
+def _overhead_rows(rounds: dict[str, list[dict]]) -> list[str]:
+    lines = [
         "| clients | plain tok/s | Ray tok/s | Ray / plain | plain TTFT p50 / p99 ms "
         "| Ray TTFT p50 / p99 ms | Ray - plain p50 ms |",
         "| --- | --- | --- | --- | --- | --- | --- |",
@@ -197,14 +209,7 @@ def report(name: str, rounds: dict[str, list[dict]], routed: dict) -> str:
             f"{ratio:.2f}x | {med(a, 'ttft_p50'):.0f} / {med(a, 'ttft_p99'):.0f} | "
             f"{med(b, 'ttft_p50'):.0f} / {med(b, 'ttft_p99'):.0f} | {diff:+.0f} |"
         )
-    lines += [
-        "",
-        "| 2 replicas, shared prefixes | prefix-cache hit rate | tok/s |",
-        "| --- | --- | --- |",
-    ]
-    for policy, m in routed.items():
-        lines.append(f"| routing {policy} | {m['hit_rate']:.0%} | {m['tokens_per_s']:.1f} |")
-    return "\n".join(lines)
+    return lines
 
 
 def main() -> None:
@@ -213,6 +218,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--groups", type=int, default=6, help="shared prefixes in the routing run")
+    p.add_argument("--parts", default="overhead,routing", help="which measurements to run")
     p.add_argument("--data", type=Path, default=ROOT / "bench" / "data" / "replicas")
     p.add_argument(
         "--smollm2",
@@ -241,8 +247,9 @@ def main() -> None:
             ids = vs_llamacpp.text_ids(folder / "tokenizer.json")
             work, _ = vs_llamacpp.workloads(ids, 64)
         print(f"{model}: {folder}", flush=True)
-        rounds = overhead(folder, work, args, log)
-        routed = routing(folder, ids, args, log)
+        parts = args.parts.split(",")
+        rounds = overhead(folder, work, args, log) if "overhead" in parts else {}
+        routed = routing(folder, ids, args, log) if "routing" in parts else {}
         out.append(report(model, rounds, routed))
         print(out[-1], flush=True)
     print("\n\n".join(out))
