@@ -106,6 +106,23 @@ def test_two_replicas_answer_as_one_process_and_keep_prefixes_together(
         assert len({s.labels["replica"] for s in running}) == 2
 
 
+def test_load_routing_spreads_a_shared_prefix(llama_artifacts: Path) -> None:
+    """`--routing load`: the router without its prefix table sends requests that share a
+    prefix to both replicas by load, and a scrape still covers both."""
+    shared = [body([*SHARED, 60 + i], i) for i in range(16)]
+    with serving(llama_artifacts) as (url, _):
+        want = [complete(url, b)[0] for b in shared]
+    with replicas(llama_artifacts, "--replicas", "2", "--routing", "load") as url:
+        sent = wait_until_both_replicas_answer(url)
+        with ThreadPoolExecutor(8) as pool:
+            got = list(pool.map(lambda b: complete(url, b), shared))
+        assert [text for text, _ in got] == want
+        assert len({replica for _, replica in got}) == 2
+        families = {f.name: f for f in text_string_to_metric_families(get_text(f"{url}/metrics"))}
+        received = families["irforge_requests_received"].samples
+        assert len(received) == 2 and sum(s.value for s in received) == sent + len(shared)
+
+
 def get_text(url: str) -> str:
     with urllib.request.urlopen(url, timeout=60) as r:
         return r.read().decode()
