@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from typing import Any
@@ -44,23 +45,38 @@ def iree_reason(error: Exception) -> str:
     return first.rstrip(":; ")[:200]
 
 
-# prctl(2) PR_FUTEX_HASH (Linux 6.16+): SET_SLOTS 0 puts this process's private futexes back
-# in the kernel's global hash
-_PR_FUTEX_HASH, _PR_FUTEX_HASH_SET_SLOTS = 78, 1
+# prctl(2) PR_FUTEX_HASH (Linux 6.16+): a process's private futex hash
+_PR_FUTEX_HASH, _SET_SLOTS, _GET_SLOTS = 78, 1, 2
 
 
-def use_global_futex_hash() -> bool:
-    """IREE 3.13's io_uring proactor waits on futexes inside the ring. Kernels with per-process
-    futex hashes (6.16+) can lose such a wait's wake-up when the process moves to, or between,
-    private hashes while it is armed (lalinsky/zio#402 reproduces it in C on 6.17); a CI run hung
-    that way, every thread in a futex wait and one in io_cqring_wait. The global hash never
-    moves. True where the kernel took it; older kernels have only the global hash anyway."""
+def fix_futex_hash() -> int | None:
+    """Give this process, once and before IREE starts its threads, the private futex hash the
+    kernel would grow it to, so that it never moves again.
+
+    IREE 3.13's io_uring proactor waits on futexes inside the ring. Kernels with per-process
+    futex hashes (6.16+) install a private hash at a process's second thread and resize it as
+    threads are added; a wait armed in the ring across such a move can miss its wake-up
+    (lalinsky/zio#402 reproduces it in C on 6.17), and a CI run hung so: every thread in a
+    futex wait, one in io_cqring_wait. A hash the process sets itself is not resized. (The
+    global hash never moves either; neither changed a decode step measurably here,
+    bench/futex_hash.py. A private one keeps other processes' futexes apart, as the kernel
+    meant.) Returns the slots, or None where the kernel has no such hashes or refused."""
     if not sys.platform.startswith("linux"):
-        return False
+        return None
     import ctypes
 
     libc = ctypes.CDLL(None, use_errno=True)
-    return libc.prctl(_PR_FUTEX_HASH, _PR_FUTEX_HASH_SET_SLOTS, 0, 0, 0) == 0
+    have = libc.prctl(_PR_FUTEX_HASH, _GET_SLOTS, 0, 0, 0)
+    want = FUTEX_SLOTS
+    if have < 0:
+        return None
+    if have == want or libc.prctl(_PR_FUTEX_HASH, _SET_SLOTS, want, 0, 0) == 0:
+        return want
+    return None
+
+
+# the kernel's own sizing at full load: 4 slots per CPU, a power of two, at least 16
+FUTEX_SLOTS = max(16, 1 << (4 * (os.cpu_count() or 1) - 1).bit_length())
 
 
 def open_devices(driver: str, device_ids: list[int] | None, count: int) -> list[Any]:
@@ -71,7 +87,7 @@ def open_devices(driver: str, device_ids: list[int] | None, count: int) -> list[
     """
     import iree.runtime as rt
 
-    use_global_futex_hash()  # before IREE starts its proactor threads
+    fix_futex_hash()  # before IREE starts its proactor threads
     driver = normalize_driver(driver)
     if device_ids is not None and len(device_ids) != count:
         raise ConfigError(f"the program spans {count} device(s); got {len(device_ids)} device ids")
