@@ -99,11 +99,15 @@ def metrics(url: str) -> dict[str, float]:
 
 
 def wait_all_pages_free(url: str, timeout_s: float = 15) -> dict[str, float]:
+    """The metrics once the engine is idle (every page free, nothing running or queued), or
+    at the deadline. A request cancelled in the queue leaves it at the scheduler's next turn,
+    which a loaded machine can delay past the answer that cancelled it (CI saw it queued)."""
     deadline = time.monotonic() + timeout_s
     while True:
         m = metrics(url)
         free = m["irforge_kv_pages_free"] == m["irforge_kv_pages_total"]
-        if (free and not m["irforge_running_requests"]) or time.monotonic() > deadline:
+        idle = not m["irforge_running_requests"] and not m["irforge_queue_depth"]
+        if (free and idle) or time.monotonic() > deadline:
             return m
         time.sleep(0.05)
 
