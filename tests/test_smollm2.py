@@ -8,6 +8,7 @@ f16 program may rightly pick the other token, and the sequences are incomparable
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -152,3 +153,27 @@ def test_speculation_gives_the_same_answers(smollm2_folder: Path) -> None:
         "verify_calls_total", bs="1"
     )
     assert steps == 2 * 39 - kept
+
+
+@pytest.fixture(scope="module")
+def smollm2_hf_folder(tmp_path_factory: pytest.TempPathFactory, reference) -> Path:  # noqa: ANN001
+    """SmolLM2 built from an HF source: transformers' own f32 model of the GGUF, written with
+    save_pretrained (as bench/real_model.py's hf-f16 path), built in f16."""
+    tok, model = reference
+    source = tmp_path_factory.mktemp("smollm2-hf") / "source"
+    config = copy.deepcopy(model.config)  # the fixture's model stays as it is
+    config.quantization_config = None  # the GGUF-loaded model refuses save_pretrained
+    plain = type(model)(config)
+    plain.load_state_dict(model.state_dict())
+    plain.save_pretrained(source)
+    tok.save_pretrained(source)
+    out = source.parent / "cpu"
+    result = build(str(source), out_dir=out, targets=["cpu"], bs=(1,), dtype="f16")
+    verify = next(s for s in result.steps if s.name == "verify cpu")
+    assert verify.status == "ran" and "greedy" in verify.reason
+    return out
+
+
+@pytest.mark.slow  # a second SmolLM2 build: CI builds the GGUF source only
+def test_speculation_from_an_hf_source_gives_the_same_answers(smollm2_hf_folder: Path) -> None:
+    test_speculation_gives_the_same_answers(smollm2_hf_folder)
