@@ -19,6 +19,10 @@ from irforge.serve import openai_api, shortfin_api
 from irforge.serve.errors import error_body, http_status
 from irforge.serve.limits import BodyLimit
 
+METRICS_PATH = "/metrics"
+# Prometheus' text format, the version engine/metrics.py's generate_latest writes
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
 log = logging.getLogger("irforge.serve")
 _SCALARS = (str, int, float, bool, type(None))
 
@@ -59,10 +63,10 @@ def create_app(engine: Engine, *, model_name: str | None = None) -> FastAPI:
     async def health() -> dict[str, str]:
         return {"status": "ok"}  # shortfin's clients look at the 200 alone
 
-    @app.get("/metrics")
+    @app.get(METRICS_PATH)
     async def metrics() -> Response:
         text = engine.metrics.render(engine.gauges(), app.state.model_name)
-        return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
+        return Response(text, media_type=METRICS_CONTENT_TYPE)
 
     app.include_router(shortfin_api.router)
     app.include_router(openai_api.router)

@@ -33,6 +33,7 @@ from irforge.engine.options import EngineOptions
 from irforge.engine.replica_args import DEFAULT_ROUTING, ReplicaArgs
 from irforge.serve import replica_metrics
 from irforge.serve.affinity import PrefixTable, chain
+from irforge.serve.app import METRICS_CONTENT_TYPE, METRICS_PATH
 from irforge.serve.errors import error_body
 from irforge.serve.forward import Forwarded, answer, prompt_text
 from irforge.serve.limits import BodyLimit
@@ -80,7 +81,6 @@ class EngineReplica:
 
 front_api = FastAPI(title="irforge serve (Ray Serve front)")
 front_api.add_middleware(BodyLimit)
-METRICS_PATH = "/metrics"
 
 
 @front_api.get(METRICS_PATH)
@@ -115,7 +115,7 @@ class Front:
         for found in await asyncio.gather(*(self._metrics_text(request, r) for r in others)):
             if found:
                 texts.setdefault(*found)
-        return Response(replica_metrics.merge(texts), media_type=_PROMETHEUS_TEXT)
+        return Response(replica_metrics.merge(texts), media_type=METRICS_CONTENT_TYPE)
 
     async def _metrics_text(self, request: Request, replica: str | None) -> tuple[str, str] | None:
         scope = request.scope
@@ -164,7 +164,6 @@ class Front:
 
 
 _GONE = "the replica answering this request stopped (Ray restarts it); retry"
-_PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 
 
 async def _rest(stream: Any) -> AsyncIterator[bytes]:
