@@ -152,14 +152,13 @@ def verify_step(folder: Path) -> dict[str, object]:
     from irforge.formats.atomic import AtomicFile
 
     why_not = fits_in_memory(folder)
-    if why_not is not None:  # still the step's declared output, saying why
-        skipped: dict[str, object] = {"summary": f"not checked: {why_not}"}
-        with AtomicFile(folder / VERIFY_NAME) as f:
-            f.write(json.dumps(skipped, indent=2).encode() + b"\n")
-        return skipped
-    found = verify_folder(folder)
+    found = verify_folder(folder) if why_not is None else None
+    # the step's declared output either way: the figures, or why there are none
+    record: dict[str, object] = found.as_dict() if found else {"summary": f"not checked: {why_not}"}
     with AtomicFile(folder / VERIFY_NAME) as f:
-        f.write(json.dumps(found.as_dict(), indent=2).encode() + b"\n")
+        f.write(json.dumps(record, indent=2).encode() + b"\n")
+    if found is None:
+        return record
     if not found.ok:
         raise CompileError(
             f"{folder}: the compiled cpu program is wrong: {found.summary}, where a right one "
