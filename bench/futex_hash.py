@@ -23,34 +23,32 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
-PR_FUTEX_HASH_GET_SLOTS = (78, 2)
-PR_FUTEX_HASH_GLOBAL = (78, 1, 0)  # SET_SLOTS 0
 KINDS = ("fixed", "kernel", "global")
+CONTEXT = 40  # cached tokens a row, as step_profile.py
 
 
 def child(args: argparse.Namespace) -> None:
     """One process's median decode step, in seconds, on stdout."""
     from irforge.runtime import devices
+    from irforge.runtime.batching import blocks, decode_arrays
+    from irforge.runtime.devices import FUTEX_GET_SLOTS, FUTEX_SET_SLOTS, PR_FUTEX_HASH
     from irforge.runtime.session import Session
 
     libc = ctypes.CDLL(None)
     if args.child != "fixed":
         devices.fix_futex_hash = lambda: None
-    if args.child == "global" and libc.prctl(*PR_FUTEX_HASH_GLOBAL, 0, 0) != 0:
+    if args.child == "global" and libc.prctl(PR_FUTEX_HASH, FUTEX_SET_SLOTS, 0, 0, 0) != 0:
         sys.exit("this kernel does not take PR_FUTEX_HASH")
     session = Session(args.folder)
-    slots = libc.prctl(*PR_FUTEX_HASH_GET_SLOTS, 0, 0, 0)
+    slots = libc.prctl(PR_FUTEX_HASH, FUTEX_GET_SLOTS, 0, 0, 0)
     if (slots == 0) != (args.child == "global"):
         sys.exit(f"{args.child}: the process's futex hash has {slots} slots")
     stride = session.options.block_seq_stride
-    pages = 4  # 40 cached tokens a row, as step_profile.py
-    block_ids = np.arange(1, 1 + args.bs * pages).reshape(args.bs, pages)
-    tokens = np.full((args.bs, 1), 5)
-    seq_lens = np.full(args.bs, 41)
-    starts = seq_lens - 1
-    assert 41 <= pages * stride, "a page holds fewer tokens than this bench assumes"
+    per_row = blocks(CONTEXT + 1, stride)
+    pages = [list(range(1 + i * per_row, 1 + (i + 1) * per_row)) for i in range(args.bs)]
+    tokens, seq_lens, starts, block_ids = decode_arrays(
+        [5] * args.bs, [CONTEXT] * args.bs, pages, args.bs, stride
+    )
 
     def steps() -> float:
         times = []

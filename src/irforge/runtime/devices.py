@@ -46,7 +46,9 @@ def iree_reason(error: Exception) -> str:
 
 
 # prctl(2) PR_FUTEX_HASH (Linux 6.16+): a process's private futex hash
-_PR_FUTEX_HASH, _SET_SLOTS, _GET_SLOTS = 78, 1, 2
+PR_FUTEX_HASH, FUTEX_SET_SLOTS, FUTEX_GET_SLOTS = 78, 1, 2
+# the kernel's own sizing at full load: 4 slots per CPU, a power of two, at least 16
+FUTEX_SLOTS = max(16, 1 << (4 * (os.cpu_count() or 1) - 1).bit_length())
 
 
 def fix_futex_hash() -> int | None:
@@ -66,17 +68,12 @@ def fix_futex_hash() -> int | None:
     import ctypes
 
     libc = ctypes.CDLL(None, use_errno=True)
-    have = libc.prctl(_PR_FUTEX_HASH, _GET_SLOTS, 0, 0, 0)
-    want = FUTEX_SLOTS
+    have = libc.prctl(PR_FUTEX_HASH, FUTEX_GET_SLOTS, 0, 0, 0)
     if have < 0:
         return None
-    if have == want or libc.prctl(_PR_FUTEX_HASH, _SET_SLOTS, want, 0, 0) == 0:
-        return want
-    return None
-
-
-# the kernel's own sizing at full load: 4 slots per CPU, a power of two, at least 16
-FUTEX_SLOTS = max(16, 1 << (4 * (os.cpu_count() or 1) - 1).bit_length())
+    if have != FUTEX_SLOTS and libc.prctl(PR_FUTEX_HASH, FUTEX_SET_SLOTS, FUTEX_SLOTS, 0, 0):
+        return None
+    return FUTEX_SLOTS
 
 
 def open_devices(driver: str, device_ids: list[int] | None, count: int) -> list[Any]:
