@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -233,3 +234,22 @@ def test_bad_replica_options_are_one_line_errors_before_ray_starts(
     assert result.exit_code == 2 and message in result.output, result.output
     assert len(result.output.strip().splitlines()) == 1
     assert not ray_processes()
+
+
+def test_a_scrape_no_replica_answers_is_a_503_json_error() -> None:
+    """Not an empty 200, which a scraper would read as an application with no series."""
+    import asyncio
+
+    from starlette.requests import Request
+
+    from irforge.serve.ray_app import Front
+
+    async def no_answer(request: object, replica: str | None) -> None:
+        return None
+
+    front = SimpleNamespace(_metrics_text=no_answer)  # the scrape's logic alone, without Ray
+    scope = {"type": "http", "method": "GET", "path": "/metrics", "headers": []}
+    response = asyncio.run(Front.scrape(front, Request(scope)))  # type: ignore[arg-type]
+    assert response.status_code == 503
+    error = json.loads(bytes(response.body))["error"]
+    assert error["code"] == "REPLICA_STOPPED" and "no engine replica answered" in error["message"]

@@ -115,6 +115,12 @@ class Front:
         for found in await asyncio.gather(*(self._metrics_text(request, r) for r in others)):
             if found:
                 texts.setdefault(*found)
+        if not texts:  # an empty scrape would read as an application with no series
+            return JSONResponse(
+                error_body(METRICS_PATH, 503, _NONE_ANSWERED, "REPLICA_STOPPED"),
+                status_code=503,
+                headers={"Retry-After": "1"},
+            )
         return Response(replica_metrics.merge(texts), media_type=METRICS_CONTENT_TYPE)
 
     async def _metrics_text(self, request: Request, replica: str | None) -> tuple[str, str] | None:
@@ -164,6 +170,7 @@ class Front:
 
 
 _GONE = "the replica answering this request stopped (Ray restarts it); retry"
+_NONE_ANSWERED = "no engine replica answered the metrics scrape (Ray restarts them); retry"
 
 
 async def _rest(stream: Any) -> AsyncIterator[bytes]:
