@@ -116,3 +116,15 @@ def gguf_f16_artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
     gguf_path = folder / "tiny-llama-f16.gguf"
     tiny.write_gguf(gguf_path, tiny.build_model(tiny.llama_config()), float_type=Q.F16)
     return _build(folder, gguf_path, prefill_batch_sizes=(1,), decode_batch_sizes=(1,))
+
+
+@pytest.fixture(scope="session")
+def gguf_f16_rows_artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same f16 GGUF exported as a CPU-only build does (f32_rows: activations in f32, f16
+    weights widened inside each matmul, the cache in f16), at 1 and 4 rows."""
+    folder = tmp_path_factory.mktemp("gguf-f16-rows-art")
+    gguf_path = folder / "tiny-llama-f16.gguf"
+    tiny.write_gguf(gguf_path, tiny.build_model(tiny.llama_config()), float_type=Q.F16)
+    return _build(
+        folder, gguf_path, prefill_batch_sizes=(1, 4), decode_batch_sizes=(1, 4), f32_rows=True
+    )

@@ -136,7 +136,14 @@ def test_dry_run_lists_steps_and_commands(tmp_path: Path) -> None:
     for word in ("create tiny", "shard", "export", "compile cpu", "compile gfx942", "would run"):
         assert word in result.stdout
     assert f"irforge shard {out}/source --tp 2 -o {out}/model.irpa" in result.stdout
+    assert "--f32-rows" not in result.stdout  # a GPU shares the export: its rows as they are
     assert not out.exists()
+
+
+def test_a_cpu_only_build_exports_f32_rows(tmp_path: Path) -> None:
+    result = build("tiny", out_dir=tmp_path / "cpu", dry_run=True, **ARGS)
+    (export,) = [c for c in result.commands if c.startswith("irforge export")]
+    assert "--f32-rows" in export
 
 
 @pytest.mark.parametrize(

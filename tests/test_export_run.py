@@ -97,6 +97,33 @@ def test_a_half_precision_gguf_compiles_to_the_right_program(
     assert doc["tokens"] == want_tokens
 
 
+def test_f16_weights_on_f32_rows_compile_to_the_right_program(
+    gguf_f16_rows_artifacts: Path, gguf_f16_artifacts: Path, llama_dir: Path, tmp_path: Path
+) -> None:
+    """--f32-rows: the f16 weights are widened inside each matmul (model/widening.py), at 1
+    and at 4 rows. Within f16's rounding of the weights of transformers' f32 answer, and no
+    further from it than the program on f16 rows; greedy tokens exact."""
+    folder = gguf_f16_rows_artifacts
+    options = json.loads((folder / "manifest.json").read_text())["options"]
+    assert (options["activation_dtype"], options["kv_cache_dtype"]) == ("f32", "f16")
+    assert "irforge_widening_linear" in (folder / "model.mlir").read_text()
+    want_tokens, want_logits = reference(llama_dir, PROMPT, STEPS)
+    doc = run_cli(folder, PROMPT, STEPS, tmp_path / "rows.npy")
+    assert doc["tokens"] == want_tokens
+    run_cli(gguf_f16_artifacts, PROMPT, STEPS, tmp_path / "f16.npy")
+    errors = [
+        np.abs(np.load(tmp_path / name) - want_logits).max() / np.abs(want_logits).max()
+        for name in ("rows.npy", "f16.npy")
+    ]
+    assert errors[0] < 5e-3 and errors[0] <= errors[1] * 1.01, errors
+    prompts = [PROMPT, PROMPT[:3], [7] * 33, PROMPT[5:10]]  # decode_bs4
+    result = generate(Session(folder, page_count=64), prompts, max_tokens=8, keep_logits=True)
+    for prompt, tokens, logits in zip(prompts, result.tokens, result.logits, strict=True):
+        want_tokens, want_logits = reference(llama_dir, prompt, 8)
+        assert tokens == want_tokens
+        assert_close_rel(logits, want_logits, rel=5e-3)
+
+
 def test_an_archive_the_program_would_misread_is_refused(tmp_path: Path) -> None:
     """IREE reads a parameter's bytes as the type the program declares, without a check: an
     archive whose tensor dtype differs from the config's is refused at export, by name."""

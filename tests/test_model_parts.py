@@ -244,3 +244,44 @@ def test_decomposed_attention_over_long_context_stays_in_range(dtype: torch.dtyp
     )
     assert torch.isfinite(out).all()
     torch.testing.assert_close(out.float(), ref, rtol=1e-2, atol=0.0)
+
+
+@pytest.mark.parametrize("weight", [torch.float16, torch.bfloat16])
+def test_widening_linear_is_the_linear_of_the_widened_weight(weight: torch.dtype) -> None:
+    """Eagerly (the eager model, verify's reference), the op is F.linear of the weight
+    widened to f32: the products and sums the compiled matmul computes."""
+    from irforge.model.widening import widening_linear
+
+    x = torch.randn(5, 64)
+    w = torch.randn(24, 64).to(weight)
+    got = widening_linear(x, w)
+    assert got.dtype == torch.float32
+    assert torch.equal(got, torch.nn.functional.linear(x, w.float()))
+    with pytest.raises(TypeError, match="f32 rows"):
+        widening_linear(x.half(), w)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "quantization", "asked", "want"),
+    [
+        ("f16", None, None, ("f32", "f16")),  # widened: f32 rows, the cache stays f16
+        ("f16", None, "f16", ("f16", "f16")),  # an activation dtype asked for wins
+        ("bf16", None, None, ("bf16", "bf16")),  # bf16's own tile is faster on the CPU
+        ("f32", None, None, ("f32", "f32")),
+        ("f16", "int8", None, ("f16", "f16")),  # quantized layers have their own matmuls
+    ],
+)
+def test_f32_rows_resolve_for_unquantized_f16_models_only(
+    dtype: str, quantization: str | None, asked: str | None, want: tuple[str, str]
+) -> None:
+    from irforge.artifacts.manifest import ExportOptions
+    from irforge.facts.config import ModelConfig
+
+    hf = ModelConfig.from_hf_config(tiny.llama_config().to_dict(), dtype=dtype)
+    config = hf.replace(quantization=quantization)
+    options = ExportOptions(f32_rows=True, activation_dtype=asked).resolve(config)
+    assert (options.activation_dtype, options.kv_cache_dtype) == want
+    assert ExportOptions().resolve(config).activation_dtype == (asked or dtype)
+    assert "--f32-rows" in ExportOptions(f32_rows=True).cli_args()
+    with pytest.raises(ConfigError, match="f32_rows"):
+        ExportOptions(f32_rows="yes")  # type: ignore[arg-type]

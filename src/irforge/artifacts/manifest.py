@@ -16,6 +16,7 @@ from irforge.artifacts.files import MLIR_NAME, is_bare_name
 from irforge.errors import ConfigError, ManifestError
 from irforge.facts.config import FLOAT_DTYPES, KV_CACHE_DTYPES, ModelConfig
 from irforge.facts.sharding import MAX_TP
+from irforge.facts.targets import F32_ROWS_WEIGHTS
 from irforge.formats.atomic import AtomicFile
 
 SCHEMA_VERSION = 1
@@ -75,6 +76,10 @@ class ExportOptions:
     # k of speculative decoding's verify_bs{N} (abi.VERIFY: a row's last token and up to k
     # proposed ones); 0: no verify entry points
     speculative_tokens: int = 0
+    # f16 weights multiply f32 rows: with no activation dtype given, an unquantized f16 model
+    # runs its activations in f32 and keeps its KV cache in f16 (model/widening.py: what
+    # llvm-cpu runs fastest; `build` sets it when every target is the CPU, Target.f32_rows)
+    f32_rows: bool = False
 
     def __post_init__(self) -> None:
         for name in ("prefill_batch_sizes", "decode_batch_sizes"):  # lists from JSON or a CLI
@@ -107,6 +112,8 @@ class ExportOptions:
         if self.top_k is not None:
             _check_int("top_k", self.top_k, 1, 2**31)
         _check_int("speculative_tokens", self.speculative_tokens, 0, MAX_SPECULATIVE_TOKENS)
+        if not isinstance(self.f32_rows, bool):
+            raise ConfigError(f"f32_rows must be true or false, got {self.f32_rows!r}")
 
     @property
     def verify_batch_sizes(self) -> tuple[int, ...]:
@@ -122,9 +129,17 @@ class ExportOptions:
     def resolve(self, config: ModelConfig, tp: int = 1) -> ExportOptions:
         """The options for `config` with every default filled in, checked against the model."""
         activation = self.activation_dtype or config.dtype
+        kv_cache = self.kv_cache_dtype or activation
+        if (
+            self.f32_rows
+            and self.activation_dtype is None
+            and config.quantization is None
+            and config.dtype in F32_ROWS_WEIGHTS
+        ):
+            activation, kv_cache = "f32", self.kv_cache_dtype or config.dtype
         resolved = self.replace(
             activation_dtype=activation,
-            kv_cache_dtype=self.kv_cache_dtype or activation,
+            kv_cache_dtype=kv_cache,
             attention_dtype=self.attention_dtype or DEFAULT_ATTENTION_DTYPE,
             max_seq_len=self.max_seq_len or config.context_length,
             tensor_parallelism_size=tp,
@@ -165,6 +180,8 @@ class ExportOptions:
             args += ["--max-seq-len", str(self.max_seq_len)]
         if self.speculative_tokens:
             args += ["--speculative-tokens", str(self.speculative_tokens)]
+        if self.f32_rows:
+            args.append("--f32-rows")
         return args
 
 

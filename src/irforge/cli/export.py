@@ -48,6 +48,15 @@ def export_cmd(
         int, typer.Option(help="KV-cache pages a server allocates per device.", min=2)
     ] = DEFAULTS.device_block_count,
     activation_dtype: DTypeOpt = None,
+    f32_rows: Annotated[
+        bool,
+        typer.Option(
+            "--f32-rows",
+            help="An unquantized f16 model computes in f32 and keeps its KV cache in f16, its "
+            "weights widened inside each matmul: faster on the CPU (`irforge build` does it "
+            "when every target is the CPU), slower on GPUs. --activation-dtype overrides it.",
+        ),
+    ] = DEFAULTS.f32_rows,
     kv_cache_dtype: Annotated[
         str | None,
         typer.Option(
@@ -107,6 +116,7 @@ def export_cmd(
         block_seq_stride=block_seq_stride,
         device_block_count=device_block_count,
         activation_dtype=activation_dtype,
+        f32_rows=f32_rows,
         kv_cache_dtype=kv_cache_dtype,
         attention_dtype=attention_dtype,
         attention=attention.value,

@@ -15,6 +15,13 @@ from irforge.errors import ConfigError, ToolNotFoundError
 CPU_DATA_TILING = ["--iree-global-opt-data-tiling", "--iree-llvmcpu-enable-ukernels=mmt4d"]
 
 
+# Weight dtypes whose matmuls llvm-cpu runs faster on f32 rows than on rows of their own
+# dtype (IREE 3.13, data tiling; ExportOptions.f32_rows): its f16 x f16 tile converts every
+# broadcast row element, the f32 x f16 one (model/widening.py) broadcasts it as it is.
+# SmolLM2 decode steps of 4-32 rows, 1.2-1.6x faster (bench/RESULTS.md).
+F32_ROWS_WEIGHTS = ("f16",)
+
+
 @dataclass(frozen=True)
 class Target:
     """One compile target: the HAL device kind, its backend flags, and the runtime driver."""
@@ -28,6 +35,8 @@ class Target:
     # tiny model: llvm-cpu emulates both; gfx942 takes only its own e4m3fnuz ("F8E4M3FN types
     # are not supported on gfx942 (MI-300) or older"); CUDA fails to translate either.
     fp8: tuple[str, ...] = ()
+    # builds for it alone multiply f16 weights by f32 rows (F32_ROWS_WEIGHTS)
+    f32_rows: bool = False
 
     def flags(self, devices: int = 1, compiler_version: tuple[int, int] = (3, 9)) -> list[str]:
         """iree-compile flags for `devices` devices of this target."""
@@ -80,6 +89,7 @@ _TARGETS = [
         "local-task",
         description="this machine's CPU (llvm-cpu, host)",
         fp8=("f8_e4m3fn", "f8_e4m3fnuz"),
+        f32_rows=True,
     ),
     Target(
         "gfx942", "hip", "hip", "gfx942", "AMD Instinct MI300X / MI300A / MI325X", ("f8_e4m3fnuz",)

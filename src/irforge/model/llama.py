@@ -26,6 +26,7 @@ from irforge.model.kv_cache import DecodeKV, PagedKVCache, PrefillKV, VerifyKV, 
 from irforge.model.options import ModelOptions
 from irforge.model.rope import apply_rope, inv_freq_tensor, inv_frequencies, rope_tables
 from irforge.model.weights import load_archive, load_canonical
+from irforge.model.widening import WIDENED, widening_linear
 
 # What a Block calls to store this step's K/V and get the keys/values to attend over.
 KVAccess = PrefillKV | DecodeKV  # VerifyKV is a PrefillKV
@@ -40,7 +41,8 @@ class Linear(nn.Linear):
     """nn.Linear over the rows flattened to 2-D: [N, S, K] @ W.T as one [N·S, K] matmul.
 
     The weight is declared in the archive's dtype (a compiled program reads the stored bytes
-    as the dtype it declares) and cast to the activations' inside the program if they differ.
+    as the dtype it declares) and cast to the activations' inside the program if they differ;
+    f32 rows take a half-precision weight widened inside the matmul (widening.py).
 
     Traced on [1, 1, K] (decode_bs1, and prefill_bs1), nn.Linear lowers to a batch_matmul of
     batch 1 that IREE's llvm-cpu code runs at half the speed of the same rows as a plain
@@ -48,8 +50,13 @@ class Linear(nn.Linear):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = as_dtype(self.weight, x.dtype)
-        return F.linear(x.reshape(-1, x.shape[-1]), w).view(*x.shape[:-1], -1)
+        rows = x.reshape(-1, x.shape[-1])
+        if x.dtype == torch.float32 and self.weight.dtype in WIDENED:
+            # f32 rows, half-precision weight: widened inside the matmul (widening.py)
+            out = widening_linear(rows, self.weight)
+        else:
+            out = F.linear(rows, as_dtype(self.weight, x.dtype))
+        return out.view(*x.shape[:-1], -1)
 
 
 class QuantLinear(nn.Module):

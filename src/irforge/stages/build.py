@@ -133,6 +133,8 @@ def build(
         speculative_tokens=speculative_tokens,
     )
     presets = [get_target(t) for t in targets]
+    # one export serves every target: the CPU's f32 rows only where no GPU shares it
+    chosen = chosen.replace(f32_rows=all(t.f32_rows for t in presets))
     if quantize is not None:
         for preset in presets:
             check_fp8(preset, {"weights": scheme(quantize).storage})
@@ -176,6 +178,7 @@ def build(
         "block_seq_stride": chosen.block_seq_stride,
         "device_block_count": chosen.device_block_count,
         "speculative_tokens": chosen.speculative_tokens,
+        "f32_rows": chosen.f32_rows,
     }
 
     def run_export() -> None:
