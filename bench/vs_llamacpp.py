@@ -40,7 +40,8 @@ import serve as serve_bench  # noqa: E402  (ports, start/stop helpers)
 from irforge.artifacts.manifest import BUILD_DECODE_BS  # noqa: E402
 
 IRFORGE = {
-    "f16": {},
+    "f16": {},  # f32 rows: the CPU-only build's default
+    "f16-rows": {"f32_rows": False},  # f16 weights on f16 rows, as a build shared with a GPU
     "bf16": {"dtype": "bf16"},
     "int8": {"quantize": "int8"},
     "w8a8": {"quantize": "w8a8"},
@@ -224,7 +225,8 @@ def table(
 
 def ratios(rows: dict[str, dict], clients: list[int]) -> str:
     """irforge over llama-server at equal bytes per weight (f16/F16, int8/Q8_0, w8a8/Q8_0)."""
-    pairs = [("f16", "F16"), ("bf16", "F16"), ("int8", "Q8_0"), ("w8a8", "Q8_0")]
+    pairs = [("f16", "F16"), ("f16-rows", "F16"), ("bf16", "F16")]
+    pairs += [("int8", "Q8_0"), ("w8a8", "Q8_0")]
     out = []
     for ours, theirs in pairs:
         a = next((k for k in rows if k.startswith(f"irforge {ours} ")), None)

@@ -93,6 +93,7 @@ def build(
     block_seq_stride: int = DEFAULTS.block_seq_stride,
     device_block_count: int = DEFAULTS.device_block_count,
     speculative_tokens: int = BUILD_SPECULATIVE_TOKENS,
+    f32_rows: bool | None = None,
     revision: str | None = None,
     force: bool = False,
     dry_run: bool = False,
@@ -110,6 +111,7 @@ def build(
         bs: batch sizes for both prefill and decode; bs_prefill / bs_decode set one of
             them (default BUILD_PREFILL_BS and BUILD_DECODE_BS).
         speculative_tokens: k of the verify entry points for speculative decoding (0: none).
+        f32_rows: ExportOptions.f32_rows; None: when every target takes it (Target.f32_rows).
         force: re-run every step. dry_run: only plan (see BuildResult.steps / .commands).
         verify: with a cpu target (one device), run a short prompt through the compiled
             program and the eager model in f32 (verify.py) and fail on a wrong program.
@@ -134,7 +136,9 @@ def build(
     )
     presets = [get_target(t) for t in targets]
     # one export serves every target: the CPU's f32 rows only where no GPU shares it
-    chosen = chosen.replace(f32_rows=all(t.f32_rows for t in presets))
+    if f32_rows is None:
+        f32_rows = all(t.f32_rows for t in presets)
+    chosen = chosen.replace(f32_rows=f32_rows)
     if quantize is not None:
         for preset in presets:
             check_fp8(preset, {"weights": scheme(quantize).storage})
