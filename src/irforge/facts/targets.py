@@ -18,7 +18,7 @@ CPU_DATA_TILING = ["--iree-global-opt-data-tiling", "--iree-llvmcpu-enable-ukern
 # Weight dtypes whose matmuls llvm-cpu runs faster on f32 rows than on rows of their own
 # dtype (IREE 3.13, data tiling; ExportOptions.f32_rows): its f16 x f16 tile converts every
 # broadcast row element, the f32 x f16 one (model/widening.py) broadcasts it as it is.
-# SmolLM2 decode steps of 4-32 rows, 1.2-1.6x faster (bench/RESULTS.md).
+# SmolLM2 decode steps of 4-32 rows 1.1-1.6x faster, prefill within 5% (bench/RESULTS.md).
 F32_ROWS_WEIGHTS = ("f16",)
 
 

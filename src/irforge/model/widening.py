@@ -5,7 +5,7 @@ Written as torch ops, `F.linear(x, w.float())`, the import hands IREE a separate
 whole weight before the matmul, and IREE 3.13 runs it on every call: on llvm-cpu it converted
 and packed every weight each step (82% of a SmolLM2 decode step). With the `extf` inside the
 contraction's body, data tiling packs the stored f16 once, at load, and the CPU multiplies f32
-rows by f16 columns (`mmt4d ... f32xf16xf32`): 1.2-1.6x faster than f16 rows by f16 in SmolLM2
+rows by f16 columns (`mmt4d ... f32xf16xf32`): 1.1-1.6x faster than f16 rows by f16 in SmolLM2
 decode steps of 4 to 32 rows, where the f16 x f16 tile converts every broadcast row element
 (bench/RESULTS.md). A dynamic row count (prefill) IREE data-tiles with the operands swapped,
 which is as fast as f16 rows, no faster.
