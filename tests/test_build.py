@@ -140,10 +140,14 @@ def test_dry_run_lists_steps_and_commands(tmp_path: Path) -> None:
     assert not out.exists()
 
 
-def test_a_cpu_only_build_exports_f32_rows(tmp_path: Path) -> None:
+def test_a_cpu_only_build_exports_f32_rows_unless_told_not_to(tmp_path: Path) -> None:
     result = build("tiny", out_dir=tmp_path / "cpu", dry_run=True, **ARGS)
     (export,) = [c for c in result.commands if c.startswith("irforge export")]
     assert "--f32-rows" in export
+    args = ["build", "tiny", "-o", str(tmp_path / "no"), "--no-f32-rows", "--dry-run"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "irforge export" in result.stdout and "--f32-rows" not in result.stdout
 
 
 @pytest.mark.parametrize(

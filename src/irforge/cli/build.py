@@ -74,6 +74,16 @@ def build_cmd(
             max=MAX_SPECULATIVE_TOKENS,
         ),
     ] = BUILD_SPECULATIVE_TOKENS,
+    f32_rows: Annotated[
+        bool | None,
+        typer.Option(
+            "--f32-rows/--no-f32-rows",
+            help="An unquantized f16 model computes in f32, its f16 weights widened inside each "
+            "matmul (`irforge export --f32-rows`). Default: when every target is the CPU, "
+            "where it is faster and closer to f32.",
+            show_default=False,
+        ),
+    ] = None,
     revision: Annotated[str | None, typer.Option(help="Hub revision to download.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Re-run every step.")] = False,
     dry_run: Annotated[
@@ -115,6 +125,7 @@ def build_cmd(
             block_seq_stride=block_seq_stride,
             device_block_count=device_block_count,
             speculative_tokens=speculative_tokens,
+            f32_rows=f32_rows,
             revision=revision,
             force=force,
             dry_run=dry_run,
