@@ -12,9 +12,7 @@ the median ratio B / A per entry point (below 1: B is faster).
 from __future__ import annotations
 
 import argparse
-import re
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
@@ -23,18 +21,12 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import step_profile  # noqa: E402  (its inputs and tool paths)
 
+
+def median_ms(folder: Path, call: tuple[str, int]) -> float:
+    return step_profile.wall_ms(folder, *call, repetitions=3, min_time_s=0.5)
+
+
 CALLS = "decode_bs1:40,decode_bs4:40,decode_bs8:40,decode_bs32:40,prefill_bs1:256,prefill_bs4:128"
-
-
-def median_ms(folder: Path, function: str, context: int) -> float:
-    run = [str(step_profile.BIN / "iree-benchmark-module")]
-    run += step_profile.common(folder, function, context)
-    run += ["--benchmark_repetitions=3", "--benchmark_min_time=0.5s"]
-    out = subprocess.run(run, check=True, capture_output=True, text=True).stdout
-    m = re.search(r"real_time_median\s+([\d.]+) ms", out)
-    if m is None:
-        raise SystemExit(f"no median in iree-benchmark-module's output:\n{out[-2000:]}")
-    return float(m.group(1))
 
 
 def main() -> None:
@@ -48,7 +40,7 @@ def main() -> None:
     times: dict[tuple[str, int], list[tuple[float, float]]] = {c: [] for c in calls}
     for r in range(args.rounds):
         for call in calls:
-            pair = (median_ms(args.a, *call), median_ms(args.b, *call))
+            pair = (median_ms(args.a, call), median_ms(args.b, call))
             times[call].append(pair)
             print(f"round {r}: {call[0]} at {call[1]}: A {pair[0]:.1f} ms, B {pair[1]:.1f} ms")
     print(f"\nA = {args.a}, B = {args.b}\n")

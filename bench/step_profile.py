@@ -78,9 +78,12 @@ def profile(folder: Path, function: str, context: int) -> list[tuple[float, int,
     return sorted(rows, reverse=True)
 
 
-def wall_ms(folder: Path, function: str, context: int) -> float:
+def wall_ms(
+    folder: Path, function: str, context: int, repetitions: int = 5, min_time_s: float = 1.0
+) -> float:
+    """The call's median wall time over `repetitions` runs of iree-benchmark-module."""
     run = [str(BIN / "iree-benchmark-module"), *common(folder, function, context)]
-    run += ["--benchmark_repetitions=5", "--benchmark_min_time=1s"]
+    run += [f"--benchmark_repetitions={repetitions}", f"--benchmark_min_time={min_time_s}s"]
     out = subprocess.run(run, check=True, capture_output=True, text=True).stdout
     m = re.search(r"real_time_median\s+([\d.]+) ms", out)
     if m is None:
